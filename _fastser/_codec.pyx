@@ -1,0 +1,101 @@
+# cython: language_level=3
+"""The codec: native types, numpy arrays and registered classes to and from one wire format.
+
+Built from several included files (format, registry, encoder, decoder) so that the hot paths call each other as
+C functions.
+"""
+import re as _re
+import sys as _sys
+from pickle import loads as _pickle_loads
+
+import cloudpickle as _cloudpickle
+import numpy as _np
+
+cimport numpy as cnp
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.complex cimport PyComplex_FromDoubles, PyComplex_ImagAsDouble, PyComplex_RealAsDouble
+from cpython.dict cimport PyDict_GetItem, PyDict_Next, PyDict_SetItem, PyDict_Size
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromDouble
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
+from cpython.object cimport PyObject_GenericSetAttr
+from cpython.object cimport PyObject_Hash
+from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
+from cpython.set cimport PySet_Add
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
+from cpython.unicode cimport PyUnicode_AsEncodedString, PyUnicode_DecodeUTF8
+from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memset
+
+from _fastser._errors import DecodeError, RegistrationError, SerializationError
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object)
+    void* PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
+    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
+    long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
+    Py_ssize_t Py_SIZE(object)
+    object _PyDict_NewPresized(Py_ssize_t)
+    object PyObject_GenericGetDict(object, void*)
+
+cdef extern from "numpy/arrayobject.h":
+    # Declared here with raw pointers: both steal references, which Cython's numpy declarations hide.
+    object PyArray_NewFromDescr(PyObject* subtype, PyObject* descr, int nd, cnp.npy_intp* dims,
+                                cnp.npy_intp* strides, void* data, int flags, PyObject* obj)
+    int PyArray_SetBaseObject(PyObject* arr, PyObject* base) except -1
+
+cnp.import_array()
+
+if _sys.byteorder != "little":
+    raise ImportError("_fastser supports little-endian machines only")
+
+_ndarray = _np.ndarray
+_np_generic = _np.generic
+_MISSING = object()
+
+include "_format.pxi"
+include "_registry.pxi"
+include "_encode.pxi"
+include "_decode.pxi"
+
+cdef Registry _default_registry = Registry()
+default_registry = _default_registry
+
+cdef Encoder _encoder = Encoder()
+cdef Decoder _decoder = Decoder()
+
+
+def dumps(obj):
+    """Encode `obj` into bytes."""
+    if _encoder.busy:        # called again from inside a serializer: use a fresh encoder
+        return Encoder().encode(obj)
+    return _encoder.encode(obj)
+
+
+cdef bint _decoder_busy = False
+
+def loads(buffer):
+    """Decode a message from `buffer`, any object with the buffer protocol. Arrays are read-only views into it."""
+    global _decoder_busy
+    if _decoder_busy:
+        return Decoder().decode(buffer)
+    _decoder_busy = True
+    try:
+        return _decoder.decode(buffer)
+    finally:
+        _decoder_busy = False
+
+
+def register_class(cls, *, pickle=False, serializer=None, deserializer=None):
+    return _default_registry.register(cls, pickle=pickle, serializer=serializer, deserializer=deserializer)
+
+
+def unregister_class(cls):
+    _default_registry.unregister(cls)
+
+
+def registered_classes():
+    return [entry.cls for entry in _default_registry.entries()]

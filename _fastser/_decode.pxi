@@ -1,0 +1,398 @@
+# The decoder: every read is bounds-checked against the stream, every count against the bytes left, so truncated,
+# corrupted or forged input raises DecodeError. Arrays come back as read-only views into the source buffer, which
+# they keep alive. The only code it runs is that of classes registered with pickle=True or a deserializer (and the
+# __new__ of classes registered by fields).
+
+
+cdef enum:
+    KEY_CACHE = 2048        # slots, a power of two
+    KEY_MAX = 40            # longest key cached
+
+# Dict keys and field names repeat from message to message: a decoded short ASCII key is kept and handed out again,
+# which saves allocating it and hashing it on insert.
+cdef PyObject* _key_cache[KEY_CACHE]
+
+cdef inline object _key(const char* p, Py_ssize_t n):
+    # Hash eight bytes at a time: keys are short, and a byte-at-a-time hash costs more than the lookup saves.
+    cdef uint64_t h = <uint64_t>n * 0x9E3779B97F4A7C15ULL
+    cdef uint64_t w
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL
+        i += 8
+    if i < n:
+        w = 0
+        memcpy(&w, p + i, n - i)
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL
+    h ^= h >> 32
+    cdef Py_ssize_t slot = <Py_ssize_t>(h & (KEY_CACHE - 1))
+    cdef PyObject* hit = _key_cache[slot]
+    if hit != NULL and PyUnicode_GET_LENGTH(<object>hit) == n and memcmp(PyUnicode_DATA(<object>hit), p, n) == 0:
+        return <object>hit
+    key = PyUnicode_DecodeUTF8(p, n, NULL)
+    if PyUnicode_IS_COMPACT_ASCII(key):
+        PyObject_Hash(key)
+        Py_INCREF(key)
+        Py_XDECREF(hit)
+        _key_cache[slot] = <PyObject*>key
+    return key
+
+
+cdef inline const char* _take(Decoder d, Py_ssize_t n) except NULL:
+    cdef const char* p
+    if n < 0 or n > d.end - d.pos:
+        raise d._error(f"truncated data (needs {n} bytes, {d.end - d.pos} left)")
+    p = d.base + d.pos
+    d.pos += n
+    return p
+
+
+cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+cdef class Decoder:
+    """Decodes messages. Reused from message to message; decodes one message at a time."""
+
+    def __cinit__(self, Registry registry=None):
+        self.registry = registry if registry is not None else _default_registry
+        self.idx = <Py_ssize_t*>malloc((MAX_DEPTH + 1) * sizeof(Py_ssize_t))
+        self.kinds = <int*>malloc((MAX_DEPTH + 1) * sizeof(int))
+        if not (self.idx and self.kinds):
+            raise MemoryError()
+        self.keys = <PyObject**>malloc((MAX_DEPTH + 1) * sizeof(PyObject*))
+        if not self.keys:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.idx)
+        free(self.kinds)
+        free(self.keys)
+
+    def decode(self, buffer):
+        """Decode the message in `buffer` (any object with the buffer protocol)."""
+        cdef Py_buffer view
+        try:
+            PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+        except BufferError as exc:
+            raise DecodeError(f"cannot decode: the buffer is not contiguous ({exc}); pass bytes(buffer)") from None
+        except TypeError:
+            raise TypeError(f"cannot decode a {type(buffer).__qualname__}: it does not support the buffer protocol; "
+                            f"pass bytes, bytearray, memoryview or another buffer") from None
+        try:
+            # A read-only exporter can be the arrays' base as it is; a writable one is wrapped read-only, so that no
+            # decoded array can be made writable again.
+            self.owner = buffer
+            return self.decode_ptr(<const char*>view.buf, view.len, buffer if view.readonly else None)
+        finally:
+            self.owner = None
+            PyBuffer_Release(&view)
+
+    cdef object decode_ptr(self, const char* p, Py_ssize_t n, object keepalive):
+        # `keepalive` becomes the base of decoded arrays; None means "make a read-only memoryview of self.owner".
+        cdef uint32_t stream_len
+        cdef uint64_t total
+        self.base = p
+        self.pos = 0
+        self.end = n
+        self.cur = 0
+        self.keepalive = keepalive
+        self.live = True
+        try:
+            if n < HEADER:
+                raise self._error(f"truncated message: {n} bytes, shorter than the {HEADER}-byte header")
+            if <unsigned char>p[0] != MAGIC0 or <unsigned char>p[1] != MAGIC1:
+                raise self._error("not an encoded message (bad magic bytes)")
+            if <unsigned char>p[2] != VERSION:
+                raise self._error(f"unsupported format version {<unsigned char>p[2]} (this decoder reads {VERSION})")
+            memcpy(&stream_len, p + 4, 4)
+            memcpy(&total, p + 8, 8)
+            if total > <uint64_t>n:
+                raise self._error(f"truncated message: the header says {total} bytes, the buffer holds {n}")
+            if HEADER + <uint64_t>stream_len > total:
+                raise self._error("corrupted header: the stream is longer than the message")
+            self.total = <Py_ssize_t>total
+            self.end = HEADER + stream_len
+            self.data_start = _align(self.end)
+            self.pos = HEADER
+            try:
+                obj = self._dec(0)
+            except DecodeError:
+                raise
+            except (RecursionError, MemoryError):
+                raise
+            except Exception as exc:
+                # the stack has unwound: the borrowed keys on the path are gone, paths use positions instead
+                self.live = False
+                raise self._error(f"{type(exc).__name__}: {exc}") from exc
+            if self.pos != self.end:
+                self.cur = 0
+                raise self._error(f"{self.end - self.pos} bytes of trailing data after the value")
+            return obj
+        finally:
+            self.keepalive = None
+
+    cdef object _error(self, str what):
+        return DecodeError(f"cannot decode: {what} at {_join_path(self._segments(self.cur))} "
+                           f"(byte {self.pos} of {self.end})")
+
+    def _segments(self, Py_ssize_t depth):
+        cdef Py_ssize_t d, i
+        segments = []
+        for d in range(depth):
+            i = self.idx[d]
+            kind = self.kinds[d]
+            if kind == K_LIST or kind == K_TUPLE:
+                segments.append(f"[{i}]")
+            elif kind == K_DICT:
+                if i % 2 and self.live:
+                    segments.append(f"[{_short_repr(<object>self.keys[d])}]")
+                else:
+                    segments.append(f"<key {i // 2}>" if i % 2 == 0 else f"<value {i // 2}>")
+            elif kind == K_SET:
+                segments.append(f"<element {i}>")
+            elif kind == K_FIELDS:
+                segments.append(f".{<object>self.keys[d]}" if i % 2 and self.live else f"<field {i // 2}>")
+            elif kind == K_CUSTOM:
+                segments.append("<serialized>")
+        return segments
+
+    cdef object _dec(self, Py_ssize_t depth):
+        cdef unsigned char tag
+        cdef uint32_t n32
+        cdef uint64_t u64, off
+        cdef double f, g
+        cdef Py_ssize_t i, n
+        cdef const char* p
+        cdef object key, val, out
+        self.cur = depth
+        p = _take(self, 1)
+        tag = <unsigned char>p[0]
+        if tag == T_STR:
+            memcpy(&n32, _take(self, 4), 4)
+            p = _take(self, n32)
+            return PyUnicode_DecodeUTF8(p, n32, NULL)
+        if tag == T_INT8:
+            return <long>(<signed char>_take(self, 1)[0])
+        if tag == T_INT64:
+            memcpy(&u64, _take(self, 8), 8)
+            return <long long>u64
+        if tag == T_FLOAT:
+            memcpy(&f, _take(self, 8), 8)
+            return PyFloat_FromDouble(f)
+        if tag == T_NONE:
+            return None
+        if tag == T_TRUE:
+            return True
+        if tag == T_FALSE:
+            return False
+        if tag == T_DICT or tag == T_LIST or tag == T_TUPLE or tag == T_SET or tag == T_FROZENSET:
+            if depth >= MAX_DEPTH:
+                raise self._error(f"nesting deeper than {MAX_DEPTH} levels")
+            memcpy(&n32, _take(self, 4), 4)
+            n = n32
+            # every value takes at least one byte: a count beyond the bytes left is corrupt, and is refused
+            # before anything is allocated for it
+            if n > (self.end - self.pos) // (2 if tag == T_DICT else 1):
+                raise self._error(f"corrupted count {n} (only {self.end - self.pos} bytes left)")
+            if tag == T_DICT:
+                self.kinds[depth] = K_DICT
+                out = _PyDict_NewPresized(n)
+                for i in range(n):
+                    self.idx[depth] = 2 * i
+                    key = self._dec_key(depth + 1)
+                    self.keys[depth] = <PyObject*>key     # borrowed: alive while its value decodes
+                    self.idx[depth] = 2 * i + 1
+                    val = self._dec(depth + 1)
+                    PyDict_SetItem(out, key, val)
+                return out
+            if tag == T_LIST:
+                self.kinds[depth] = K_LIST
+                out = PyList_New(n)
+                for i in range(n):
+                    self.idx[depth] = i
+                    val = self._dec(depth + 1)
+                    Py_INCREF(val)
+                    PyList_SET_ITEM(out, i, val)
+                return out
+            if tag == T_TUPLE:
+                self.kinds[depth] = K_TUPLE
+                out = PyTuple_New(n)
+                for i in range(n):
+                    self.idx[depth] = i
+                    val = self._dec(depth + 1)
+                    Py_INCREF(val)
+                    PyTuple_SET_ITEM(out, i, val)
+                return out
+            self.kinds[depth] = K_SET
+            out = set()
+            for i in range(n):
+                self.idx[depth] = i
+                PySet_Add(out, self._dec(depth + 1))
+            return out if tag == T_SET else frozenset(out)
+        if tag == T_NDARRAY:
+            return self._dec_array(depth)
+        if tag == T_BYTES or tag == T_BYTEARRAY or tag == T_STR_SP:
+            memcpy(&n32, _take(self, 4), 4)
+            p = _take(self, n32)
+            if tag == T_BYTES:
+                return PyBytes_FromStringAndSize(p, n32)
+            if tag == T_BYTEARRAY:
+                return PyByteArray_FromStringAndSize(p, n32)
+            return PyUnicode_DecodeUTF8(p, n32, "surrogatepass")
+        if tag == T_BYTES_OOB or tag == T_BYTEARRAY_OOB or tag == T_STR_OOB:
+            memcpy(&off, _take(self, 8), 8)
+            memcpy(&u64, _take(self, 8), 8)
+            p = self._oob(off, u64)
+            if tag == T_BYTES_OOB:
+                return PyBytes_FromStringAndSize(p, <Py_ssize_t>u64)
+            if tag == T_BYTEARRAY_OOB:
+                return PyByteArray_FromStringAndSize(p, <Py_ssize_t>u64)
+            return PyUnicode_DecodeUTF8(p, <Py_ssize_t>u64, NULL)
+        if tag == T_COMPLEX:
+            memcpy(&f, _take(self, 8), 8)
+            memcpy(&g, _take(self, 8), 8)
+            return PyComplex_FromDoubles(f, g)
+        if tag == T_BIGINT:
+            memcpy(&n32, _take(self, 4), 4)
+            p = _take(self, n32)
+            return int.from_bytes(PyBytes_FromStringAndSize(p, n32), "little", signed=True)
+        if tag == T_NPSCALAR:
+            return self._dec_npscalar(depth)
+        if tag == T_OBJECT or tag == T_PICKLED or tag == T_CUSTOM:
+            if depth >= MAX_DEPTH:
+                raise self._error(f"nesting deeper than {MAX_DEPTH} levels")
+            return self._dec_registered(tag, depth)
+        self.pos -= 1
+        raise self._error(f"unknown type tag 0x{tag:02x}")
+
+    cdef object _dec_key(self, Py_ssize_t depth):
+        cdef uint32_t n32
+        cdef const char* p
+        if self.pos + 5 <= self.end and <unsigned char>self.base[self.pos] == T_STR:
+            memcpy(&n32, self.base + self.pos + 1, 4)
+            if n32 <= KEY_MAX and n32 <= self.end - self.pos - 5:
+                p = self.base + self.pos + 5
+                self.pos += 5 + n32
+                return _key(p, n32)
+        return self._dec(depth)
+
+    cdef const char* _oob(self, uint64_t off, uint64_t n) except NULL:
+        if off > <uint64_t>self.total or n > <uint64_t>self.total \
+                or <uint64_t>self.data_start + off + n > <uint64_t>self.total:
+            raise self._error(f"out-of-band data (offset {off}, {n} bytes) lies outside the message")
+        if (self.data_start + <Py_ssize_t>off) % ALIGN:
+            raise self._error(f"misaligned out-of-band data (offset {off})")
+        return self.base + self.data_start + <Py_ssize_t>off
+
+    cdef object _dec_dtype(self):
+        cdef unsigned char n = <unsigned char>_take(self, 1)[0]
+        cdef const char* p = _take(self, n)
+        desc = PyBytes_FromStringAndSize(p, n)
+        try:
+            return _dtype_of(desc)
+        except (ValueError, TypeError):
+            raise self._error(f"invalid dtype descriptor {desc!r}") from None
+
+    cdef object _dec_array(self, Py_ssize_t depth):
+        cdef cnp.npy_intp dims[32]
+        cdef unsigned char flags, nd
+        cdef uint64_t dim, count = 1, off, nbytes
+        cdef int i
+        cdef const char* data
+        dtype = self._dec_dtype()
+        flags = <unsigned char>_take(self, 1)[0]
+        nd = <unsigned char>_take(self, 1)[0]
+        if nd > 32 or flags > 1:
+            raise self._error(f"corrupted array header (ndim {nd}, flags {flags})")
+        for i in range(nd):
+            memcpy(&dim, _take(self, 8), 8)
+            if dim > (<uint64_t>1 << 62):
+                raise self._error(f"corrupted array dimension {dim}")
+            dims[i] = <cnp.npy_intp>dim
+            if dim:
+                count *= dim
+                if count > (<uint64_t>1 << 62):
+                    raise self._error("corrupted array shape (too many elements)")
+        memcpy(&off, _take(self, 8), 8)
+        memcpy(&nbytes, _take(self, 8), 8)
+        for i in range(nd):
+            if dims[i] == 0:
+                count = 0
+        if count * <uint64_t>dtype.itemsize != nbytes:
+            raise self._error(f"corrupted array: shape and dtype {dtype} need {count * dtype.itemsize} bytes, "
+                              f"the message says {nbytes}")
+        data = self._oob(off, nbytes)
+        if self.keepalive is None:
+            self.keepalive = memoryview(self.owner).toreadonly()
+        Py_INCREF(dtype)      # PyArray_NewFromDescr steals it
+        arr = PyArray_NewFromDescr(<PyObject*>_ndarray, <PyObject*>dtype, nd, dims, NULL, <void*>data,
+                                   cnp.NPY_ARRAY_F_CONTIGUOUS if flags else cnp.NPY_ARRAY_C_CONTIGUOUS, NULL)
+        Py_INCREF(self.keepalive)     # PyArray_SetBaseObject steals it
+        PyArray_SetBaseObject(<PyObject*>arr, <PyObject*>self.keepalive)
+        cnp.PyArray_CLEARFLAGS(<cnp.ndarray>arr, cnp.NPY_ARRAY_WRITEABLE)
+        return arr
+
+    cdef object _dec_npscalar(self, Py_ssize_t depth):
+        dtype = self._dec_dtype()
+        cdef unsigned char n = <unsigned char>_take(self, 1)[0]
+        cdef const char* p = _take(self, n)
+        if n != dtype.itemsize:
+            raise self._error(f"corrupted numpy scalar ({n} bytes for dtype {dtype})")
+        return _np.frombuffer(PyBytes_FromStringAndSize(p, n), dtype=dtype)[0]
+
+    cdef object _dec_registered(self, unsigned char tag, Py_ssize_t depth):
+        cdef uint64_t code
+        cdef uint32_t n32
+        cdef Py_ssize_t i
+        cdef Entry entry
+        memcpy(&code, _take(self, 8), 8)
+        found = self.registry._by_code.get(code)
+        if found is None:
+            raise self._error(f"unknown class code {code:#018x}: the sender registered a class this process has "
+                              f"not; register it here too (actors.register_class)")
+        entry = <Entry>found
+        expected = {T_OBJECT: KIND_FIELDS, T_PICKLED: KIND_PICKLE, T_CUSTOM: KIND_CUSTOM}[tag]
+        if entry.kind != expected:
+            raise self._error(f"class {_qualified(entry.cls)} arrived encoded differently from how it is "
+                              f"registered here (mode {entry.mode}); register it the same way in every process")
+        if tag == T_CUSTOM:
+            self.kinds[depth] = K_CUSTOM
+            self.idx[depth] = 0
+            value = self._dec(depth + 1)
+            return entry.deserializer(value)
+        if tag == T_PICKLED:
+            data = self._dec(depth + 1)
+            if type(data) is not bytes:
+                raise self._error("corrupted pickled value")
+            obj = _pickle_loads(data)
+            if type(obj) is not entry.cls:
+                raise self._error(f"a pickled {_qualified(entry.cls)} decoded to a {type(obj).__qualname__}")
+            return obj
+        memcpy(&n32, _take(self, 4), 4)
+        if n32 > (self.end - self.pos) // 2:
+            raise self._error(f"corrupted field count {n32}")
+        cls = entry.cls
+        obj = cls.__new__(cls)
+        fields = PyObject_GenericGetDict(obj, NULL) if entry.has_dict else None
+        self.kinds[depth] = K_FIELDS
+        for i in range(n32):
+            self.idx[depth] = 2 * i
+            name = self._dec_key(depth + 1)
+            if type(name) is not str:
+                raise self._error(f"corrupted field name {_short_repr(name)}")
+            self.keys[depth] = <PyObject*>name
+            self.idx[depth] = 2 * i + 1
+            val = self._dec(depth + 1)
+            if name in entry.slots:
+                PyObject_GenericSetAttr(obj, name, val)
+            elif fields is not None:
+                PyDict_SetItem(fields, name, val)
+            else:
+                raise self._error(f"class {_qualified(cls)} has no field {name!r}")
+        return obj

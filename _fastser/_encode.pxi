@@ -1,0 +1,577 @@
+# The encoder: one pass over the object writes the stream into a reusable scratch buffer and records out-of-band
+# payloads (array data, large bytes) by pointer. Only then is the total size known; the caller provides a buffer of
+# that size (a shared-memory slot, or a new bytes object) and `write_to` copies the small stream and each payload
+# exactly once, straight into it.
+
+
+cdef inline int _reserve(Encoder e, Py_ssize_t n) except -1:
+    if e.pos + n > e.cap:
+        e._grow(n)
+    return 0
+
+cdef inline void _put_u8(Encoder e, unsigned char v) noexcept:
+    e.buf[e.pos] = <char>v
+    e.pos += 1
+
+cdef inline void _put_u32(Encoder e, uint32_t v) noexcept:
+    memcpy(e.buf + e.pos, &v, 4)
+    e.pos += 4
+
+cdef inline void _put_u64(Encoder e, uint64_t v) noexcept:
+    memcpy(e.buf + e.pos, &v, 8)
+    e.pos += 8
+
+cdef inline void _put_f64(Encoder e, double v) noexcept:
+    memcpy(e.buf + e.pos, &v, 8)
+    e.pos += 8
+
+
+def _describe(obj):
+    # Never call the object's own __repr__: it may be slow, huge or broken.
+    return f"<{type(obj).__qualname__} object at {id(obj):#x}>"
+
+
+def _short_repr(key):
+    try:
+        text = repr(key)
+    except Exception:
+        text = _describe(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _join_path(segments):
+    if len(segments) > 24:
+        segments = segments[:12] + [f"...({len(segments) - 22} levels)..."] + segments[-10:]
+    return "obj" + "".join(segments)
+
+
+def _type_name_for_fix(cls):
+    import types as _types
+    if cls.__module__ == "builtins":
+        for name in ("FunctionType", "BuiltinFunctionType", "MethodType", "CodeType", "ModuleType",
+                     "GeneratorType", "CoroutineType"):
+            if getattr(_types, name) is cls:
+                return f"types.{name}"
+        return cls.__qualname__
+    if cls.__flags__ & (1 << 9):      # Py_TPFLAGS_HEAPTYPE: a class written in Python
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+cdef class Encoder:
+    """Encodes objects into a buffer the caller provides.
+
+    `prepare(obj)` encodes and returns the exact size needed; `write_into(buffer)` then writes the message into any
+    writable buffer, such as a shared-memory slot, with no intermediate copy of array data. An encoder is reused
+    from message to message (its scratch buffer stays warm) but encodes one message at a time.
+    """
+
+    def __cinit__(self, Registry registry=None):
+        self.registry = registry if registry is not None else _default_registry
+        self.cap = 4096
+        self.buf = <char*>malloc(self.cap)
+        self.oobcap = 16
+        self.oob = <OOB*>malloc(self.oobcap * sizeof(OOB))
+        self.stack = <PyObject**>malloc((MAX_DEPTH + 1) * sizeof(PyObject*))
+        self.idx = <Py_ssize_t*>malloc((MAX_DEPTH + 1) * sizeof(Py_ssize_t))
+        self.kinds = <int*>malloc((MAX_DEPTH + 1) * sizeof(int))
+        if not (self.buf and self.oob and self.stack and self.idx and self.kinds):
+            raise MemoryError()
+        self._keep = []
+
+    def __dealloc__(self):
+        free(self.buf)
+        free(self.oob)
+        free(self.stack)
+        free(self.idx)
+        free(self.kinds)
+
+    cdef int _grow(self, Py_ssize_t n) except -1:
+        cdef Py_ssize_t cap = self.cap * 2
+        cdef char* buf
+        while cap < self.pos + n:
+            cap *= 2
+        buf = <char*>realloc(self.buf, cap)
+        if buf == NULL:
+            raise MemoryError()
+        self.buf = buf
+        self.cap = cap
+        return 0
+
+    cdef void _release(self):
+        self._keep.clear()
+        self.noob = 0
+        self.prepared = False
+        self.busy = False
+        if self.cap > 1 << 20:      # do not pin a huge scratch buffer after one huge message
+            free(self.buf)
+            self.cap = 4096
+            self.buf = <char*>malloc(self.cap)
+
+    def release(self):
+        """Drop what `prepare` holds (references to out-of-band payloads) without writing."""
+        self._release()
+
+    cdef Py_ssize_t prepare_c(self, object obj) except -1:
+        if self.busy:
+            raise RuntimeError("this Encoder is already encoding a message; use one Encoder per message")
+        self._keep.clear()
+        self.noob = 0
+        self.pos = 0
+        self.data_size = 0
+        self.busy = True
+        try:
+            self._enc(obj, 0)
+        except BaseException:
+            self._release()
+            raise
+        if self.pos > 0xFFFFFFFF:
+            self._release()
+            raise SerializationError(f"cannot serialize {_describe(obj)} at obj: the message's structure takes "
+                                     f"{self.pos} bytes, more than 4 GiB; split it into several messages")
+        if self.noob:
+            self.total = _align(HEADER + self.pos) + self.data_size
+        else:
+            self.total = HEADER + self.pos
+        self.prepared = True
+        return self.total
+
+    cpdef Py_ssize_t prepare(self, object obj) except -1:
+        """Encode `obj`; return the number of bytes `write_into` will write."""
+        return self.prepare_c(obj)
+
+    cdef int write_to(self, char* dst) except -1:
+        cdef Py_ssize_t i, start, end, data_start
+        cdef OOB* o
+        cdef uint32_t stream_len = <uint32_t>self.pos
+        cdef uint64_t total = <uint64_t>self.total
+        if not self.prepared:
+            raise RuntimeError("write_into needs a prepare() first")
+        dst[0] = <char>MAGIC0
+        dst[1] = <char>MAGIC1
+        dst[2] = <char>VERSION
+        dst[3] = 0
+        memcpy(dst + 4, &stream_len, 4)
+        memcpy(dst + 8, &total, 8)
+        memcpy(dst + HEADER, self.buf, self.pos)
+        end = HEADER + self.pos
+        data_start = _align(end)
+        try:
+            for i in range(self.noob):
+                o = &self.oob[i]
+                start = data_start + o.offset
+                memset(dst + end, 0, start - end)       # padding never leaks earlier contents of reused memory
+                if o.array != NULL:
+                    _copy_array_into(<object>o.array, dst + start)
+                elif o.nbytes >= (1 << 20):
+                    with nogil:
+                        memcpy(dst + start, o.src, o.nbytes)
+                else:
+                    memcpy(dst + start, o.src, o.nbytes)
+                end = start + o.nbytes
+        finally:
+            self._release()
+        return 0
+
+    def write_into(self, buffer, Py_ssize_t offset=0):
+        """Write the prepared message into `buffer` (any writable buffer) at `offset`; return the size written."""
+        cdef Py_buffer view
+        cdef Py_ssize_t total = self.total
+        if not self.prepared:
+            raise RuntimeError("write_into needs a prepare() first")
+        PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+        try:
+            if offset < 0 or view.len - offset < total:
+                raise ValueError(f"buffer too small: the message needs {total} bytes at offset {offset}, "
+                                 f"the buffer holds {view.len}")
+            self.write_to(<char*>view.buf + offset)
+        finally:
+            PyBuffer_Release(&view)
+        return total
+
+    def encode(self, obj):
+        """Encode `obj` into a new bytes object."""
+        cdef Py_ssize_t n = self.prepare_c(obj)
+        cdef object out
+        try:
+            out = PyBytes_FromStringAndSize(NULL, n)
+        except BaseException:
+            self._release()
+            raise
+        self.write_to(PyBytes_AS_STRING(out))
+        return out
+
+    # -- the walk ------------------------------------------------------------------------------------------------
+
+    cdef int _enc(self, object obj, Py_ssize_t depth) except -1:
+        cdef type t = type(obj)
+        cdef long long iv
+        cdef int overflow = 0
+        cdef Py_ssize_t n, i, ppos
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef object key, val
+        if t is str:
+            if PyUnicode_IS_COMPACT_ASCII(obj):
+                n = PyUnicode_GET_LENGTH(obj)
+                if n >= OOB_MIN:
+                    return self._enc_str_slow(obj, depth)
+                _reserve(self, 5 + n)
+                _put_u8(self, T_STR)
+                _put_u32(self, <uint32_t>n)
+                memcpy(self.buf + self.pos, PyUnicode_DATA(obj), n)
+                self.pos += n
+                return 0
+            return self._enc_str_slow(obj, depth)
+        if t is int:
+            iv = PyLong_AsLongLongAndOverflow(obj, &overflow)
+            if overflow:
+                return self._enc_int_big(obj, depth)
+            _reserve(self, 9)
+            if -128 <= iv <= 127:
+                _put_u8(self, T_INT8)
+                _put_u8(self, <unsigned char>(<signed char>iv))
+            else:
+                _put_u8(self, T_INT64)
+                _put_u64(self, <uint64_t>iv)
+            return 0
+        if t is float:
+            _reserve(self, 9)
+            _put_u8(self, T_FLOAT)
+            _put_f64(self, PyFloat_AS_DOUBLE(obj))
+            return 0
+        if obj is None:
+            _reserve(self, 1)
+            _put_u8(self, T_NONE)
+            return 0
+        if t is bool:
+            _reserve(self, 1)
+            _put_u8(self, T_TRUE if obj is True else T_FALSE)
+            return 0
+        if t is dict:
+            self._enter(obj, depth, K_DICT)
+            n = PyDict_Size(obj)
+            _reserve(self, 5)
+            _put_u8(self, T_DICT)
+            _put_u32(self, <uint32_t>n)
+            ppos = 0
+            i = 0
+            while PyDict_Next(obj, &ppos, &k, &v):
+                if i >= n:
+                    break
+                key = <object>k
+                val = <object>v
+                self.idx[depth] = 2 * i
+                self._enc(key, depth + 1)
+                self.idx[depth] = 2 * i + 1
+                self._enc(val, depth + 1)
+                i += 1
+            if i != n or PyDict_Size(obj) != n:
+                raise self._fail(obj, depth, "the dict changed size while it was being serialized")
+            return 0
+        if t is list or t is tuple:
+            self._enter(obj, depth, K_LIST if t is list else K_TUPLE)
+            n = Py_SIZE(obj)
+            if n > 0xFFFFFFFF:
+                raise self._fail(obj, depth, "more than 2**32 items; split it")
+            _reserve(self, 5)
+            _put_u8(self, T_LIST if t is list else T_TUPLE)
+            _put_u32(self, <uint32_t>n)
+            if t is list:
+                for i in range(n):
+                    if i >= PyList_GET_SIZE(obj):
+                        raise self._fail(obj, depth, "the list changed size while it was being serialized")
+                    val = <object>PyList_GET_ITEM(obj, i)
+                    self.idx[depth] = i
+                    self._enc(val, depth + 1)
+                if PyList_GET_SIZE(obj) != n:
+                    raise self._fail(obj, depth, "the list changed size while it was being serialized")
+            else:
+                for i in range(n):
+                    self.idx[depth] = i
+                    self._enc(<object>PyTuple_GET_ITEM(obj, i), depth + 1)
+            return 0
+        if t is bytes:
+            return self._enc_blob(T_BYTES, T_BYTES_OOB, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj), obj)
+        if t is _ndarray:
+            return self._enc_array(obj, depth)
+        if t is complex:
+            _reserve(self, 17)
+            _put_u8(self, T_COMPLEX)
+            _put_f64(self, PyComplex_RealAsDouble(obj))
+            _put_f64(self, PyComplex_ImagAsDouble(obj))
+            return 0
+        if t is bytearray:
+            return self._enc_blob(T_BYTEARRAY, T_BYTEARRAY_OOB, PyByteArray_AS_STRING(obj),
+                                  PyByteArray_GET_SIZE(obj), obj)
+        if t is set or t is frozenset:
+            self._enter(obj, depth, K_SET)
+            n = len(obj)
+            _reserve(self, 5)
+            _put_u8(self, T_SET if t is set else T_FROZENSET)
+            _put_u32(self, <uint32_t>n)
+            i = 0
+            for val in obj:     # a set that changes size while iterated raises RuntimeError here
+                self.idx[depth] = i
+                self._enc(val, depth + 1)
+                i += 1
+            return 0
+        return self._enc_other(obj, depth)
+
+    cdef int _enter(self, object obj, Py_ssize_t depth, int kind) except -1:
+        cdef Py_ssize_t d
+        if depth >= MAX_DEPTH:
+            seen = {}
+            for d in range(depth):
+                p = <size_t>self.stack[d]
+                first = seen.get(p)
+                if first is not None:
+                    raise SerializationError(
+                        f"cannot serialize {_describe(<object>self.stack[<Py_ssize_t>first])} at "
+                        f"{_join_path(self._segments(first))}: it contains itself (found again at "
+                        f"{_join_path(self._segments(d))}); break the cycle before sending it")
+                seen[p] = d
+            raise self._fail(obj, depth, f"it is nested more than {MAX_DEPTH} levels deep; flatten it, or "
+                                         f"pickle it by hand into bytes")
+        self.stack[depth] = <PyObject*>obj
+        self.kinds[depth] = kind
+        return 0
+
+    def _segments(self, Py_ssize_t depth):
+        # The path from the message's root to the object at `depth`, from the containers on the walk's stack.
+        cdef Py_ssize_t d, i
+        segments = []
+        for d in range(depth):
+            container = <object>self.stack[d]
+            i = self.idx[d]
+            kind = self.kinds[d]
+            if kind == K_LIST or kind == K_TUPLE:
+                segments.append(f"[{i}]")
+            elif kind == K_DICT:
+                keys = list(container)
+                key = keys[i // 2] if i // 2 < len(keys) else "?"
+                segments.append(f"[{_short_repr(key)}]" if i % 2 else f"<key {_short_repr(key)}>")
+            elif kind == K_SET:
+                segments.append(f"<element {i}>")
+            elif kind == K_FIELDS:
+                names = _field_names(self.registry._by_type.get(type(container)), container)
+                segments.append(f".{names[i]}" if i < len(names) else ".?")
+            elif kind == K_CUSTOM:
+                segments.append(f"<serialized {type(container).__qualname__}>")
+        return segments
+
+    cdef object _fail(self, object obj, Py_ssize_t depth, str reason):
+        return SerializationError(f"cannot serialize {_describe(obj)} at {_join_path(self._segments(depth))}: "
+                                  f"{reason}")
+
+    # -- the less common types -----------------------------------------------------------------------------------
+
+    cdef int _enc_str_slow(self, object obj, Py_ssize_t depth) except -1:
+        cdef Py_ssize_t n
+        cdef const char* p
+        cdef unsigned char tag = T_STR
+        try:
+            p = PyUnicode_AsUTF8AndSize(obj, &n)
+        except UnicodeEncodeError:
+            obj = PyUnicode_AsEncodedString(obj, "utf-8", "surrogatepass")
+            p = PyBytes_AS_STRING(obj)
+            n = PyBytes_GET_SIZE(obj)
+            tag = T_STR_SP
+        if tag == T_STR and n >= OOB_MIN:
+            return self._enc_blob(T_STR, T_STR_OOB, p, n, obj)     # the str owns its UTF-8 buffer
+        return self._enc_blob(tag, 0, p, n, obj)
+
+    cdef int _enc_int_big(self, object obj, Py_ssize_t depth) except -1:
+        nbytes = (obj.bit_length() + 8) // 8
+        if nbytes > 0x7FFFFFFF:
+            raise self._fail(obj, depth, "the integer is too large")
+        data = obj.to_bytes(nbytes, "little", signed=True)
+        _reserve(self, 5 + nbytes)
+        _put_u8(self, T_BIGINT)
+        _put_u32(self, <uint32_t>nbytes)
+        memcpy(self.buf + self.pos, PyBytes_AS_STRING(data), nbytes)
+        self.pos += nbytes
+        return 0
+
+    cdef int _enc_blob(self, unsigned char tag_inline, unsigned char tag_oob, const char* p, Py_ssize_t n,
+                       object owner) except -1:
+        if tag_oob and n >= OOB_MIN:
+            _reserve(self, 17)
+            _put_u8(self, tag_oob)
+            self._add_oob(p, n, owner, False)
+            return 0
+        if n > 0xFFFFFFFF:
+            raise SerializationError("cannot serialize a string of more than 4 GiB")
+        _reserve(self, 5 + n)
+        _put_u8(self, tag_inline)
+        _put_u32(self, <uint32_t>n)
+        memcpy(self.buf + self.pos, p, n)
+        self.pos += n
+        return 0
+
+    cdef int _add_oob(self, const char* src, Py_ssize_t nbytes, object owner, bint strided) except -1:
+        # Writes (offset, nbytes) into the stream; the caller reserved 16 bytes.
+        cdef OOB* grown
+        cdef Py_ssize_t offset
+        if self.noob == self.oobcap:
+            grown = <OOB*>realloc(self.oob, 2 * self.oobcap * sizeof(OOB))
+            if grown == NULL:
+                raise MemoryError()
+            self.oob = grown
+            self.oobcap *= 2
+        offset = _align(self.data_size)
+        self.data_size = offset + nbytes
+        self._keep.append(owner)
+        self.oob[self.noob].src = src
+        self.oob[self.noob].nbytes = nbytes
+        self.oob[self.noob].offset = offset
+        self.oob[self.noob].array = <PyObject*>owner if strided else NULL
+        self.noob += 1
+        _put_u64(self, <uint64_t>offset)
+        _put_u64(self, <uint64_t>nbytes)
+        return 0
+
+    cdef int _enc_dtype(self, object dtype, object obj, Py_ssize_t depth) except -1:
+        cdef PyObject* found = PyDict_GetItem(_dtype_desc, dtype)
+        cdef object desc
+        if found != NULL:
+            desc = <object>found
+        else:
+            try:
+                desc = _describe_dtype(dtype)
+            except ValueError as exc:
+                raise self._fail(obj, depth, str(exc)) from None
+        _reserve(self, 1 + PyBytes_GET_SIZE(desc))
+        _put_u8(self, <unsigned char>PyBytes_GET_SIZE(desc))
+        memcpy(self.buf + self.pos, PyBytes_AS_STRING(desc), PyBytes_GET_SIZE(desc))
+        self.pos += PyBytes_GET_SIZE(desc)
+        return 0
+
+    cdef int _enc_array(self, object arr, Py_ssize_t depth) except -1:
+        cdef cnp.ndarray a = <cnp.ndarray>arr
+        cdef int nd = cnp.PyArray_NDIM(a)
+        cdef int i
+        cdef bint c_order = cnp.PyArray_IS_C_CONTIGUOUS(a)
+        cdef bint f_order = (not c_order) and cnp.PyArray_IS_F_CONTIGUOUS(a)
+        cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(a)
+        _reserve(self, 1)
+        _put_u8(self, T_NDARRAY)
+        self._enc_dtype(<object><PyObject*>cnp.PyArray_DESCR(a), arr, depth)
+        _reserve(self, 2 + 8 * nd + 16)
+        _put_u8(self, 1 if f_order else 0)
+        _put_u8(self, <unsigned char>nd)
+        for i in range(nd):
+            _put_u64(self, <uint64_t>dims[i])
+        self._add_oob(<const char*>cnp.PyArray_DATA(a), cnp.PyArray_NBYTES(a), arr, not (c_order or f_order))
+        return 0
+
+    cdef int _enc_npscalar(self, object obj, Py_ssize_t depth) except -1:
+        raw = obj.tobytes()
+        _reserve(self, 1)
+        _put_u8(self, T_NPSCALAR)
+        self._enc_dtype(obj.dtype, obj, depth)
+        _reserve(self, 1 + PyBytes_GET_SIZE(raw))
+        _put_u8(self, <unsigned char>PyBytes_GET_SIZE(raw))
+        memcpy(self.buf + self.pos, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+        self.pos += PyBytes_GET_SIZE(raw)
+        return 0
+
+    cdef int _enc_other(self, object obj, Py_ssize_t depth) except -1:
+        cdef type t = type(obj)
+        cdef PyObject* found = PyDict_GetItem(self.registry._by_type, t)
+        cdef Entry entry
+        if found != NULL:
+            entry = <Entry>found
+            if entry.kind == KIND_FIELDS:
+                return self._enc_fields(entry, obj, depth)
+            if entry.kind == KIND_PICKLE:
+                try:
+                    data = _cloudpickle.dumps(obj, protocol=5)
+                except Exception as exc:
+                    raise self._fail(obj, depth, f"cloudpickle cannot pickle it ({type(exc).__name__}: {exc})") \
+                        from exc
+                _reserve(self, 9)
+                _put_u8(self, T_PICKLED)
+                _put_u64(self, entry.code)
+                return self._enc_blob(T_BYTES, T_BYTES_OOB, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), data)
+            self._enter(obj, depth, K_CUSTOM)
+            try:
+                value = entry.serializer(obj)
+            except Exception as exc:
+                raise self._fail(obj, depth, f"the serializer of class {t.__qualname__} raised "
+                                             f"{type(exc).__name__}: {exc}") from exc
+            _reserve(self, 9)
+            _put_u8(self, T_CUSTOM)
+            _put_u64(self, entry.code)
+            self.idx[depth] = 0
+            return self._enc(value, depth + 1)
+        if isinstance(obj, _np_generic):
+            return self._enc_npscalar(obj, depth)
+        raise self._fail(obj, depth, _unregistered_reason(self.registry, t))
+
+    cdef int _enc_fields(self, Entry entry, object obj, Py_ssize_t depth) except -1:
+        cdef Py_ssize_t count_at, ppos = 0, i = 0
+        cdef uint32_t count
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef object key, val
+        self._enter(obj, depth, K_FIELDS)
+        _reserve(self, 13)
+        _put_u8(self, T_OBJECT)
+        _put_u64(self, entry.code)
+        count_at = self.pos
+        self.pos += 4
+        if entry.has_dict:
+            fields = PyObject_GenericGetDict(obj, NULL)
+            while PyDict_Next(fields, &ppos, &k, &v):
+                key = <object>k
+                val = <object>v
+                if type(key) is not str:
+                    raise self._fail(obj, depth, f"its __dict__ has a key that is not a str: {_short_repr(key)}")
+                self.idx[depth] = i
+                self._enc(key, depth + 1)
+                self._enc(val, depth + 1)
+                i += 1
+        for name in entry.slots:
+            val = getattr(obj, name, _MISSING)
+            if val is _MISSING:
+                continue
+            self.idx[depth] = i
+            self._enc(name, depth + 1)
+            self._enc(val, depth + 1)
+            i += 1
+        count = <uint32_t>i
+        memcpy(self.buf + count_at, &count, 4)
+        return 0
+
+
+def _field_names(entry, obj):
+    names = []
+    if entry is None:
+        return names
+    if entry.has_dict:
+        names.extend(obj.__dict__)
+    names.extend(name for name in entry.slots if hasattr(obj, name))
+    return names
+
+
+def _unregistered_reason(Registry registry, cls):
+    name = _type_name_for_fix(cls)
+    for base in cls.__mro__[1:]:
+        if base in registry._by_type:
+            return (f"class {cls.__qualname__} is not registered (its base class {base.__qualname__} is, but a "
+                    f"subclass is never encoded as its base); call actors.register_class({name})")
+    if cls.__flags__ & (1 << 9) and cls.__module__ != "builtins":
+        return f"class {cls.__qualname__} is not registered; call actors.register_class({name})"
+    return f"class {cls.__qualname__} is not registered; call actors.register_class({name}, pickle=True)"
+
+
+cdef int _copy_array_into(object arr, char* dst) except -1:
+    # A strided (non-contiguous) array is written C-contiguous, element by element, by numpy itself.
+    cdef cnp.ndarray src = <cnp.ndarray>arr
+    cdef PyObject* descr = <PyObject*>cnp.PyArray_DESCR(src)
+    Py_INCREF(<object>descr)       # PyArray_NewFromDescr steals it
+    dest = PyArray_NewFromDescr(<PyObject*>_ndarray, descr, cnp.PyArray_NDIM(src), cnp.PyArray_DIMS(src), NULL,
+                                dst, cnp.NPY_ARRAY_CARRAY, NULL)
+    cnp.PyArray_CopyInto(<cnp.ndarray>dest, src)
+    return 0

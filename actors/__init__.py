@@ -1,0 +1,19 @@
+"""actors: shared-memory actors for Python.
+
+A thin public namespace; the implementation lives in private modules, one per concern, and in the `_fastser` codec.
+"""
+from actors._codec import (
+    dumps as dumps,
+    loads as loads,
+    register_class as register_class,
+    registered_classes as registered_classes,
+    unregister_class as unregister_class,
+)
+from actors._exceptions import (
+    ActorsError as ActorsError,
+    DecodeError as DecodeError,
+    RegistrationError as RegistrationError,
+    SerializationError as SerializationError,
+)
+
+__version__ = "0.1.0"

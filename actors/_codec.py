@@ -1,0 +1,50 @@
+"""The codec entry points of the public namespace: `dumps`, `loads` and the class registry.
+
+One codec serves messages, `put` and persisted state alike; these are thin names over `_fastser`.
+"""
+from _fastser import _codec
+
+
+def dumps(obj) -> bytes:
+    """Encode `obj` into bytes.
+
+    Native types (None, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset), numpy
+    scalars and arrays, and instances of registered classes. Raises `SerializationError` naming the object, where it
+    sits in `obj`, and the fix.
+    """
+    return _codec.dumps(obj)
+
+
+def loads(buffer):
+    """Decode a message from any object with the buffer protocol.
+
+    numpy arrays come back as read-only views into `buffer`, which they keep alive. Bad input raises `DecodeError`.
+    """
+    return _codec.loads(buffer)
+
+
+def register_class(cls, *, pickle=False, serializer=None, deserializer=None):
+    """Let instances of `cls` travel in messages.
+
+    - default: the instance's fields (`__dict__` and `__slots__`) are encoded; the receiver rebuilds the object
+      without calling `__init__`.
+    - `pickle=True`: the object goes through cloudpickle (functions, lambdas, classes with C state). Decoding it runs
+      pickle, so register this way only what you trust the senders with.
+    - `serializer` / `deserializer`: `serializer(obj)` returns any encodable value; `deserializer(value)` rebuilds
+      the object.
+
+    The wire code is derived from the qualified name, so every process agrees on it without coordination. Registering
+    the same class again is harmless; another class with the same qualified name is a `RegistrationError`. A subclass
+    is never encoded as its registered parent: register it too.
+    """
+    return _codec.register_class(cls, pickle=pickle, serializer=serializer, deserializer=deserializer)
+
+
+def unregister_class(cls) -> None:
+    """Forget a registered class (a no-op if it is not registered)."""
+    _codec.unregister_class(cls)
+
+
+def registered_classes() -> list:
+    """The registered classes, in registration order."""
+    return _codec.registered_classes()
