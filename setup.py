@@ -35,6 +35,7 @@ extensions = [
     )
     for name, path in [
         ("_fastser._codec", "_fastser/_codec.pyx"),
+        ("_fastser._shm", "_fastser/_shm.pyx"),
     ]
 ]
 

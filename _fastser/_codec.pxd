@@ -50,6 +50,7 @@ cdef class Encoder:
     cdef Py_ssize_t prepare_c(self, object obj) except -1
     cpdef Py_ssize_t prepare(self, object obj) except -1
     cdef int write_to(self, char* dst) except -1
+    cdef Py_ssize_t write_stream_to(self, char* dst) except -1
     cdef int _grow(self, Py_ssize_t n) except -1
     cdef int _enc(self, object obj, Py_ssize_t depth) except -1
     cdef int _enc_str_slow(self, object obj, Py_ssize_t depth) except -1

@@ -140,6 +140,26 @@ cdef class Encoder:
         """Encode `obj`; return the number of bytes `write_into` will write."""
         return self.prepare_c(obj)
 
+    cdef Py_ssize_t write_stream_to(self, char* dst) except -1:
+        """Write header and stream only; return where the data region starts. For a message whose single array's
+        data is already in place (actors.shared_array)."""
+        cdef uint32_t stream_len = <uint32_t>self.pos
+        cdef uint64_t total = <uint64_t>self.total
+        cdef Py_ssize_t end
+        if not self.prepared:
+            raise RuntimeError("write_stream_to needs a prepare() first")
+        dst[0] = <char>MAGIC0
+        dst[1] = <char>MAGIC1
+        dst[2] = <char>VERSION
+        dst[3] = 0
+        memcpy(dst + 4, &stream_len, 4)
+        memcpy(dst + 8, &total, 8)
+        memcpy(dst + HEADER, self.buf, self.pos)
+        end = HEADER + self.pos
+        memset(dst + end, 0, _align(end) - end)
+        self._release()
+        return _align(end)
+
     cdef int write_to(self, char* dst) except -1:
         cdef Py_ssize_t i, start, end, data_start
         cdef OOB* o

@@ -9,6 +9,15 @@ from actors._codec import (
     registered_classes as registered_classes,
     unregister_class as unregister_class,
 )
+from actors._store import (
+    ObjectRef as ObjectRef,
+    ObjectStore as ObjectStore,
+    StaleRefError as StaleRefError,
+    StoreFullError as StoreFullError,
+    get as get,
+    put as put,
+    shared_array as shared_array,
+)
 from actors._exceptions import (
     ActorsError as ActorsError,
     DecodeError as DecodeError,

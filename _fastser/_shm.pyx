@@ -1,0 +1,452 @@
+# cython: language_level=3
+"""Shared-memory arenas: map a store segment, allocate blocks, count references, encode into and decode from them.
+
+This is the store's C-level core; `actors._store` wraps it with naming, capacity, waiting and cleanup. A message is
+encoded by `Encoder.write_to` straight into its block; a decoded array is a read-only view into the block, pinned
+by a `Pin` that holds one count, so the block is freed only when no ref and no view remains in any process.
+"""
+import os as _os
+
+import numpy as _np
+
+cimport numpy as cnp
+from cpython.ref cimport Py_INCREF, PyObject
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+from _fastser._codec cimport Decoder, Encoder, Registry
+from _fastser._errors import ActorsError
+
+cdef extern from "numpy/arrayobject.h":
+    object PyArray_NewFromDescr(PyObject* subtype, PyObject* descr, int nd, cnp.npy_intp* dims,
+                                cnp.npy_intp* strides, void* data, int flags, PyObject* obj)
+    int PyArray_SetBaseObject(PyObject* arr, PyObject* base) except -1
+
+cnp.import_array()
+
+cdef extern from "sys/mman.h":
+    void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset) nogil
+    int munmap(void* addr, size_t length) nogil
+    int PROT_READ, PROT_WRITE, MAP_SHARED
+    void* MAP_FAILED
+
+cdef extern from "arena.h":
+    ctypedef struct arena_header:
+        uint64_t magic
+        uint64_t capacity
+        uint64_t arena_off
+        uint64_t table_off
+        uint64_t segment_size
+        int32_t max_order
+        int32_t owner_pid
+        uint64_t generation
+        uint64_t used
+        uint64_t high_water
+        uint64_t objects
+    ctypedef struct object_header:
+        uint64_t generation
+        int64_t refcount
+        uint64_t size
+        uint64_t nrefs
+        uint64_t refs_at
+        uint32_t magic
+        uint32_t order
+    uint64_t ARENA_MAGIC
+    uint32_t OBJECT_MAGIC
+    int arena_init(arena_header* h, uint64_t segment_size, uint64_t capacity, uint64_t table_off,
+                   uint64_t arena_off, int32_t pid) nogil
+    int arena_lock(arena_header* h) nogil
+    void arena_unlock(arena_header* h) nogil
+    int64_t arena_alloc_locked(arena_header* h, uint64_t size) nogil
+    void arena_free_locked(arena_header* h, uint64_t off) nogil
+    int arena_commit_locked(arena_header* h, int fd, uint64_t chunk) nogil
+    int arena_valid_locked(arena_header* h, uint64_t off, uint64_t generation) nogil
+    int64_t atomic_add(int64_t* p, int64_t v) nogil
+    int64_t atomic_inc_unless_zero(int64_t* p) nogil
+    uint8_t* arena_base(arena_header* h) nogil
+
+cdef enum:
+    OBJ_HEADER = 64
+    PAGE = 4096
+    COMMIT_CHUNK = 1 << 24      # /dev/shm space is reserved 16 MiB at a time, ahead of first use
+
+
+class StaleRefError(ActorsError, LookupError):
+    """A ref names an object that was released, or that never existed (a forged or corrupted ref)."""
+
+
+def layout(uint64_t capacity):
+    """(table offset, arena offset, segment size) of a store of `capacity` bytes (a power of two)."""
+    table_off = PAGE
+    arena_off = (table_off + capacity // 64 + PAGE - 1) // PAGE * PAGE
+    return table_off, arena_off, arena_off + capacity
+
+
+# The refs met while encoding one message: the message holds a count on each for as long as it lives.
+cdef list _collecting = None
+
+
+cdef class Arena:
+    """One mapped store segment. Usable from any process that maps it; `owner` is the creating process."""
+    cdef arena_header* h
+    cdef uint8_t* base
+    cdef size_t mapsize
+    cdef int fd
+    cdef readonly str name
+    cdef readonly bint owner
+    cdef list _encoders
+    cdef Decoder decoder
+    cdef object _shm           # the posix_ipc object (keeps the fd)
+
+    def __cinit__(self):
+        self.h = NULL
+        self._encoders = []
+
+    @staticmethod
+    def map(shm, str name, bint create, uint64_t capacity=0):
+        """Map the posix_ipc segment `shm`; with `create`, lay out an empty store of `capacity` bytes in it."""
+        cdef Arena a = Arena.__new__(Arena)
+        cdef void* p
+        cdef uint64_t table_off, arena_off, size
+        a._shm = shm
+        a.fd = shm.fd
+        a.name = name
+        a.owner = create
+        a.mapsize = shm.size
+        p = mmap(NULL, a.mapsize, PROT_READ | PROT_WRITE, MAP_SHARED, a.fd, 0)
+        if p == MAP_FAILED:
+            raise OSError(f"cannot map shared memory {name}")
+        a.h = <arena_header*>p
+        if create:
+            table_off, arena_off, size = layout(capacity)
+            if size > a.mapsize:
+                raise ValueError("segment smaller than its layout")
+            if arena_init(a.h, size, capacity, table_off, arena_off, _os.getpid()) != 0:
+                raise OSError("cannot initialise the store's lock")
+        elif a.h.magic != ARENA_MAGIC or a.h.segment_size > a.mapsize:
+            raise ActorsError(f"shared memory {name} is not an actors store (or it is still being created)")
+        a.base = arena_base(a.h)
+        a.decoder = Decoder()
+        return a
+
+    def __dealloc__(self):
+        if self.h != NULL:
+            munmap(<void*>self.h, self.mapsize)
+            self.h = NULL
+
+    @property
+    def capacity(self):
+        return self.h.capacity
+
+    def stats(self):
+        """used bytes, allocated objects, capacity, highest byte ever used."""
+        return {"used": self.h.used, "objects": self.h.objects, "capacity": self.h.capacity,
+                "high_water": self.h.high_water}
+
+    # -- allocation ----------------------------------------------------------------------------------------------
+
+    cdef int64_t _alloc(self, uint64_t size, uint64_t* generation) except -3:
+        # The block's arena offset; -1 when no free block is large enough, -2 when /dev/shm itself is full.
+        cdef int64_t off
+        with nogil:
+            arena_lock(self.h)
+            off = arena_alloc_locked(self.h, size)
+            if off >= 0:
+                if arena_commit_locked(self.h, self.fd, COMMIT_CHUNK) != 0:
+                    arena_free_locked(self.h, <uint64_t>off)
+                    off = -2
+                else:
+                    self.h.generation += 1
+                    generation[0] = self.h.generation
+            arena_unlock(self.h)
+        return off
+
+    cdef void _free(self, uint64_t off) noexcept nogil:
+        arena_lock(self.h)
+        arena_free_locked(self.h, off)
+        arena_unlock(self.h)
+
+    cdef void decref(self, uint64_t off) noexcept:
+        """Drop one count; the last one frees the block and drops the counts its message held."""
+        cdef object_header* o
+        cdef uint64_t i, n, inner
+        cdef uint64_t* refs
+        cdef list pending = None
+        while True:
+            o = <object_header*>(self.base + off)
+            if atomic_add(&o.refcount, -1) == 0:
+                n = o.nrefs
+                if n:
+                    refs = <uint64_t*>(<uint8_t*>o + o.refs_at)
+                    if pending is None:
+                        pending = []
+                    for i in range(n):
+                        pending.append(refs[2 * i])
+                o.magic = 0
+                self._free(off)
+            if not pending:
+                return
+            off = pending.pop()
+
+    cdef int incref(self, uint64_t off) except -1:
+        atomic_add(&(<object_header*>(self.base + off)).refcount, 1)
+        return 0
+
+    cdef bint incref_checked(self, uint64_t off, uint64_t generation) noexcept nogil:
+        """Take a count on the object at `off` if it is live and of `generation`; False if stale or forged."""
+        cdef bint ok = False
+        arena_lock(self.h)
+        if arena_valid_locked(self.h, off, generation):
+            ok = atomic_inc_unless_zero(&(<object_header*>(self.base + off)).refcount) > 0
+        arena_unlock(self.h)
+        return ok
+
+    # -- put and get ---------------------------------------------------------------------------------------------
+
+    cpdef tuple prepare(self, object obj):
+        """Encode `obj` for a put: (encoder, size of the block it needs, refs it holds). Pass it to `commit`."""
+        global _collecting
+        cdef Encoder enc = self._encoders.pop() if self._encoders else Encoder()
+        cdef list refs = []
+        cdef Py_ssize_t n
+        _collecting = refs
+        try:
+            n = enc.prepare_c(obj)
+        except BaseException:
+            self._encoders.append(enc)
+            raise
+        finally:
+            _collecting = None
+        return (enc, OBJ_HEADER + ((n + 7) & ~7) + 16 * len(refs), n, refs)
+
+    cpdef object commit(self, tuple prepared):
+        """Allocate and write a prepared message; its (offset, generation) with one count, or None when full."""
+        cdef Encoder enc = prepared[0]
+        cdef uint64_t size = prepared[1]
+        cdef uint64_t n = prepared[2]
+        cdef list refs = prepared[3]
+        cdef uint64_t generation = 0, i
+        cdef int64_t off = self._alloc(size, &generation)
+        cdef object_header* o
+        cdef uint64_t* slots
+        cdef ObjectRef r
+        if off == -2:
+            self.abandon(prepared)
+            raise ActorsError("shared memory is exhausted: /dev/shm has no space left for the store; free "
+                              "space in /dev/shm or give the machine (container) more")
+        if off < 0:
+            return None
+        o = <object_header*>(self.base + off)
+        o.generation = generation
+        o.refcount = 1
+        o.size = n
+        o.nrefs = len(refs)
+        o.refs_at = OBJ_HEADER + ((n + 7) & ~7)
+        o.magic = OBJECT_MAGIC
+        try:
+            enc.write_to(<char*>o + OBJ_HEADER)
+        except BaseException:
+            o.nrefs = 0
+            self.decref(<uint64_t>off)
+            self._encoders.append(enc)
+            raise
+        self._encoders.append(enc)
+        slots = <uint64_t*>(<uint8_t*>o + o.refs_at)
+        for i in range(o.nrefs):
+            r = <ObjectRef>refs[i]
+            r.arena.incref(r.offset)      # r is alive (we hold it), so its count is above zero
+            slots[2 * i] = r.offset
+            slots[2 * i + 1] = r.generation
+        return (off, generation)
+
+    def put_shared(self, SharedBlock block):
+        """The (offset, generation) of a shared array's block, with one more count: the put costs no copy."""
+        self.incref(block.offset)
+        return (block.offset, block.generation)
+
+    cpdef abandon(self, tuple prepared):
+        """Give up a prepared message without writing it."""
+        cdef Encoder enc = prepared[0]
+        enc.release()
+        self._encoders.append(enc)
+
+    cpdef object read(self, uint64_t off, bint release):
+        """Decode the object at `off` (the caller holds a count). With `release`, that count is given up: to the
+        read-only views the message yields, if any, else dropped now."""
+        cdef object_header* o = <object_header*>(self.base + off)
+        cdef const char* p = <const char*>o + OBJ_HEADER
+        cdef uint32_t stream_len
+        cdef uint64_t total
+        cdef Pin pin = None
+        memcpy(&stream_len, p + 4, 4)
+        memcpy(&total, p + 8, 8)
+        if total > 16 + <uint64_t>stream_len:        # it has out-of-band data: views may point into it
+            pin = Pin.__new__(Pin)
+            pin.arena = self
+            pin.offset = off
+            if not release:
+                self.incref(off)
+            release = False
+        try:
+            return self.decoder.decode_ptr(p, o.size, pin)
+        finally:
+            if release:
+                self.decref(off)
+
+    def ref(self, uint64_t off, uint64_t generation):
+        """An `ObjectRef` that takes over one count the caller holds."""
+        cdef ObjectRef r = ObjectRef.__new__(ObjectRef)
+        r.arena = self
+        r.offset = off
+        r.generation = generation
+        return r
+
+    def checked_ref(self, uint64_t off, uint64_t generation):
+        """An `ObjectRef` from untrusted coordinates (another process, a message): validated, with its own count."""
+        if not self.incref_checked(off, generation):
+            raise StaleRefError(f"stale object ref (offset {off}, generation {generation}) in store {self.name}: "
+                                f"the object was released, or the ref was never valid; keep a ref alive for as "
+                                f"long as the object is needed")
+        return self.ref(off, generation)
+
+    def shared_array(self, shape, dtype):
+        """A writable array living in a fresh block, laid out as the encoded message of itself: putting it later
+        only takes a count (see `put_shared`). None when the store is full."""
+        cdef Encoder enc = self._encoders.pop() if self._encoders else Encoder()
+        cdef uint64_t generation = 0
+        cdef int64_t off
+        cdef Py_ssize_t n, data_at
+        cdef object_header* o
+        dtype = _np.dtype(dtype)
+        placeholder = _np.lib.stride_tricks.as_strided(_np.zeros(1, dtype), shape=shape,
+                                                       strides=(0,) * len(shape))
+        try:
+            n = enc.prepare_c(placeholder)
+        except BaseException:
+            self._encoders.append(enc)
+            raise
+        off = self._alloc(OBJ_HEADER + ((n + 7) & ~7), &generation)
+        if off < 0:
+            self.abandon((enc,))
+            return None
+        o = <object_header*>(self.base + off)
+        o.generation = generation
+        o.refcount = 1
+        o.size = n
+        o.nrefs = 0
+        o.refs_at = OBJ_HEADER + ((n + 7) & ~7)
+        o.magic = OBJECT_MAGIC
+        data_at = enc.write_stream_to(<char*>o + OBJ_HEADER)
+        self._encoders.append(enc)
+        block = SharedBlock.__new__(SharedBlock)
+        (<SharedBlock>block).arena = self
+        (<SharedBlock>block).offset = <uint64_t>off
+        (<SharedBlock>block).generation = generation
+        (<SharedBlock>block).data = <uint8_t*>o + OBJ_HEADER + data_at
+        return _make_writable_array(block, dtype, shape, (<SharedBlock>block).data)
+
+    def decref_id(self, uint64_t off):
+        self.decref(off)
+
+    def incref_id(self, uint64_t off):
+        self.incref(off)
+
+
+cdef class SharedBlock:
+    """The numpy base of an `actors.shared_array`: holds the count of the block the array lives in."""
+    cdef readonly Arena arena
+    cdef readonly uint64_t offset
+    cdef readonly uint64_t generation
+    cdef uint8_t* data
+
+    def __dealloc__(self):
+        if self.arena is not None:
+            self.arena.decref(self.offset)
+
+    def owns(self, arr):
+        """Is `arr` this block's whole array (not a slice or a view of another shape)?"""
+        return (type(arr) is _np.ndarray and arr.base is self and arr.flags.c_contiguous
+                and arr.__array_interface__["data"][0] == <size_t>self.data)
+
+
+cdef object _make_writable_array(object base, object dtype, object shape, uint8_t* data):
+    cdef cnp.npy_intp dims[32]
+    cdef int i, nd = len(shape)
+    for i in range(nd):
+        dims[i] = shape[i]
+    Py_INCREF(dtype)      # stolen
+    arr = PyArray_NewFromDescr(<PyObject*>_np.ndarray, <PyObject*>dtype, nd, dims, NULL, <void*>data,
+                               cnp.NPY_ARRAY_CARRAY, NULL)
+    Py_INCREF(base)       # stolen
+    PyArray_SetBaseObject(<PyObject*>arr, <PyObject*>base)
+    return arr
+
+
+cdef class Pin:
+    """Holds one count on an object for as long as read-only views of it exist (it is their numpy base)."""
+    cdef Arena arena
+    cdef uint64_t offset
+
+    def __dealloc__(self):
+        if self.arena is not None:
+            self.arena.decref(self.offset)
+
+
+cdef class ObjectRef:
+    """A reference to an immutable object in a shared-memory store; it keeps the object alive.
+
+    Small and hashable; it travels inside messages (the message then keeps the object alive too) and through
+    pickle (where it holds no count in transit: keep the sender's ref until the receiver has its own).
+    """
+    cdef readonly Arena arena
+    cdef readonly uint64_t offset
+    cdef readonly uint64_t generation
+
+    def __dealloc__(self):
+        if self.arena is not None:
+            self.arena.decref(self.offset)
+
+    @property
+    def store(self):
+        return self.arena.name
+
+    def __hash__(self):
+        return hash((self.arena.name, self.offset, self.generation))
+
+    def __eq__(self, other):
+        if type(other) is not ObjectRef:
+            return NotImplemented
+        return (self.arena is (<ObjectRef>other).arena and self.offset == (<ObjectRef>other).offset
+                and self.generation == (<ObjectRef>other).generation)
+
+    def __repr__(self):
+        return f"ObjectRef({self.arena.name}, offset={self.offset}, generation={self.generation})"
+
+    def __reduce__(self):
+        return (_ref_from_wire, (self.arena.name, self.offset, self.generation))
+
+    def get(self):
+        return self.arena.read(self.offset, False)
+
+
+def ref_to_wire(ObjectRef ref):
+    """The codec serializer of ObjectRef: while a message is being put, it records the ref so the message holds a
+    count on it."""
+    if _collecting is not None:
+        _collecting.append(ref)
+    return (ref.arena.name, ref.offset, ref.generation)
+
+
+# Set by actors._store: maps a store name to its mapped Arena, attaching on first use.
+_resolve = None
+
+def _ref_from_wire(name, offset, generation):
+    return _resolve(name).checked_ref(offset, generation)
+
+
+def ref_from_wire(value):
+    """The codec deserializer of ObjectRef."""
+    if type(value) is not tuple or len(value) != 3:
+        raise ValueError("corrupted ObjectRef")
+    return _ref_from_wire(*value)

@@ -1,0 +1,307 @@
+"""The shared-memory object store: `put`/`get` by `ObjectRef`, capacity, waiting when full, and cleanup.
+
+A store is one POSIX shared-memory segment (owner-only, mode 0600) holding a buddy-allocated arena; objects are
+encoded straight into their blocks and read in place (`_fastser._shm`). Segment names carry the creating process's
+pid and start time, so a later start, or `actors cleanup`, can tell a stale segment (its owner is dead) from a live
+one and unlink it.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+
+import numpy as np
+import posix_ipc
+
+from _fastser import _codec, _shm
+from _fastser._shm import ObjectRef, StaleRefError
+from actors._exceptions import ActorsError
+
+PREFIX = "actors."
+SHM_DIR = "/dev/shm"
+MIN_DEFAULT_CAPACITY = 256 << 20
+MAX_DEFAULT_CAPACITY = 8 << 30
+DEFAULT_PUT_TIMEOUT = 10.0
+
+
+class StoreFullError(ActorsError):
+    """A put found no room in the store before its timeout, or the object is larger than the whole store."""
+
+
+def _start_time(pid: int) -> int | None:
+    # Field 22 of /proc/<pid>/stat: start time in clock ticks since boot. With the pid it names a process for good.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
+
+
+def segment_name(kind: str = "store") -> str:
+    """A fresh segment name: actors.<pid>.<start time>.<kind>.<random>."""
+    pid = os.getpid()
+    return f"{PREFIX}{pid}.{_start_time(pid)}.{kind}.{secrets.token_hex(4)}"
+
+
+def owner_alive(name: str) -> bool:
+    """Is the process that created segment `name` still running?"""
+    parts = name[len(PREFIX):].split(".")
+    try:
+        pid, start = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return True     # not a name we made: leave it alone
+    return _start_time(pid) == start
+
+
+def our_segments() -> list[str]:
+    """Names of every actors segment in /dev/shm, live or stale."""
+    try:
+        return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(PREFIX))
+    except FileNotFoundError:
+        return []
+
+
+def cleanup(*, all_owners_dead_only: bool = True) -> list[str]:
+    """Unlink every actors segment whose creating process is dead; return their names."""
+    removed = []
+    for name in our_segments():
+        if all_owners_dead_only and owner_alive(name):
+            continue
+        try:
+            posix_ipc.unlink_shared_memory("/" + name)
+            removed.append(name)
+        except posix_ipc.ExistentialError:
+            pass
+    return removed
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    return int(float(text.rstrip("KMGT")) * scale)
+
+
+def _shm_free() -> int:
+    st = os.statvfs(SHM_DIR)
+    return st.f_bavail * st.f_frsize
+
+
+def _fmt(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def choose_capacity(capacity: int | str | None) -> int:
+    """The store capacity to use: `capacity`, else $ACTORS_STORE_CAPACITY, else half of /dev/shm's free space up to
+    8 GiB; rounded down to a power of two (the arena is a buddy allocator)."""
+    free = _shm_free()
+    explicit = capacity if capacity is not None else os.environ.get("ACTORS_STORE_CAPACITY")
+    if explicit is not None:
+        want = _parse_size(explicit) if isinstance(explicit, str) else int(explicit)
+        if want < (1 << 16):
+            raise ActorsError(f"store capacity {want} is too small; use at least 64 KiB")
+        if want > free:
+            raise ActorsError(
+                f"store capacity {_fmt(want)} is more than /dev/shm has free ({_fmt(free)}); ask for less "
+                f"(ObjectStore(capacity=...) or ACTORS_STORE_CAPACITY), or give /dev/shm more space")
+    else:
+        want = min(free // 2, MAX_DEFAULT_CAPACITY)
+        if want < MIN_DEFAULT_CAPACITY:
+            raise ActorsError(
+                f"/dev/shm has only {_fmt(free)} free, too little for the default store "
+                f"({_fmt(MIN_DEFAULT_CAPACITY)} or more); give it more space (for Docker: docker run "
+                f"--shm-size=1g) or set a smaller capacity (ACTORS_STORE_CAPACITY=32M, or "
+                f"ObjectStore(capacity=...))")
+    return 1 << (want.bit_length() - 1)
+
+
+# -- the stores this process has mapped ---------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_mapped: dict[str, _shm.Arena] = {}
+_current: ObjectStore | None = None
+
+
+def _resolve(name: str) -> _shm.Arena:
+    # Map a store named in a ref that arrived from another process, once; later refs reuse the mapping.
+    arena = _mapped.get(name)
+    if arena is not None:
+        return arena
+    with _lock:
+        arena = _mapped.get(name)
+        if arena is None:
+            try:
+                shm = posix_ipc.SharedMemory("/" + name)
+            except posix_ipc.ExistentialError:
+                raise StaleRefError(f"the store {name} no longer exists (its system shut down)") from None
+            arena = _shm.Arena.map(shm, name, False)
+            _mapped[name] = arena
+    return arena
+
+
+_shm._resolve = _resolve
+_codec.register_class(ObjectRef, serializer=_shm.ref_to_wire, deserializer=_shm.ref_from_wire)
+
+
+class ObjectStore:
+    """A shared-memory object store, usable without any actors.
+
+    `put(obj)` encodes `obj` straight into shared memory and returns an `ObjectRef`; `get(ref)` decodes it, in this
+    process or any other that receives the ref (numpy arrays come back as read-only views into shared memory).
+    Objects are immutable once put and live until no ref and no view of them remains anywhere.
+
+    As a context manager it is also the process's current store (for `actors.put`/`actors.get`), and on exit it
+    unlinks its segment.
+    """
+
+    def __init__(self, capacity: int | str | None = None, *, put_timeout: float = DEFAULT_PUT_TIMEOUT,
+                 _attach: str | None = None):
+        self.put_timeout = put_timeout
+        if _attach is not None:
+            self._arena = _resolve(_attach)
+        else:
+            cleanup()       # segments left by crashed systems
+            capacity = choose_capacity(capacity)
+            name = segment_name("store")
+            table_off, arena_off, size = _shm.layout(capacity)
+            shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, mode=0o600, size=size)
+            try:
+                self._arena = _shm.Arena.map(shm, name, True, capacity)
+            except BaseException:
+                shm.unlink()
+                raise
+            with _lock:
+                _mapped[name] = self._arena
+        self.name = self._arena.name
+        self._closed = False
+        self._previous = None
+
+    @classmethod
+    def attach(cls, name: str) -> ObjectStore:
+        """Use a store that another process created."""
+        return cls(_attach=name)
+
+    @property
+    def capacity(self) -> int:
+        return self._arena.capacity
+
+    def stats(self) -> dict:
+        """Bytes used, objects stored, capacity, and the highest byte ever used."""
+        return self._arena.stats()
+
+    def put(self, obj, *, timeout: float | None = None) -> ObjectRef:
+        """Store `obj`; its `ObjectRef`. When the store is full, wait up to `timeout` seconds (default
+        `put_timeout`) for space, then raise `StoreFullError`."""
+        arena = self._arena
+        if type(obj) is np.ndarray and isinstance(obj.base, _shm.SharedBlock) and obj.base.owns(obj):
+            block = obj.base
+            if block.arena is arena:
+                obj.flags.writeable = False
+                return arena.ref(*arena.put_shared(block))
+        prepared = arena.prepare(obj)
+        placed = arena.commit(prepared)
+        if placed is None:
+            placed = self._wait_for_room(prepared, timeout)
+        return arena.ref(*placed)
+
+    def _wait_for_room(self, prepared, timeout):
+        arena = self._arena
+        size = prepared[1]
+        if size > arena.capacity:
+            arena.abandon(prepared)
+            raise StoreFullError(f"cannot put an object of {_fmt(size)}: it is larger than the whole store "
+                                 f"({_fmt(arena.capacity)}); use a larger capacity")
+        timeout = self.put_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            if time.monotonic() >= deadline:
+                arena.abandon(prepared)
+                st = arena.stats()
+                raise StoreFullError(
+                    f"cannot put an object of {_fmt(size)}: the store stayed full for {timeout:g} s "
+                    f"({_fmt(st['used'])} of {_fmt(st['capacity'])} used by {st['objects']} objects); drop refs "
+                    f"you no longer need, or use a larger capacity")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            placed = arena.commit(prepared)
+            if placed is not None:
+                return placed
+
+    def get(self, ref: ObjectRef):
+        """The object `ref` names. Arrays are read-only views into shared memory (`arr.copy()` for a writable
+        one)."""
+        if type(ref) is not ObjectRef:
+            raise TypeError(f"get() takes an ObjectRef, not {type(ref).__qualname__}")
+        return ref.get()
+
+    def shared_array(self, shape, dtype=float) -> np.ndarray:
+        """A writable numpy array allocated in shared memory: fill it in place, then `put` or send it with no copy
+        (it becomes read-only then)."""
+        shape = (shape,) if isinstance(shape, int) else tuple(int(n) for n in shape)
+        arr = self._arena.shared_array(shape, dtype)
+        if arr is None:
+            raise StoreFullError(f"cannot allocate a shared array of shape {shape}: the store is full")
+        return arr
+
+    def close(self) -> None:
+        """Unlink the store (if this process created it). Mappings stay until the last ref and view here die."""
+        global _current
+        if self._closed:
+            return
+        self._closed = True
+        if _current is self:
+            _current = self._previous
+        with _lock:
+            _mapped.pop(self.name, None)
+        if self._arena.owner:
+            try:
+                posix_ipc.unlink_shared_memory("/" + self.name)
+            except posix_ipc.ExistentialError:
+                pass
+
+    def __enter__(self) -> ObjectStore:
+        global _current
+        self._previous, _current = _current, self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ObjectStore {self.name} capacity={_fmt(self.capacity)}>"
+
+
+def current_store() -> ObjectStore:
+    """This process's store: the running system's, or the innermost `with ObjectStore()`."""
+    if _current is None:
+        raise ActorsError("no object store in this process: call put/get inside a running system (actors.run) or "
+                          "inside `with actors.ObjectStore():`")
+    return _current
+
+
+def set_current_store(store: ObjectStore | None) -> None:
+    global _current
+    _current = store
+
+
+def put(obj, *, timeout: float | None = None) -> ObjectRef:
+    """Store `obj` in this process's store; its `ObjectRef`."""
+    return current_store().put(obj, timeout=timeout)
+
+
+def get(ref: ObjectRef):
+    """The object `ref` names, from whichever store holds it."""
+    if type(ref) is not ObjectRef:
+        raise TypeError(f"get() takes an ObjectRef, not {type(ref).__qualname__}")
+    return ref.get()
+
+
+def shared_array(shape, dtype=float) -> np.ndarray:
+    """A writable numpy array in this process's store; see `ObjectStore.shared_array`."""
+    return current_store().shared_array(shape, dtype)

@@ -1,0 +1,192 @@
+"""What every benchmark shares: timing a callable, the results table with ratio columns, and `--json` output.
+
+A result is the best of several repeats (the least disturbed run), and every ratio is against a baseline measured in
+the same run: `ratio = baseline seconds / impl seconds`, so 2.00x means twice as fast as the baseline and 0.50x half
+as fast.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+
+@dataclass
+class Result:
+    """One measurement: `impl` running `benchmark` on `payload`. `seconds_per_op` is None when it does not apply."""
+
+    benchmark: str
+    payload: str
+    impl: str
+    seconds_per_op: Optional[float]
+    baseline: Optional[str] = None           # the impl this row's ratio is against
+    ratio_vs_baseline: Optional[float] = None
+    note: str = ""                           # why the row is n/a, or what it measures exactly
+
+    @property
+    def ops_per_s(self) -> Optional[float]:
+        return None if not self.seconds_per_op else 1.0 / self.seconds_per_op
+
+    def as_dict(self) -> dict:
+        return {
+            "benchmark": self.benchmark,
+            "payload": self.payload,
+            "impl": self.impl,
+            "seconds_per_op": self.seconds_per_op,
+            "ops_per_s": self.ops_per_s,
+            "baseline": self.baseline,
+            "ratio_vs_baseline": self.ratio_vs_baseline,
+            "note": self.note,
+        }
+
+
+def parent_parser() -> argparse.ArgumentParser:
+    """The options every benchmark takes; pass it as `parents=[parent_parser()]`."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("timing")
+    group.add_argument("--repeat", type=int, default=7, metavar="N",
+                       help="timed repeats per measurement; the best one counts (default: %(default)s)")
+    loops = group.add_mutually_exclusive_group()
+    loops.add_argument("--number", type=int, default=None, metavar="N",
+                       help="calls per repeat (default: as many as fill --duration)")
+    loops.add_argument("--duration", type=float, default=0.2, metavar="SECONDS",
+                       help="target length of one repeat when --number is not given (default: %(default)s)")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="also write the results and the machine they ran on to PATH as JSON")
+    return parser
+
+
+def time_op(fn: Callable[[], object], *, repeat: int = 7, number: Optional[int] = None,
+            duration: float = 0.2) -> float:
+    """Seconds per call of `fn`: the best of `repeat` timed loops of `number` calls, after a warm-up.
+
+    Without `number`, the loop is sized (1, 2, 5, 10, 20, ... calls) to last about `duration` seconds; sizing it is
+    the warm-up. The garbage collector is off while timing, as in `timeit`.
+    """
+    def loop(n: int) -> float:
+        calls = itertools.repeat(None, n)
+        start = time.perf_counter()
+        for _ in calls:
+            fn()
+        return time.perf_counter() - start
+
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if number is None:
+            number = 1
+            for factor in itertools.cycle((2, 2.5, 2)):
+                if loop(number) >= duration:
+                    break
+                number = int(number * factor)
+        else:
+            loop(max(1, number // 10))      # warm caches, allocator pools and the branch predictor
+        best = min(loop(number) for _ in range(max(1, repeat)))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return best / number
+
+
+def add_ratios(results: Iterable[Result], baseline: str) -> None:
+    """Fill `ratio_vs_baseline` of every result from the `baseline` impl's row of the same benchmark and payload."""
+    results = list(results)
+    base = {(r.benchmark, r.payload): r.seconds_per_op for r in results if r.impl == baseline}
+    for r in results:
+        b = base.get((r.benchmark, r.payload))
+        r.baseline = baseline
+        r.ratio_vs_baseline = b / r.seconds_per_op if b and r.seconds_per_op else None
+
+
+def format_seconds(seconds: Optional[float], unit: str = "us") -> str:
+    if seconds is None:
+        return "n/a"
+    scale = {"ns": 1e9, "us": 1e6, "ms": 1e3, "s": 1.0}[unit]
+    value = seconds * scale
+    return f"{value:,.3f}" if value < 10 else f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
+
+
+def format_ratio(ratio: Optional[float]) -> str:
+    return "" if ratio is None else f"{ratio:.2f}x"
+
+
+_UNIT_LABEL = {"ns": "ns/op", "us": "µs/op", "ms": "ms/op", "s": "s/op"}
+
+
+def print_table(title: str, results: list, *, baseline_label: str, unit: str = "us", file=None) -> None:
+    """Print one payload's results: a row per impl, a pair of columns (time, ratio) per benchmark.
+
+    `baseline_label` heads the ratio columns, e.g. "vs pickle"; a row whose time is None shows "n/a" and its note.
+    """
+    file = file or sys.stdout
+    benchmarks = list(dict.fromkeys(r.benchmark for r in results))
+    impls = list(dict.fromkeys(r.impl for r in results))
+    by_key = {(r.impl, r.benchmark): r for r in results}
+    baselines = {r.baseline for r in results if r.baseline}
+    label_w = max([len(i) + (11 if i in baselines else 0) for i in impls] + [len("impl")])
+    time_w = max(10, len(_UNIT_LABEL[unit]))
+    ratio_w = max(9, len(baseline_label))
+    col_w = time_w + 2 + ratio_w
+    print(f"\n{title}", file=file)
+    print(" " * label_w + "".join(f"  {b:>{col_w}}" for b in benchmarks), file=file)
+    print(f"{'impl':<{label_w}}" + "".join(f"  {_UNIT_LABEL[unit]:>{time_w}}  {baseline_label:>{ratio_w}}"
+                                          for _ in benchmarks), file=file)
+    for impl in impls:
+        label = f"{impl} (baseline)" if impl in baselines else impl
+        cells, notes = [], []
+        for b in benchmarks:
+            r = by_key.get((impl, b))
+            if r is None:
+                cells.append(f"  {'':>{time_w}}  {'':>{ratio_w}}")
+                continue
+            cells.append(f"  {format_seconds(r.seconds_per_op, unit):>{time_w}}  "
+                         f"{format_ratio(r.ratio_vs_baseline):>{ratio_w}}")
+            if r.seconds_per_op is None and r.note and r.note not in notes:
+                notes.append(r.note)
+        line = f"{label:<{label_w}}" + "".join(cells)
+        if notes:
+            line += "   " + "; ".join(notes)
+        print(line, file=file)
+
+
+def machine_info() -> dict:
+    """Where the numbers came from: they mean little without it."""
+    try:
+        import numpy
+        numpy_version = numpy.__version__
+    except ImportError:
+        numpy_version = None
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "cpu_count": os.cpu_count(),
+        "numpy": numpy_version,
+    }
+
+
+def print_machine(file=None) -> None:
+    info = machine_info()
+    print(f"machine: {info['platform']}, {info['cpu_count']} CPUs; {info['python']}, numpy {info['numpy']}",
+          file=file or sys.stdout)
+
+
+def write_json(path: str, results: list, **extra) -> None:
+    """Write `{"machine": ..., "argv": ..., "results": [row, ...], **extra}` to `path`."""
+    doc = {
+        "machine": machine_info(),
+        "argv": sys.argv,
+        "results": [r.as_dict() for r in results],
+    }
+    doc.update(extra)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
