@@ -1,0 +1,5 @@
+import sys
+
+from actors._cli import main
+
+sys.exit(main())

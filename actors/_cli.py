@@ -1,0 +1,45 @@
+"""The `actors` command: `actors run app.py` and `actors cleanup`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cleanup(args) -> int:
+    from actors import _store
+    removed = _store.cleanup()
+    for name in removed:
+        print(f"removed {name}")
+    live = [n for n in _store.our_segments() if _store.owner_alive(n)]
+    print(f"{len(removed)} stale segment(s) removed; {len(live)} in use by running systems")
+    return 0
+
+
+def _run(args) -> int:
+    from actors import _launcher
+    return _launcher.main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="actors", description="Shared-memory actors for Python.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an app: import it and call its `async def main(system)`")
+    run.add_argument("app", help="path to the app's .py file")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the app (sys.argv[1:] inside it)")
+    run.add_argument("--store-capacity", default=None, help="shared-memory store size, e.g. 512M or 4G")
+    run.add_argument("--resilience-dir", default=None, help="directory for persistent actors' journals")
+    run.add_argument("--stop-timeout", type=float, default=5.0,
+                     help="seconds to wait for actors to stop gracefully before killing them (default 5)")
+    run.set_defaults(func=_run)
+    clean = sub.add_parser("cleanup", help="unlink shared memory left behind by crashed systems")
+    clean.set_defaults(func=_cleanup)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

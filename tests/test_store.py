@@ -1,0 +1,303 @@
+"""The shared-memory object store, across real processes and real shared memory."""
+import gc
+import multiprocessing as mp
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import posix_ipc
+import pytest
+
+import actors
+from actors import _store
+
+CTX = mp.get_context("spawn")
+TIMEOUT = 60
+
+
+def _run(target, *args):
+    proc = CTX.Process(target=target, args=args)
+    proc.start()
+    proc.join(TIMEOUT)
+    assert proc.exitcode == 0, f"child exited with {proc.exitcode}"
+
+
+def _child_get(name, ref, expected, q):
+    store = actors.ObjectStore.attach(name)
+    value = store.get(ref)
+    q.put(value == expected if not isinstance(expected, np.ndarray) else bool((value == expected).all()))
+    q.put(bool(isinstance(value, np.ndarray) and not value.flags.writeable))
+
+
+def test_put_get_roundtrip(store):
+    obj = {"id": 1, "values": [1.0, 2.0], "blob": b"x" * 100_000, "nested": (1, {2, 3})}
+    ref = store.put(obj)
+    assert store.get(ref) == obj
+    assert actors.get(ref) == obj
+
+
+def test_ref_is_small_hashable_and_equal_to_itself(store):
+    ref = store.put(1)
+    assert hash(ref) == hash(ref)
+    assert ref == ref
+    assert {ref: 1}[ref] == 1
+    assert ref != store.put(1)
+
+
+def test_numpy_comes_back_as_readonly_view_into_shm(store):
+    arr = np.arange(1000.0)
+    out = store.get(store.put(arr))
+    assert (out == arr).all()
+    assert not out.flags.writeable
+    with pytest.raises(ValueError):
+        out.flags.writeable = True
+    with pytest.raises(ValueError):
+        out[0] = 5
+    assert out.ctypes.data % 64 == 0
+    assert (out.copy() + 1)[0] == 1.0
+
+
+def test_ref_read_in_another_process(store):
+    arr = np.arange(100_000, dtype=np.int32)
+    ref = store.put(arr)
+    q = CTX.Queue()
+    _run(_child_get, store.name, ref, arr, q)
+    assert q.get(timeout=TIMEOUT) is True
+    assert q.get(timeout=TIMEOUT) is True
+
+
+def test_released_when_no_ref_and_no_view_remains(store):
+    ref = store.put({"a": np.zeros(1000)})
+    view = store.get(ref)["a"]
+    assert store.stats()["objects"] == 1
+    del ref
+    gc.collect()
+    assert store.stats()["objects"] == 1, "a live view keeps the object"
+    assert view.sum() == 0
+    del view
+    gc.collect()
+    assert store.stats()["objects"] == 0
+    assert store.stats()["used"] == 0
+
+
+def test_ref_inside_message_keeps_object_alive(store):
+    inner = store.put("payload")
+    outer = store.put({"ref": inner})
+    del inner
+    assert store.stats()["objects"] == 2
+    got = store.get(outer)["ref"]
+    assert store.get(got) == "payload"
+    del got, outer
+    gc.collect()
+    assert store.stats()["objects"] == 0
+
+
+def test_stale_ref_is_a_clear_error(store):
+    ref = store.put("x")
+    wire = ref.__reduce__()
+    del ref
+    with pytest.raises(actors.StaleRefError, match=re.escape(
+            f"stale object ref (offset 0, generation 1) in store {store.name}: the object was released, or the "
+            f"ref was never valid; keep a ref alive for as long as the object is needed")):
+        wire[0](*wire[1])
+
+
+def test_forged_ref_is_a_clear_error(store):
+    keep = store.put("x" * 1000)
+    fn, (name, offset, generation) = keep.__reduce__()
+    for off, gen in [(offset, generation + 1), (offset + 64, generation), (offset + 3, generation),
+                     (1 << 40, 1)]:
+        with pytest.raises(actors.StaleRefError):
+            fn(name, off, gen)
+    assert store.get(keep) == "x" * 1000
+
+
+def test_reused_memory_gives_new_generation(store):
+    ref = store.put("a")
+    fn, (name, offset, generation) = ref.__reduce__()
+    del ref
+    again = store.put("b")
+    _, (_, offset2, generation2) = again.__reduce__()
+    assert offset2 == offset and generation2 != generation
+    with pytest.raises(actors.StaleRefError):
+        fn(name, offset, generation)
+
+
+def test_oversize_object_raises_at_once(store):
+    with pytest.raises(actors.StoreFullError, match=re.escape(
+            "cannot put an object of 76.3 MiB: it is larger than the whole store (64.0 MiB); use a larger "
+            "capacity")):
+        store.put(np.zeros(10_000_000))
+
+
+def test_full_store_waits_then_raises_and_keeps_what_is_stored(store):
+    held = [store.put(np.full(1_000_000, i, dtype=np.float64)) for i in range(7)]    # 7 blocks of 8 MiB
+    with pytest.raises(actors.StoreFullError, match=r"the store stayed full for 0.2 s"):
+        store.put(np.zeros(2_000_000), timeout=0.2)
+    for i, ref in enumerate(held):
+        assert (store.get(ref) == i).all()
+    del held[0]
+    assert store.get(store.put(np.zeros(500_000), timeout=1)).shape == (500_000,)
+
+
+def _drop_later(name, ref, delay):
+    import time
+    store = actors.ObjectStore.attach(name)
+    time.sleep(delay)
+    del ref
+
+
+def test_put_waits_for_space_freed_by_another_process(store):
+    filler = [store.put(np.zeros(1_000_000)) for _ in range(7)]
+    fn, args = filler[0].__reduce__()
+    # hand one count to a child, which drops it after a moment
+    store._arena.incref_id(args[1])
+    proc = CTX.Process(target=_decref_later, args=(store.name, args[1], 0.3))
+    proc.start()
+    del filler[0]
+    ref = store.put(np.ones(1_000_000), timeout=TIMEOUT)
+    proc.join(TIMEOUT)
+    assert proc.exitcode == 0
+    assert store.get(ref).sum() == 1_000_000
+
+
+def _decref_later(name, offset, delay):
+    import time
+    store = actors.ObjectStore.attach(name)
+    time.sleep(delay)
+    store._arena.decref_id(offset)
+
+
+def _hammer(name, wire, rounds, barrier):
+    fn, args = wire
+    store = actors.ObjectStore.attach(name)
+    barrier.wait(TIMEOUT)
+    for _ in range(rounds):
+        ref = fn(*args)
+        view = store.get(ref)
+        assert view.shape == (1000,)
+        del ref, view
+
+
+def test_concurrent_get_and_drop_from_several_processes(store):
+    ref = store.put(np.arange(1000.0))
+    wire = ref.__reduce__()
+    barrier = CTX.Barrier(4)
+    procs = [CTX.Process(target=_hammer, args=(store.name, wire, 2000, barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT)
+        assert p.exitcode == 0
+    assert store.stats()["objects"] == 1
+    assert (store.get(ref) == np.arange(1000.0)).all()
+    del ref
+    gc.collect()
+    assert store.stats()["objects"] == 0
+
+
+def test_leak_loop_one_million_cycles_does_not_grow(store):
+    msg = {"id": 1, "name": "sensor-7", "values": [1.0, 2.0, 3.0], "arr": np.arange(16.0)}
+    for _ in range(1000):          # warm up: allocator free lists, caches
+        store.get(store.put(msg))
+    base_rss = _rss()
+    base = store.stats()
+    for _ in range(1_000_000):
+        ref = store.put(msg)
+        store.get(ref)
+        del ref
+    after = store.stats()
+    assert after["objects"] == 0
+    assert after["used"] == 0
+    assert after["high_water"] == base["high_water"]
+    assert _rss() - base_rss < 8 << 20
+
+
+def _rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_segment_is_owner_only(store):
+    mode = os.stat(os.path.join(_store.SHM_DIR, store.name)).st_mode & 0o777
+    assert mode == 0o600
+
+
+def test_clean_close_unlinks():
+    with actors.ObjectStore(capacity="1M") as s:
+        name = s.name
+        assert name in _store.our_segments()
+    assert name not in _store.our_segments()
+
+
+def test_shared_array_is_sent_without_copy(store):
+    arr = actors.shared_array((100, 10), np.float32)
+    arr[:] = 3
+    before = store.stats()["objects"]
+    ref = actors.put(arr)
+    assert store.stats()["objects"] == before, "no new block: the array is the message"
+    assert not arr.flags.writeable
+    out = actors.get(ref)
+    assert np.shares_memory(out, arr)
+    assert out.sum() == 3000
+    del arr, out, ref
+    gc.collect()
+    assert store.stats()["objects"] == 0
+
+
+def test_put_outside_a_store_is_a_clear_error():
+    with pytest.raises(actors.ActorsError, match=re.escape(
+            "no object store in this process: call put/get inside a running system (actors.run) or inside "
+            "`with actors.ObjectStore():`")):
+        actors.put(1)
+
+
+def test_capacity_larger_than_dev_shm_is_a_clear_error():
+    with pytest.raises(actors.ActorsError, match=r"is more than /dev/shm has free .*; ask for less"):
+        actors.ObjectStore(capacity=1 << 50)
+
+
+def test_small_dev_shm_default_capacity_message(monkeypatch):
+    monkeypatch.setattr(_store, "_shm_free", lambda: 64 << 20)
+    monkeypatch.delenv("ACTORS_STORE_CAPACITY", raising=False)
+    with pytest.raises(actors.ActorsError, match=re.escape(
+            "/dev/shm has only 64.0 MiB free, too little for the default store (256.0 MiB or more); give it more "
+            "space (for Docker: docker run --shm-size=1g) or set a smaller capacity (ACTORS_STORE_CAPACITY=32M, "
+            "or ObjectStore(capacity=...))")):
+        actors.ObjectStore()
+
+
+def test_stale_segment_removed_after_kill_9(tmp_path):
+    script = textwrap.dedent("""
+        import os, sys, time, actors
+        s = actors.ObjectStore(capacity="1M")
+        ref = s.put("x")
+        print(s.name, flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        name = proc.stdout.readline().strip()
+        assert name in _store.our_segments()
+        assert _store.owner_alive(name)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(TIMEOUT)
+    assert name in _store.our_segments(), "a killed owner cannot unlink"
+    assert not _store.owner_alive(name)
+    out = subprocess.run([sys.executable, "-m", "actors", "cleanup"], capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    assert name in out.stdout
+    assert name not in _store.our_segments()
+
+
+def test_next_start_removes_stale_segments():
+    name = "actors.999999999.1.store.deadbeef"
+    posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, mode=0o600, size=4096).close_fd()
+    with actors.ObjectStore(capacity="1M"):
+        assert name not in _store.our_segments()
