@@ -21,4 +21,5 @@ from _fastser._errors import (
     DecodeError as DecodeError,
     RegistrationError as RegistrationError,
     SerializationError as SerializationError,
+    UnknownClassError as UnknownClassError,
 )

@@ -29,7 +29,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
-from _fastser._errors import DecodeError, RegistrationError, SerializationError
+from _fastser._errors import DecodeError, RegistrationError, SerializationError, UnknownClassError
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object)

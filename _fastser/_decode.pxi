@@ -354,8 +354,9 @@ cdef class Decoder:
         memcpy(&code, _take(self, 8), 8)
         found = self.registry._by_code.get(code)
         if found is None:
-            raise self._error(f"unknown class code {code:#018x}: the sender registered a class this process has "
+            err = self._error(f"unknown class code {code:#018x}: the sender registered a class this process has "
                               f"not; register it here too (actors.register_class)")
+            raise UnknownClassError(str(err), code)
         entry = <Entry>found
         expected = {T_OBJECT: KIND_FIELDS, T_PICKLED: KIND_PICKLE, T_CUSTOM: KIND_CUSTOM}[tag]
         if entry.kind != expected:

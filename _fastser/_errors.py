@@ -19,3 +19,14 @@ class DecodeError(ActorsError, ValueError):
 
 class RegistrationError(ActorsError, ValueError):
     """A class cannot be registered as asked (a wire-code clash, or a mode that cannot carry its state)."""
+
+
+class UnknownClassError(DecodeError):
+    """A message names a registered class this process does not know (yet): `code` is its wire code.
+
+    The actor runtime answers it by fetching the registration from the system and decoding again.
+    """
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code

@@ -140,6 +140,10 @@ cdef class Registry:
         """The `Entry` of `cls`, or None."""
         return self._by_type.get(cls)
 
+    def lookup_code(self, code):
+        """The `Entry` registered under wire code `code`, or None."""
+        return self._by_code.get(code)
+
     def __contains__(self, cls):
         return cls in self._by_type
 

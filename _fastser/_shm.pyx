@@ -272,27 +272,35 @@ cdef class Arena:
         self._encoders.append(enc)
 
     cpdef object read(self, uint64_t off, bint release):
-        """Decode the object at `off` (the caller holds a count). With `release`, that count is given up: to the
-        read-only views the message yields, if any, else dropped now."""
+        """Decode the object at `off` (the caller holds a count). With `release`, a successful read gives that count
+        up: to the read-only views the message yields, if any, else it is dropped now. A failed read leaves the
+        caller's count in place."""
         cdef object_header* o = <object_header*>(self.base + off)
         cdef const char* p = <const char*>o + OBJ_HEADER
         cdef uint32_t stream_len
         cdef uint64_t total
         cdef Pin pin = None
+        cdef bint pin_took_count = False
         memcpy(&stream_len, p + 4, 4)
         memcpy(&total, p + 8, 8)
         if total > 16 + <uint64_t>stream_len:        # it has out-of-band data: views may point into it
             pin = Pin.__new__(Pin)
             pin.arena = self
             pin.offset = off
-            if not release:
+            if release:
+                pin_took_count = True
+            else:
                 self.incref(off)
             release = False
         try:
-            return self.decoder.decode_ptr(p, o.size, pin)
-        finally:
-            if release:
-                self.decref(off)
+            obj = self.decoder.decode_ptr(p, o.size, pin)
+        except BaseException:
+            if pin_took_count:          # the pin took the caller's count; on failure the caller keeps it
+                self.incref(off)
+            raise
+        if release:
+            self.decref(off)
+        return obj
 
     def ref(self, uint64_t off, uint64_t generation):
         """An `ObjectRef` that takes over one count the caller holds."""

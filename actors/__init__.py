@@ -2,6 +2,7 @@
 
 A thin public namespace; the implementation lives in private modules, one per concern, and in the `_fastser` codec.
 """
+from actors._actor import Actor as Actor, ActorRef as ActorRef
 from actors._codec import (
     dumps as dumps,
     loads as loads,
@@ -23,6 +24,14 @@ from actors._exceptions import (
     DecodeError as DecodeError,
     RegistrationError as RegistrationError,
     SerializationError as SerializationError,
+    ActorNotFoundError as ActorNotFoundError,
+    ActorStoppedError as ActorStoppedError,
+    AskTimeoutError as AskTimeoutError,
+    MailboxFullError as MailboxFullError,
+    RemoteActorError as RemoteActorError,
+    SpawnError as SpawnError,
+    UnknownClassError as UnknownClassError,
 )
+from actors._system import System as System, run as run
 
 __version__ = "0.1.0"

@@ -4,6 +4,10 @@ One codec serves messages, `put` and persisted state alike; these are thin names
 """
 from _fastser import _codec
 
+# Set by a running actor process: a class registered after startup is reported to the system, from which other
+# processes fetch it when they first meet it (no broadcast to every actor).
+on_register = None
+
 
 def dumps(obj) -> bytes:
     """Encode `obj` into bytes.
@@ -37,7 +41,10 @@ def register_class(cls, *, pickle=False, serializer=None, deserializer=None):
     the same class again is harmless; another class with the same qualified name is a `RegistrationError`. A subclass
     is never encoded as its registered parent: register it too.
     """
-    return _codec.register_class(cls, pickle=pickle, serializer=serializer, deserializer=deserializer)
+    entry = _codec.register_class(cls, pickle=pickle, serializer=serializer, deserializer=deserializer)
+    if on_register is not None:
+        on_register(entry)
+    return entry
 
 
 def unregister_class(cls) -> None:

@@ -17,17 +17,13 @@ import posix_ipc
 
 from _fastser import _codec, _shm
 from _fastser._shm import ObjectRef, StaleRefError
-from actors._exceptions import ActorsError
+from actors._exceptions import ActorsError, StoreFullError
 
 PREFIX = "actors."
 SHM_DIR = "/dev/shm"
 MIN_DEFAULT_CAPACITY = 256 << 20
 MAX_DEFAULT_CAPACITY = 8 << 30
 DEFAULT_PUT_TIMEOUT = 10.0
-
-
-class StoreFullError(ActorsError):
-    """A put found no room in the store before its timeout, or the object is larger than the whole store."""
 
 
 def _start_time(pid: int) -> int | None:

@@ -50,10 +50,9 @@ class Result:
 def parent_parser() -> argparse.ArgumentParser:
     """The options every benchmark takes; pass it as `parents=[parent_parser()]`."""
     parser = argparse.ArgumentParser(add_help=False)
-    group = parser.add_argument_group("timing")
-    group.add_argument("--repeat", type=int, default=7, metavar="N",
+    parser.add_argument("--repeat", type=int, default=7, metavar="N",
                        help="timed repeats per measurement; the best one counts (default: %(default)s)")
-    loops = group.add_mutually_exclusive_group()
+    loops = parser.add_mutually_exclusive_group()
     loops.add_argument("--number", type=int, default=None, metavar="N",
                        help="calls per repeat (default: as many as fill --duration)")
     loops.add_argument("--duration", type=float, default=0.2, metavar="SECONDS",
@@ -114,7 +113,9 @@ def format_seconds(seconds: Optional[float], unit: str = "us") -> str:
 
 
 def format_ratio(ratio: Optional[float]) -> str:
-    return "" if ratio is None else f"{ratio:.2f}x"
+    if ratio is None:
+        return ""
+    return f"{ratio:.2f}x" if ratio < 100 else f"{ratio:,.0f}x"
 
 
 _UNIT_LABEL = {"ns": "ns/op", "us": "µs/op", "ms": "ms/op", "s": "s/op"}

@@ -10,6 +10,7 @@ against `pickle.loads`). Ends with the codec's targets, each marked pass or fail
 from __future__ import annotations
 
 import argparse
+import importlib
 import pickle
 import re
 import sys
@@ -77,6 +78,11 @@ def parse_size(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"bad size {text!r}; write e.g. 1KB, 1MB, 100MB")
     return int(float(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[m.group(2).upper()])
+
+
+def parse_sizes(text: str) -> list:
+    """'1KB,1MB' -> [1000, 1000000], sorted and without repeats."""
+    return sorted({parse_size(part) for part in text.split(",") if part.strip()})
 
 
 def size_label(nbytes: int) -> str:
@@ -253,7 +259,7 @@ def main(argv=None) -> int:
         parents=[parent_parser()])
     parser.add_argument("--payload", action="append", choices=PAYLOADS, metavar="NAME",
                         help=f"run only this payload (repeatable): {', '.join(PAYLOADS)} (default: all)")
-    parser.add_argument("--sizes", default=None, metavar="LIST",
+    parser.add_argument("--sizes", type=parse_sizes, default=None, metavar="LIST",
                         help=f"comma-separated array sizes for array-encode and array-decode "
                              f"(default: {DEFAULT_SIZES}; with --quick: {QUICK_SIZES})")
     parser.add_argument("--quick", action="store_true",
@@ -261,14 +267,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     payloads = args.payload or list(PAYLOADS)
-    sizes = [parse_size(s) for s in (args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)).split(",")]
-    sizes = sorted(set(sizes))
+    sizes = args.sizes or parse_sizes(QUICK_SIZES if args.quick else DEFAULT_SIZES)
     timing = {"repeat": args.repeat, "number": args.number, "duration": args.duration}
     if args.quick:
         timing["repeat"] = min(args.repeat, 3)
         timing["duration"] = min(args.duration, 0.02)
 
-    actors.register_class(Reading)
+    # Run as `python -m`, this module is __main__, and cloudpickle pickles __main__'s classes by value; the class
+    # from the module's importable copy is pickled by reference by pickle and cloudpickle alike.
+    reading_cls = importlib.import_module("benchmarks.bench_serialize").Reading
+    actors.register_class(reading_cls)
     print_machine()
     per_repeat = f"{timing['number']} calls" if timing["number"] else f"~{timing['duration']}s"
     print(f"timing: best of {timing['repeat']} repeats of {per_repeat} each; "
@@ -278,7 +286,7 @@ def main(argv=None) -> int:
     roundtrip_payloads = {
         "small": ("small message, 5 fields", small_message()),
         "list100": ("list of 100 distinct small dicts", list100()),
-        "class": ("registered class instance, 5 fields", Reading("sensor-7", 123, 21.5, "C", True)),
+        "class": ("registered class instance, 5 fields", reading_cls("sensor-7", 123, 21.5, "C", True)),
     }
     for name in PAYLOADS:
         if name not in payloads:

@@ -1,0 +1,133 @@
+"""The fork server: one process that imports numpy, trio, actors (and the app) once, then forks every actor.
+
+Forking a warm process costs milliseconds; starting a fresh interpreter and re-importing numpy costs a large
+fraction of a second per actor. The server is single-threaded and never runs trio, so forking it is safe.
+
+Protocol on its control socket (length-prefixed pickles): the system sends ("spawn", token, payload); the server
+answers ("spawned", token, pid), and reports ("exit", pid, returncode) when an actor process ends (a negative code
+is the signal that killed it). When the system goes away (EOF), the server kills its actors and exits.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import pickle
+import selectors
+import signal
+import socket
+import struct
+import sys
+import traceback
+
+LEN = struct.Struct("<I")
+
+
+def send_frame(sock: socket.socket, obj) -> None:
+    data = pickle.dumps(obj, protocol=5)
+    sock.sendall(LEN.pack(len(data)) + data)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        chunk = sock.recv(n)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_frame(sock: socket.socket):
+    head = _recv_exact(sock, LEN.size)
+    if head is None:
+        return None
+    body = _recv_exact(sock, LEN.unpack(head)[0])
+    return None if body is None else pickle.loads(body)
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _child(payload: bytes) -> None:
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the system's to handle: it stops us
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        _die_with_parent()
+        from actors import _worker
+        code = _worker.main(payload)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None) -> None:
+    for name in preload:
+        importlib.import_module(name)
+    if app is not None:
+        directory, module = app
+        sys.path.insert(0, directory)
+        importlib.import_module(module)
+    children: set[int] = set()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    sel = selectors.DefaultSelector()
+    sel.register(ctl, selectors.EVENT_READ, "ctl")
+    sel.register(wake_r, selectors.EVENT_READ, "wake")
+    send_frame(ctl, ("ready", os.getpid()))
+    while True:
+        for key, _ in sel.select():
+            if key.data == "wake":
+                os.read(wake_r, 4096)
+                while children:
+                    try:
+                        pid, status = os.waitpid(-1, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if pid == 0:
+                        break
+                    children.discard(pid)
+                    send_frame(ctl, ("exit", pid, os.waitstatus_to_exitcode(status)))
+                continue
+            msg = recv_frame(ctl)
+            if msg is None:             # the system is gone: take its actors with us
+                for pid in children:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                return
+            _op, token, payload = msg
+            pid = os.fork()
+            if pid == 0:
+                sel.close()
+                ctl.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                _child(payload)
+            children.add(pid)
+            send_frame(ctl, ("spawned", token, pid))
+
+
+def main() -> None:
+    """Entry point: `python -c "from actors._forkserver import main; main()" FD SPEC`."""
+    fd = int(sys.argv[1])
+    spec = pickle.loads(bytes.fromhex(sys.argv[2]))
+    serve(socket.socket(fileno=fd), spec["preload"], spec["app"])

@@ -1,0 +1,60 @@
+"""`actors run app.py`: import the app, run its `async def main(system)`, and supervise the cluster.
+
+The app is imported as a module named after its file (its directory goes first on sys.path, in the fork server
+too), so its classes are importable by reference in every actor: `type(x) is Foo` holds across processes. If the
+app defines top-level `serialize(obj) -> bytes` and `deserialize(data) -> obj`, they replace the fast codec for
+every message payload.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import traceback
+
+from actors._exceptions import ActorsError
+
+
+def load_app(path: str):
+    if not os.path.isfile(path) or not path.endswith(".py"):
+        raise ActorsError(f"cannot run {path!r}: give the path of an app's .py file")
+    directory, filename = os.path.split(os.path.abspath(path))
+    module_name = filename[:-3]
+    sys.path.insert(0, directory)
+    module = importlib.import_module(module_name)
+    main = getattr(module, "main", None)
+    if main is None:
+        raise ActorsError(f"{path} defines no `async def main(system)` to run")
+    return module, (directory, module_name)
+
+
+def main(args) -> int:
+    from actors._system import run
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.argv = [args.app, *args.args]
+    try:
+        module, app = load_app(args.app)
+    except ActorsError as exc:
+        print(f"actors: {exc}", file=sys.stderr)
+        return 2
+    serialize = getattr(module, "serialize", None)
+    deserialize = getattr(module, "deserialize", None)
+    if (serialize is None) != (deserialize is None):
+        print(f"actors: {args.app} defines only one of serialize/deserialize; define both or neither",
+              file=sys.stderr)
+        return 2
+    try:
+        result = run(module.main, store_capacity=args.store_capacity, serialize=serialize,
+                     deserialize=deserialize, stop_timeout=args.stop_timeout, _app=app)
+    except KeyboardInterrupt:
+        print("actors: interrupted; every actor was stopped", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        if exc.code == 143:
+            print("actors: terminated; every actor was stopped", file=sys.stderr)
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return result if isinstance(result, int) else 0

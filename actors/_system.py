@@ -1,0 +1,412 @@
+"""The running system: spawning, naming and stopping actors, asks, and `actors.run`.
+
+The driver process (the one that called `actors.run`, or the `actors run` launcher) owns the store, the run
+directory of sockets and the fork server; it is endpoint 0 and answers the actors' system requests (spawn, lookup,
+stop, class registrations). Each actor process has a `System` that forwards those requests to it.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import cloudpickle
+import trio
+
+from _fastser import _codec
+from actors import _actor, _forkserver, _store
+from actors import _mailbox as mb
+from actors._actor import ActorRef
+from actors._exceptions import (
+    ActorNotFoundError,
+    ActorsError,
+    ActorStoppedError,
+    AskTimeoutError,
+    RemoteActorError,
+    SpawnError,
+)
+
+log = logging.getLogger("actors")
+
+# Errors a system request can raise, re-raised as themselves on the asking side.
+_SYSTEM_ERRORS = {cls.__name__: cls for cls in (ActorNotFoundError, ActorsError, ActorStoppedError, SpawnError)}
+PRELOAD = ["numpy", "trio", "cloudpickle", "actors", "actors._worker"]
+
+
+def error_payload(exc: BaseException) -> tuple:
+    return (type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc)))
+
+
+class System:
+    """What `main(system)` and `self.system` give: spawn, look up and stop actors.
+
+    The same API in the driver and inside actors; inside an actor, requests go to the driver.
+    """
+
+    def __init__(self, endpoint: mb.Endpoint, store: _store.ObjectStore, serialize=None, deserialize=None):
+        self.endpoint = endpoint
+        self.store = store
+        self.serialize = serialize
+        self.deserialize = deserialize
+        if serialize is None:
+            self.outgoing = _identity
+            self.incoming = _identity
+        else:
+            self.outgoing = serialize
+            self.incoming = deserialize
+
+    # -- the public API ------------------------------------------------------------------------------------------
+
+    async def spawn(self, cls, *args, name: str | None = None, **kwargs) -> ActorRef:
+        """Start `cls(*args, **kwargs)` in a new process; its ActorRef once its `on_start` has finished."""
+        if not (isinstance(cls, type) and issubclass(cls, _actor.Actor)):
+            raise TypeError(f"spawn() takes an Actor subclass, not {cls!r}")
+        return await self._system_request("spawn", cloudpickle.dumps((cls, args, kwargs)), name)
+
+    async def lookup(self, name: str) -> ActorRef:
+        """The running actor named `name`; `ActorNotFoundError` if there is none."""
+        return await self._system_request("lookup", name)
+
+    async def stop(self, ref: ActorRef, *, timeout: float = 5.0) -> None:
+        """Stop an actor gracefully (it handles what it has received, then runs `on_stop`); kill it after
+        `timeout` seconds."""
+        await self._system_request("stop", ref.id, timeout)
+
+    async def _system_request(self, op, *args):
+        kind, off = await self.endpoint.request(0, mb.SYSTEM, (op, *args))
+        payload = self.endpoint.arena.read(off, True)
+        if kind == mb.ERROR:
+            type_name, message, _tb = payload
+            raise _SYSTEM_ERRORS.get(type_name, ActorsError)(message)
+        return payload
+
+    # -- asks ----------------------------------------------------------------------------------------------------
+
+    async def ask(self, ref: ActorRef, kind: int, payload, timeout):
+        ep = self.endpoint
+        if ref.id not in ep.links:
+            ep.names[ref.id] = ref.name
+        reply_kind, off = await ep.request(ref.id, kind, payload, timeout)
+        if reply_kind is None:
+            raise AskTimeoutError(f"actor {ref.name!r} did not answer within {timeout:g} s")
+        result = ep.arena.read(off, True)
+        if reply_kind == mb.ERROR:
+            raise _actor.remote_error(ref.name, result)
+        return self.incoming(result) if kind == mb.ASK else result
+
+    async def pull_class(self, code: int) -> bool:
+        """Fetch a class registered elsewhere after startup from the system; True if it is known now."""
+        data = await self._system_request("registry", code)
+        if data is None:
+            return False
+        _codec.default_registry.add_entries([cloudpickle.loads(data)])
+        return True
+
+
+def _identity(obj):
+    return obj
+
+
+class _ActorInfo:
+    def __init__(self, actor_id: int, name: str):
+        self.id = actor_id
+        self.name = name
+        self.pid = 0
+        self.ready = trio.Event()
+        self.exited = trio.Event()
+        self.error = None
+        self.returncode = None
+        self.stopping = False
+
+
+class Driver(System):
+    """The system as seen from the driver process: it owns the store, the sockets' directory and the processes."""
+
+    def __init__(self, *, store_capacity=None, mailbox_size: int = 4096, serialize=None, deserialize=None,
+                 stop_timeout: float = 5.0, app: tuple[str, str] | None = None):
+        self.mailbox_size = mailbox_size
+        self.stop_timeout = stop_timeout
+        self.app = app
+        self.rundir = tempfile.mkdtemp(prefix="actors-")       # 0700: only we can reach the sockets
+        self.actors: dict[int, _ActorInfo] = {}
+        self.by_name: dict[str, int] = {}
+        self.by_pid: dict[int, _ActorInfo] = {}
+        self._ids = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self._spawned: dict[int, list] = {}
+        self._forkserver = None
+        self._ctl = None
+        store = _store.ObjectStore(store_capacity)
+        _store.set_current_store(store)
+        try:
+            endpoint = mb.Endpoint(0, self.rundir, store._arena, mailbox_size=mailbox_size)
+        except BaseException:
+            store.close()
+            raise
+        super().__init__(endpoint, store, serialize, deserialize)
+
+    # -- fork server ---------------------------------------------------------------------------------------------
+
+    def start_forkserver(self) -> None:
+        ours, theirs = socket.socketpair()
+        spec = pickle.dumps({"preload": PRELOAD, "app": self.app}).hex()
+        env = dict(os.environ)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, "1")     # one BLAS thread per actor: actors are the parallelism
+        self._forkserver = subprocess.Popen(
+            [sys.executable, "-c", "from actors._forkserver import main; main()", str(theirs.fileno()), spec],
+            pass_fds=[theirs.fileno()], env=env)
+        theirs.close()
+        self._ctl = ours
+
+    async def _forkserver_events(self) -> None:
+        ctl = trio.socket.from_stdlib_socket(self._ctl)
+        buf = b""
+        while True:
+            data = await ctl.recv(65536)
+            if not data:
+                return
+            buf += data
+            while len(buf) >= 4:
+                n = _forkserver.LEN.unpack_from(buf)[0]
+                if len(buf) < 4 + n:
+                    break
+                msg = pickle.loads(buf[4:4 + n])
+                buf = buf[4 + n:]
+                if msg[0] == "spawned":
+                    self._spawned[msg[1]].append(msg[2])
+                    self._spawned[msg[1]][0].set()
+                elif msg[0] == "exit":
+                    self._on_exit(msg[1], msg[2])
+
+    def _on_exit(self, pid: int, code: int) -> None:
+        info = self.by_pid.pop(pid, None)
+        if info is None:
+            return
+        info.returncode = code
+        info.exited.set()
+        info.ready.set()
+        self.by_name.pop(info.name, None)
+        self.actors.pop(info.id, None)
+        if not info.stopping:
+            how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+            log.error("actor %r (pid %d) died unexpectedly (%s)", info.name, pid, how)
+
+    # -- system requests -----------------------------------------------------------------------------------------
+
+    async def _system_request(self, op, *args):
+        return await getattr(self, "_op_" + op)(*args)
+
+    async def serve_requests(self) -> None:
+        ep = self.endpoint
+        async with trio.open_nursery() as nursery:
+            async for batch in ep.inbox:
+                for off, kind, src, call in batch:
+                    try:
+                        msg = ep.arena.read(off, True)
+                    except Exception as exc:
+                        log.error("system: cannot decode a request from %s: %s", ep.describe(src), exc)
+                        ep.arena.decref_id(off)
+                        continue
+                    if kind in (mb.SYSTEM, mb.SYSTEM_TELL):
+                        nursery.start_soon(self._answer, src, kind, call, msg)
+                    else:
+                        log.warning("the driver is not an actor: dropped a message from %s", ep.describe(src))
+
+    async def _answer(self, src, kind, call, msg) -> None:
+        ep = self.endpoint
+        try:
+            result = await getattr(self, "_op_" + msg[0])(*msg[1:])
+        except Exception as exc:
+            if kind == mb.SYSTEM:
+                await _reply(ep, src, mb.ERROR, error_payload(exc), call)
+            else:
+                log.error("system request %s from %s failed: %s", msg[0], ep.describe(src), exc)
+            return
+        if kind == mb.SYSTEM:
+            await _reply(ep, src, mb.REPLY, result, call)
+
+    async def _op_spawn(self, pickled: bytes, name: str | None) -> ActorRef:
+        cls, args, kwargs = cloudpickle.loads(pickled) if isinstance(pickled, bytes) else pickled
+        actor_id = next(self._ids)
+        name = name if name is not None else f"{cls.__name__}-{actor_id}"
+        if name in self.by_name:
+            raise ActorsError(f"cannot spawn {cls.__qualname__} as {name!r}: an actor of that name is running")
+        info = _ActorInfo(actor_id, name)
+        self.actors[actor_id] = info
+        self.by_name[name] = actor_id
+        self.endpoint.names[actor_id] = name
+        payload = cloudpickle.dumps({
+            "id": actor_id, "name": name, "cls": cls, "args": args, "kwargs": kwargs, "rundir": self.rundir,
+            "store": self.store.name, "registry": _codec.default_registry.entries(),
+            "serialize": self.serialize, "deserialize": self.deserialize, "mailbox_size": self.mailbox_size,
+            "app": self.app,
+        })
+        token = next(self._tokens)
+        done = self._spawned[token] = [trio.Event()]
+        _forkserver.send_frame(self._ctl, ("spawn", token, payload))
+        await done[0].wait()
+        info.pid = self._spawned.pop(token)[1]
+        self.by_pid[info.pid] = info
+        await info.ready.wait()
+        if info.error is not None or info.returncode is not None:
+            self.by_name.pop(name, None)
+            if info.returncode is None:
+                await self._wait_or_kill(info, self.stop_timeout)
+            self.actors.pop(actor_id, None)
+            detail = (f"{info.error[0]}: {info.error[1]}\n\nremote traceback:\n{info.error[2]}" if info.error
+                      else f"its process exited with code {info.returncode}")
+            raise SpawnError(f"actor {name!r} ({cls.__qualname__}) failed to start: {detail}")
+        return ActorRef(actor_id, name)
+
+    async def _op_ready(self, actor_id: int, error) -> None:
+        info = self.actors.get(actor_id)
+        if info is not None:
+            info.error = error
+            info.ready.set()
+
+    async def _op_lookup(self, name: str) -> ActorRef:
+        actor_id = self.by_name.get(name)
+        if actor_id is None or self.actors[actor_id].returncode is not None:
+            raise ActorNotFoundError(f"no running actor is named {name!r}")
+        return ActorRef(actor_id, name)
+
+    async def _op_stop(self, actor_id: int, timeout: float = 5.0) -> None:
+        info = self.actors.get(actor_id)
+        if info is None:
+            return
+        info.stopping = True
+        try:
+            await self.endpoint.send(actor_id, mb.STOP, None)
+            self.endpoint.flush_all()
+        except ActorStoppedError:
+            pass
+        await self._wait_or_kill(info, timeout)
+
+    async def _wait_or_kill(self, info: _ActorInfo, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await info.exited.wait()
+            return
+        log.warning("actor %r did not stop within %g s; killing it", info.name, timeout)
+        try:
+            os.kill(info.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        with trio.move_on_after(5):
+            await info.exited.wait()
+
+    async def _op_register(self, pickled: bytes) -> None:
+        _codec.default_registry.add_entries([cloudpickle.loads(pickled)])
+
+    async def _op_registry(self, code: int):
+        # A registration sent by the class's owner may still be on its way: give it a moment.
+        with trio.move_on_after(2):
+            while True:
+                entry = _codec.default_registry.lookup_code(code)
+                if entry is not None:
+                    return cloudpickle.dumps(entry)
+                await trio.sleep(0.01)
+        return None
+
+    async def pull_class(self, code: int) -> bool:
+        return await self._op_registry(code) is not None
+
+    # -- lifetime ------------------------------------------------------------------------------------------------
+
+    async def stop_all(self, timeout: float) -> None:
+        async with trio.open_nursery() as nursery:
+            for info in list(self.actors.values()):
+                nursery.start_soon(self._op_stop, info.id, timeout)
+
+    def close(self) -> None:
+        """Kill whatever is left, and unlink every resource of the system."""
+        for info in list(self.actors.values()):
+            if info.pid:
+                try:
+                    os.kill(info.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.endpoint.close()
+        if self._ctl is not None:
+            self._ctl.close()       # the fork server sees EOF, kills any actor left, exits
+        if self._forkserver is not None:
+            try:
+                self._forkserver.wait(10)
+            except subprocess.TimeoutExpired:
+                self._forkserver.kill()
+                self._forkserver.wait()
+        _store.set_current_store(None)
+        self.store.close()
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+async def _reply(ep: mb.Endpoint, dest: int, kind: int, payload, call: int) -> None:
+    try:
+        await ep.send(dest, kind, payload, call)
+    except ActorStoppedError:
+        pass            # the asker is gone
+    except Exception as exc:
+        # the result cannot travel (unencodable): the asker gets the reason instead of waiting for ever
+        await ep.send(dest, mb.ERROR, error_payload(exc), call)
+    ep.flush_all()
+
+
+async def _driver_main(main, options: dict):
+    driver = Driver(**options)
+    _actor._system = driver
+    terminated = False
+    try:
+        driver.start_forkserver()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.endpoint.serve)
+            nursery.start_soon(driver.serve_requests)
+            nursery.start_soon(driver._forkserver_events)
+
+            async def on_sigterm():
+                nonlocal terminated
+                with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        terminated = True
+                        main_scope.cancel()
+                        return
+
+            nursery.start_soon(on_sigterm)
+            with trio.CancelScope() as main_scope:
+                try:
+                    result = await main(driver)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await driver.stop_all(driver.stop_timeout)
+                    raise
+            with trio.CancelScope(shield=True):
+                await driver.stop_all(driver.stop_timeout)
+            nursery.cancel_scope.cancel()
+        if terminated:
+            raise SystemExit(143)
+        return result
+    finally:
+        _actor._system = None
+        driver.close()
+
+
+def run(main, *, store_capacity: int | str | None = None, mailbox_size: int = 4096, serialize=None,
+        deserialize=None, stop_timeout: float = 5.0, _app: tuple[str, str] | None = None):
+    """Run a system: call `await main(system)` in this process, then stop every actor gracefully.
+
+    Like `trio.run`, it returns main's result. Options: the store's capacity (bytes, or "512M"); the mailbox size in
+    messages; `serialize`/`deserialize` to replace the fast codec for message payloads; how long actors get to
+    stop before they are killed.
+    """
+    if (serialize is None) != (deserialize is None):
+        raise ActorsError("serialize and deserialize go together: pass both or neither")
+    options = dict(store_capacity=store_capacity, mailbox_size=mailbox_size, serialize=serialize,
+                   deserialize=deserialize, stop_timeout=stop_timeout, app=_app)
+    return trio.run(_driver_main, main, options)
