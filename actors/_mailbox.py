@@ -2,15 +2,16 @@
 
 A message's payload is put into the shared-memory store by its sender; only a 24-byte record (store offset, kind,
 sender id, call id) crosses a Unix stream socket. Records are appended to a per-destination outbox and written in
-batches with non-blocking sends; a reader hands each batch it reads to the actor's inbox in one channel operation.
+batches with non-blocking sends; a reader queues each batch it reads for the actor's loop in one step.
 So the hot path costs no scheduler pass per message: a `tell` only yields when the mailbox is full.
 
 Bounds (backpressure, never dropping): the sender's outbox (`mailbox_size` records), the kernel's socket buffers,
-and the receiver's inbox of batches. Records from one sender to one receiver arrive in the order they were sent.
-Replies to asks bypass the inbox, so an actor awaiting an ask inside a handler still gets its reply.
+and the receiver's queue of batches. Records from one sender to one receiver arrive in the order they were sent.
+Replies to asks bypass the queue, so an actor awaiting an ask inside a handler still gets its reply.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import logging
@@ -84,7 +85,11 @@ class Endpoint:
         self.calls = itertools.count(1)
         self.dirty: list[Link] = []
         self.wake = trio.Event()
-        self.inbox_send, self.inbox = trio.open_memory_channel(INBOX_BATCHES)
+        self.queue: collections.deque = collections.deque()
+        self.has_work = trio.Event()
+        self.busy = False
+        self.queue_room = trio.Event()
+        self.stopped = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.closed = False
         self.on_death = None
@@ -125,12 +130,8 @@ class Endpoint:
         for link in self.links.values():
             self._drop_outbox(link)
             link.sock.close()
-        while True:
-            try:
-                batch = self.inbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            for off, _kind, _src, _call in batch:
+        while self.queue:
+            for off, _kind, _src, _call in self.queue.popleft():
                 self.arena.decref_id(off)
         try:
             os.unlink(socket_path(self.rundir, self.id))
@@ -174,9 +175,52 @@ class Endpoint:
                     buf[:have - usable] = buf[usable:have]
                 have -= usable
                 if work:
-                    await self.inbox_send.send(work)
+                    await self._deliver(work)
         finally:
             conn.close()
+
+    async def _deliver(self, work: list) -> None:
+        # Queue a batch for the actor's loop; wait while the queue is full (backpressure reaches the socket).
+        while len(self.queue) >= INBOX_BATCHES and not self.stopped.is_set():
+            if self.queue_room.is_set():
+                self.queue_room = trio.Event()
+            await self.queue_room.wait()
+        if self.stopped.is_set():
+            self._release(work)
+            return
+        self.queue.append(work)
+        self.has_work.set()
+
+    async def batches(self):
+        """The batches of records for this endpoint's loop, in arrival order; between two of them, the outboxes
+        the batch filled are flushed."""
+        queue = self.queue
+        while not self.stopped.is_set():
+            if not queue:
+                self.busy = False
+                self.flush_all()
+                if self.has_work.is_set():
+                    self.has_work = trio.Event()
+                await self.has_work.wait()
+                continue
+            self.busy = True
+            batch = queue.popleft()
+            if len(queue) < INBOX_BATCHES:
+                self.queue_room.set()
+            yield batch
+
+    def stop_receiving(self) -> None:
+        """Release whatever is queued; later records are released on arrival (dead letters)."""
+        self.stopped.set()
+        self.busy = False
+        while self.queue:
+            self._release(self.queue.popleft())
+        self.queue_room.set()
+        self.has_work.set()
+
+    def _release(self, batch) -> None:
+        for off, _kind, _src, _call in batch:
+            self.arena.decref_id(off)
 
     # -- sending -------------------------------------------------------------------------------------------------
 
@@ -200,7 +244,7 @@ class Endpoint:
             self.nursery.start_soon(self._watch, link)
         return link
 
-    def post(self, peer: int, kind: int, obj, call: int = 0) -> Link:
+    def post(self, peer: int, kind: int, obj, call: int = 0, flush: bool = False) -> Link:
         """Put `obj` in the store and queue its record for `peer`. Raises before anything is queued if `obj`
         cannot be encoded, the peer is gone, or the store is full."""
         link = self._link(peer)
@@ -213,7 +257,7 @@ class Endpoint:
         if not link.draining:
             link.draining = True
             self.dirty.append(link)
-            if len(self.dirty) == 1:
+            if not (flush or self.busy):      # a handler's batch, or the caller, flushes; else the flusher
                 self.wake.set()
         return link
 
@@ -231,10 +275,10 @@ class Endpoint:
             raise StoreFullError("cannot send: the shared-memory store is full; use `await tell(...)` to "
                                  "wait for room") from None
 
-    async def send(self, peer: int, kind: int, obj, call: int = 0) -> None:
+    async def send(self, peer: int, kind: int, obj, call: int = 0, flush: bool = False) -> None:
         """`post`, waiting (only) while the store or the peer's mailbox is full."""
         try:
-            link = self.post(peer, kind, obj, call)
+            link = self.post(peer, kind, obj, call, flush)
         except _StoreFull as full:
             link = await self._post_when_room(peer, kind, full.prepared, call)
         if len(link.out) >= self.limit:
@@ -267,6 +311,7 @@ class Endpoint:
                 return
             if link.room.is_set():
                 link.room = trio.Event()
+            self.wake.set()             # make sure a drain task is writing this outbox while we wait
             await link.room.wait()
         if link.dead:
             raise ActorStoppedError(f"cannot send to {self.describe(link.peer)}: it has stopped")
@@ -288,9 +333,18 @@ class Endpoint:
         return not link.out
 
     def flush_all(self) -> None:
-        """Write every dirty outbox now, as far as the sockets take it (the flusher finishes the rest)."""
+        """Write every dirty outbox now, as far as the sockets take it; the flusher finishes the rest."""
+        if not self.dirty:
+            return
+        left = []
         for link in self.dirty:
-            self._flush(link)
+            if self._flush(link):
+                link.draining = False
+            else:
+                left.append(link)
+        self.dirty = left
+        if left:
+            self.wake.set()
 
     async def _flusher(self):
         while True:
@@ -353,9 +407,8 @@ class Endpoint:
         call = next(self.calls)
         waiter = self.pending[call] = _Pending(peer)
         try:
-            await self.send(peer, kind, obj, call)
-            link = self.links[peer]
-            self._flush(link)                   # an asker waits anyway: send now, not at the next batch
+            await self.send(peer, kind, obj, call, flush=True)
+            self.flush_all()                    # an asker waits anyway: send now, not at the next batch
             if timeout is None:
                 await waiter.event.wait()
             else:

@@ -208,7 +208,7 @@ class Driver(System):
     async def serve_requests(self) -> None:
         ep = self.endpoint
         async with trio.open_nursery() as nursery:
-            async for batch in ep.inbox:
+            async for batch in ep.batches():
                 for off, kind, src, call in batch:
                     try:
                         msg = ep.arena.read(off, True)

@@ -155,12 +155,13 @@ async def _serve(system: System, actor, name: str) -> None:
     arena = ep.arena
     receive = actor.receive
     incoming = system.incoming
-    async for batch in ep.inbox:
+    async for batch in ep.batches():
         for i, (off, kind, src, call) in enumerate(batch):
             if kind == mb.STOP:
                 arena.decref_id(off)
                 for rest in batch[i + 1:]:
                     arena.decref_id(rest[0])
+                ep.stop_receiving()
                 return
             try:
                 msg = arena.read(off, True)
@@ -187,7 +188,6 @@ async def _serve(system: System, actor, name: str) -> None:
                     log.warning("actor %r: dropped a record of unknown kind %d", name, kind)
             except Exception as exc:
                 await _failed(ep, name, kind, src, call, exc)
-        ep.flush_all()
 
 
 async def _failed(ep, name, kind, src, call, exc) -> None:
