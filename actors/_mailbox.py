@@ -19,12 +19,15 @@ import os
 import socket
 import struct
 
+import numpy as np
 import trio
 
+from _fastser._shm import SharedBlock
 from actors._exceptions import ActorStoppedError, MailboxFullError, StoreFullError  # noqa: F401
 
 log = logging.getLogger("actors")
 
+_ndarray = np.ndarray
 RECORD = struct.Struct("<QIIQ")      # store offset, kind, sender endpoint id, call id
 RECORD_SIZE = RECORD.size
 
@@ -249,10 +252,14 @@ class Endpoint:
         cannot be encoded, the peer is gone, or the store is full."""
         link = self._link(peer)
         arena = self.arena
-        prepared = arena.prepare(obj)
-        placed = arena.commit(prepared)
-        if placed is None:
-            raise _StoreFull(prepared)
+        if type(obj) is _ndarray and type(obj.base) is SharedBlock and obj.base.owns(obj):
+            obj.flags.writeable = False         # an actors.shared_array is its own message: no copy
+            placed = arena.put_shared(obj.base)
+        else:
+            prepared = arena.prepare(obj)
+            placed = arena.commit(prepared)
+            if placed is None:
+                raise _StoreFull(prepared)
         link.out += RECORD.pack(placed[0], kind, self.id, call)
         if not link.draining:
             link.draining = True

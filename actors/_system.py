@@ -41,6 +41,12 @@ _SYSTEM_ERRORS = {cls.__name__: cls for cls in (ActorNotFoundError, ActorsError,
 PRELOAD = ["numpy", "trio", "cloudpickle", "actors", "actors._worker"]
 
 
+# The fork server imports `actors` from the driver's sys.path, not from its working directory (which `python -c`
+# would put first): a source checkout in the cwd must not shadow the installed, compiled package.
+_FORKSERVER_MAIN = ("import pickle, sys; sys.path[:] = pickle.loads(bytes.fromhex(sys.argv[2]))['path']; "
+                    "from actors._forkserver import main; main()")
+
+
 def error_payload(exc: BaseException) -> tuple:
     return (type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc)))
 
@@ -157,12 +163,12 @@ class Driver(System):
 
     def start_forkserver(self) -> None:
         ours, theirs = socket.socketpair()
-        spec = pickle.dumps({"preload": PRELOAD, "app": self.app}).hex()
+        spec = pickle.dumps({"preload": PRELOAD, "app": self.app, "path": sys.path}).hex()
         env = dict(os.environ)
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(var, "1")     # one BLAS thread per actor: actors are the parallelism
         self._forkserver = subprocess.Popen(
-            [sys.executable, "-c", "from actors._forkserver import main; main()", str(theirs.fileno()), spec],
+            [sys.executable, "-c", _FORKSERVER_MAIN, str(theirs.fileno()), spec],
             pass_fds=[theirs.fileno()], env=env)
         theirs.close()
         self._ctl = ours
