@@ -7,7 +7,8 @@ So the hot path costs no scheduler pass per message: a `tell` only yields when t
 
 Bounds (backpressure, never dropping): the sender's outbox (`mailbox_size` records), the kernel's socket buffers,
 and the receiver's queue of batches. Records from one sender to one receiver arrive in the order they were sent.
-Replies to asks bypass the queue, so an actor awaiting an ask inside a handler still gets its reply.
+A reply travels back on the connection its ask came in on, where the asking task itself reads it (one asker per
+link reads at a time, for all of them); an actor awaiting an ask inside a handler still gets its reply.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import logging
 import os
 import socket
 import struct
+import types
 
 import numpy as np
 import trio
@@ -50,18 +52,28 @@ def socket_path(rundir: str, endpoint_id: int) -> str:
 
 
 class _Pending:
-    __slots__ = ("peer", "event", "kind", "offset")
+    __slots__ = ("peer", "event", "kind", "offset", "scope")
 
     def __init__(self, peer: int):
         self.peer = peer
         self.event = trio.Event()
         self.kind = 0
         self.offset = 0
+        self.scope = None
+
+
+def _resolve(waiter: _Pending, kind: int, offset: int) -> None:
+    waiter.kind = kind
+    waiter.offset = offset
+    waiter.event.set()
+    if waiter.scope is not None:        # it is parked waiting for the reading to be handed over: wake it
+        waiter.scope.cancel()
 
 
 class Link:
     """The outgoing connection from this endpoint to one peer, with its outbox of records."""
-    __slots__ = ("peer", "sock", "out", "draining", "room", "dead", "fileno")
+    __slots__ = ("peer", "sock", "out", "draining", "room", "dead", "fileno", "reading", "handover", "inbuf",
+                 "have")
 
     def __init__(self, peer: int, sock: socket.socket):
         self.peer = peer
@@ -71,6 +83,11 @@ class Link:
         self.draining = False
         self.room = trio.Event()
         self.dead = False
+        # Replies to our asks come back on this same connection, read by one of the asking tasks at a time.
+        self.reading = False
+        self.handover = trio.Event()
+        self.inbuf = bytearray(RECORD_SIZE * 64)
+        self.have = 0
 
 
 class Endpoint:
@@ -84,12 +101,13 @@ class Endpoint:
         self.limit = mailbox_size * RECORD_SIZE
         self.names = names if names is not None else {}
         self.links: dict[int, Link] = {}
+        self.reply_links: dict[int, Link] = {}  # src -> the connection its requests arrive on
         self.pending: dict[int, _Pending] = {}
         self.calls = itertools.count(1)
         self.dirty: list[Link] = []
         self.wake = trio.Event()
+        self.handle = None              # async handle(offset, kind, src, call) -> True to stop receiving
         self.queue: collections.deque = collections.deque()
-        self.has_work = trio.Event()
         self.busy = False
         self.queue_room = trio.Event()
         self.stopped = trio.Event()
@@ -142,23 +160,27 @@ class Endpoint:
             pass
         self.listener.close()
 
-    async def _reader(self, conn: socket.socket):
-        buf = bytearray(READ_SIZE)
+    async def _reader(self, conn: socket.socket, buf: bytearray | None = None, have: int = 0):
+        buf = buf if buf is not None else bytearray(READ_SIZE)
         view = memoryview(buf)
-        have = 0
         unpack = RECORD.iter_unpack
         pending = self.pending
+        reply_link = None
+        drained = False
         try:
             while True:
+                if drained:                 # the last read came up short: the socket is empty, wait first
+                    await trio.lowlevel.wait_readable(conn)
                 try:
                     n = conn.recv_into(view[have:])
                 except BlockingIOError:
-                    await trio.lowlevel.wait_readable(conn)
+                    drained = True
                     continue
                 except OSError:
                     return
                 if n == 0:
                     return
+                drained = have + n < len(buf)
                 have += n
                 usable = have - have % RECORD_SIZE
                 work = []
@@ -169,21 +191,34 @@ class Endpoint:
                         if waiter is None:
                             self.arena.decref_id(rec[0])     # its ask timed out: a dead letter
                             continue
-                        waiter.kind = kind
-                        waiter.offset = rec[0]
-                        waiter.event.set()
+                        _resolve(waiter, kind, rec[0])
                     else:
                         work.append(rec)
+                if reply_link is None and work:
+                    src = work[0][2]
+                    reply_link = self.reply_links[src] = Link(src, conn)
                 if usable < have:
                     buf[:have - usable] = buf[usable:have]
                 have -= usable
-                if work:
-                    await self._deliver(work)
+                if not work:
+                    continue
+                if self.busy or self.queue or self.stopped.is_set():
+                    await self._enqueue(work)
+                    continue
+                # idle: run the handlers right here, with no hop to another task
+                if await self._run(work, conn, buf, have):
+                    conn = None             # a new reader owns the connection now
+                    return
         finally:
-            conn.close()
+            if conn is not None:
+                if reply_link is not None:
+                    reply_link.dead = True
+                    if self.reply_links.get(reply_link.peer) is reply_link:
+                        del self.reply_links[reply_link.peer]
+                conn.close()
 
-    async def _deliver(self, work: list) -> None:
-        # Queue a batch for the actor's loop; wait while the queue is full (backpressure reaches the socket).
+    async def _enqueue(self, work: list) -> None:
+        # Queue a batch while the handlers are busy; wait while the queue is full (backpressure reaches the socket).
         while len(self.queue) >= INBOX_BATCHES and not self.stopped.is_set():
             if self.queue_room.is_set():
                 self.queue_room = trio.Event()
@@ -192,38 +227,51 @@ class Endpoint:
             self._release(work)
             return
         self.queue.append(work)
-        self.has_work.set()
 
-    async def batches(self):
-        """The batches of records for this endpoint's loop, in arrival order; between two of them, the outboxes
-        the batch filled are flushed."""
-        queue = self.queue
-        while not self.stopped.is_set():
-            if not queue:
-                self.busy = False
+    async def _run(self, batch: list, conn, buf, have) -> bool:
+        """Handle `batch`, then everything queued meanwhile, in order. Each handler coroutine is driven by hand: one
+        that finishes without suspending costs no scheduler pass. If one suspends, a new reader takes over `conn`
+        (so replies to asks made inside the handler are still read) and this task goes on awaiting the handler.
+        True if the connection was handed over."""
+        handle = self.handle
+        handed = False
+        self.busy = True
+        try:
+            while True:
+                for rec in batch:
+                    if self.stopped.is_set():
+                        self.arena.decref_id(rec[0])
+                        continue
+                    coro = handle(*rec)
+                    try:
+                        yielded = coro.send(None)
+                    except StopIteration as done:
+                        stop = done.value
+                    else:
+                        if not handed and conn is not None:
+                            handed = True
+                            self.nursery.start_soon(self._reader, conn, buf, have)
+                        stop = await _resume(coro, yielded)
+                    if stop:
+                        self.stop_receiving()
                 self.flush_all()
-                if self.has_work.is_set():
-                    self.has_work = trio.Event()
-                await self.has_work.wait()
-                continue
-            self.busy = True
-            batch = queue.popleft()
-            if len(queue) < INBOX_BATCHES:
+                if not self.queue:
+                    return handed
+                batch = self.queue.popleft()
                 self.queue_room.set()
-            yield batch
-
-    def stop_receiving(self) -> None:
-        """Release whatever is queued; later records are released on arrival (dead letters)."""
-        self.stopped.set()
-        self.busy = False
-        while self.queue:
-            self._release(self.queue.popleft())
-        self.queue_room.set()
-        self.has_work.set()
+        finally:
+            self.busy = False
 
     def _release(self, batch) -> None:
         for off, _kind, _src, _call in batch:
             self.arena.decref_id(off)
+
+    def stop_receiving(self) -> None:
+        """Release whatever is queued; later records are released on arrival (dead letters)."""
+        self.stopped.set()
+        while self.queue:
+            self._release(self.queue.popleft())
+        self.queue_room.set()
 
     # -- sending -------------------------------------------------------------------------------------------------
 
@@ -243,14 +291,18 @@ class Endpoint:
             raise
         sock.setblocking(False)
         link = self.links[peer] = Link(peer, sock)
-        if self.nursery is not None:
-            self.nursery.start_soon(self._watch, link)
         return link
 
     def post(self, peer: int, kind: int, obj, call: int = 0, flush: bool = False) -> Link:
         """Put `obj` in the store and queue its record for `peer`. Raises before anything is queued if `obj`
-        cannot be encoded, the peer is gone, or the store is full."""
-        link = self._link(peer)
+        cannot be encoded, the peer is gone, or the store is full. Replies go back on the connection the request
+        came in on."""
+        if kind == REPLY or kind == ERROR:
+            link = self.reply_links.get(peer)
+            if link is None or link.dead:
+                raise ActorStoppedError(f"cannot reply to {self.describe(peer)}: it has stopped")
+        else:
+            link = self._link(peer)
         arena = self.arena
         if type(obj) is _ndarray and type(obj.base) is SharedBlock and obj.base.owns(obj):
             obj.flags.writeable = False         # an actors.shared_array is its own message: no copy
@@ -373,15 +425,6 @@ class Endpoint:
             self._died(link)
         link.draining = False
 
-    async def _watch(self, link: Link):
-        # The peer never writes on our outgoing connection: readable means it closed (the actor stopped or died).
-        try:
-            await trio.lowlevel.wait_readable(link.sock)
-        except (trio.ClosedResourceError, OSError):
-            pass
-        if not self.closed:
-            self._died(link)
-
     def _died(self, link: Link):
         if link.dead:
             return
@@ -396,8 +439,7 @@ class Endpoint:
         for call, waiter in list(self.pending.items()):
             if waiter.peer == link.peer:
                 del self.pending[call]
-                waiter.kind = -1
-                waiter.event.set()
+                _resolve(waiter, -1, 0)
 
     def _drop_outbox(self, link: Link) -> int:
         n = 0
@@ -410,17 +452,19 @@ class Endpoint:
     # -- asking --------------------------------------------------------------------------------------------------
 
     async def request(self, peer: int, kind: int, obj, timeout: float | None = None):
-        """Send `obj` and wait for the reply; (reply kind, store offset of the reply payload)."""
+        """Send `obj` and wait for the reply; (reply kind, store offset of the reply payload), or (None, 0) on
+        timeout."""
         call = next(self.calls)
         waiter = self.pending[call] = _Pending(peer)
         try:
             await self.send(peer, kind, obj, call, flush=True)
             self.flush_all()                    # an asker waits anyway: send now, not at the next batch
+            link = self.links[peer]
             if timeout is None:
-                await waiter.event.wait()
+                await self._await_reply(link, waiter)
             else:
                 with trio.move_on_after(timeout):
-                    await waiter.event.wait()
+                    await self._await_reply(link, waiter)
         finally:
             self.pending.pop(call, None)
         if not waiter.event.is_set():
@@ -428,6 +472,74 @@ class Endpoint:
         if waiter.kind == -1:
             raise ActorStoppedError(f"{self.describe(peer)} stopped before it replied")
         return waiter.kind, waiter.offset
+
+    async def _await_reply(self, link: Link, waiter: _Pending) -> None:
+        # One asking task at a time reads the link's replies (for every asker of that peer); the others wait for
+        # their event, or for the reader to hand the reading over when it has its own reply. The common case, a
+        # single asker, reads its reply itself: no task switch.
+        while not waiter.event.is_set():
+            if link.reading:
+                handover = link.handover
+                with trio.CancelScope() as scope:
+                    waiter.scope = scope
+                    await handover.wait()
+                waiter.scope = None
+                continue
+            link.reading = True
+            try:
+                await self._read_replies(link, waiter)
+            finally:
+                link.reading = False
+                link.handover.set()
+                link.handover = trio.Event()
+
+    async def _read_replies(self, link: Link, waiter: _Pending) -> None:
+        sock = link.sock
+        pending = self.pending
+        while not waiter.event.is_set():
+            view = memoryview(link.inbuf)
+            try:
+                n = sock.recv_into(view[link.have:])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
+                n = 0
+            if n == 0:
+                self._died(link)
+                return
+            link.have += n
+            usable = link.have - link.have % RECORD_SIZE
+            for off, kind, _src, call in RECORD.iter_unpack(view[:usable]):
+                other = pending.pop(call, None)
+                if other is None:
+                    self.arena.decref_id(off)       # its ask timed out: a dead letter
+                    continue
+                _resolve(other, kind, off)
+            view.release()
+            if usable < link.have:
+                link.inbuf[:link.have - usable] = link.inbuf[usable:link.have]
+            link.have -= usable
+
+
+@types.coroutine
+def _resume(coro, yielded):
+    # Go on awaiting a coroutine that was started by hand (coro.send) in this same task: hand what it yielded to
+    # trio, and what trio sends (or throws) back to it. Its traps were set for this task, so this is exactly what
+    # `await coro` would have done.
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as done:
+                return done.value
 
 
 class _StoreFull(Exception):

@@ -211,21 +211,20 @@ class Driver(System):
     async def _system_request(self, op, *args):
         return await getattr(self, "_op_" + op)(*args)
 
-    async def serve_requests(self) -> None:
+    async def handle(self, off, kind, src, call) -> bool:
+        """The driver's endpoint handler: each system request runs in its own task (spawning takes a while)."""
         ep = self.endpoint
-        async with trio.open_nursery() as nursery:
-            async for batch in ep.batches():
-                for off, kind, src, call in batch:
-                    try:
-                        msg = ep.arena.read(off, True)
-                    except Exception as exc:
-                        log.error("system: cannot decode a request from %s: %s", ep.describe(src), exc)
-                        ep.arena.decref_id(off)
-                        continue
-                    if kind in (mb.SYSTEM, mb.SYSTEM_TELL):
-                        nursery.start_soon(self._answer, src, kind, call, msg)
-                    else:
-                        log.warning("the driver is not an actor: dropped a message from %s", ep.describe(src))
+        try:
+            msg = ep.arena.read(off, True)
+        except Exception as exc:
+            log.error("system: cannot decode a request from %s: %s", ep.describe(src), exc)
+            ep.arena.decref_id(off)
+            return False
+        if kind in (mb.SYSTEM, mb.SYSTEM_TELL):
+            ep.nursery.start_soon(self._answer, src, kind, call, msg)
+        else:
+            log.warning("the driver is not an actor: dropped a message from %s", ep.describe(src))
+        return False
 
     async def _answer(self, src, kind, call, msg) -> None:
         ep = self.endpoint
@@ -354,15 +353,17 @@ class Driver(System):
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
-async def _reply(ep: mb.Endpoint, dest: int, kind: int, payload, call: int) -> None:
+async def _reply(ep: mb.Endpoint, dest: int, kind: int, payload, call: int, flush: bool = True) -> None:
+    """Answer an ask. Inside a batch of handlers, the batch's end flushes (flush=False)."""
     try:
-        await ep.send(dest, kind, payload, call)
+        await ep.send(dest, kind, payload, call, flush=True)
     except ActorStoppedError:
         pass            # the asker is gone
     except Exception as exc:
         # the result cannot travel (unencodable): the asker gets the reason instead of waiting for ever
-        await ep.send(dest, mb.ERROR, error_payload(exc), call)
-    ep.flush_all()
+        await ep.send(dest, mb.ERROR, error_payload(exc), call, flush=True)
+    if flush:
+        ep.flush_all()
 
 
 async def _driver_main(main, options: dict):
@@ -372,8 +373,8 @@ async def _driver_main(main, options: dict):
     try:
         driver.start_forkserver()
         async with trio.open_nursery() as nursery:
+            driver.endpoint.handle = driver.handle
             await nursery.start(driver.endpoint.serve)
-            nursery.start_soon(driver.serve_requests)
             nursery.start_soon(driver._forkserver_events)
 
             async def on_sigterm():

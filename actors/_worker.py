@@ -150,49 +150,51 @@ def _method(actor, name: str):
 
 
 async def _serve(system: System, actor, name: str) -> None:
-    """Handle messages, one at a time, until told to stop."""
+    """Handle messages, one at a time and in order per sender, until told to stop."""
     ep = system.endpoint
     arena = ep.arena
     receive = actor.receive
     incoming = system.incoming
-    async for batch in ep.batches():
-        for i, (off, kind, src, call) in enumerate(batch):
-            if kind == mb.STOP:
-                arena.decref_id(off)
-                for rest in batch[i + 1:]:
-                    arena.decref_id(rest[0])
-                ep.stop_receiving()
-                return
-            try:
-                msg = arena.read(off, True)
-            except UnknownClassError as exc:
-                msg = await _read_after_pull(system, off, exc)
-                if msg is _FAILED:
-                    continue
-            except DecodeError as exc:
-                arena.decref_id(off)
-                await _failed(ep, name, kind, src, call, exc)
-                continue
-            try:
-                if kind == mb.TELL:
-                    await receive(incoming(msg))
-                elif kind == mb.ASK:
-                    result = await receive(incoming(msg))
-                    await _reply(ep, src, mb.REPLY, system.outgoing(result), call)
-                elif kind == mb.CALL or kind == mb.CALL_TELL:
-                    method, args, kwargs = msg
-                    result = await _method(actor, method)(*args, **kwargs)
-                    if kind == mb.CALL:
-                        await _reply(ep, src, mb.REPLY, result, call)
-                else:
-                    log.warning("actor %r: dropped a record of unknown kind %d", name, kind)
-            except Exception as exc:
-                await _failed(ep, name, kind, src, call, exc)
+    outgoing = system.outgoing
+
+    async def handle(off, kind, src, call):
+        if kind == mb.STOP:
+            arena.decref_id(off)
+            return True
+        try:
+            msg = arena.read(off, True)
+        except UnknownClassError as exc:
+            msg = await _read_after_pull(system, off, exc)
+            if msg is _FAILED:
+                return False
+        except DecodeError as exc:
+            arena.decref_id(off)
+            await _failed(ep, name, kind, src, call, exc)
+            return False
+        try:
+            if kind == mb.TELL:
+                await receive(incoming(msg))
+            elif kind == mb.ASK:
+                result = await receive(incoming(msg))
+                await _reply(ep, src, mb.REPLY, outgoing(result), call, flush=False)
+            elif kind == mb.CALL or kind == mb.CALL_TELL:
+                method, args, kwargs = msg
+                result = await _method(actor, method)(*args, **kwargs)
+                if kind == mb.CALL:
+                    await _reply(ep, src, mb.REPLY, result, call, flush=False)
+            else:
+                log.warning("actor %r: dropped a record of unknown kind %d", name, kind)
+        except Exception as exc:
+            await _failed(ep, name, kind, src, call, exc)
+        return False
+
+    ep.handle = handle
+    await ep.stopped.wait()
 
 
 async def _failed(ep, name, kind, src, call, exc) -> None:
     if kind in (mb.ASK, mb.CALL):
-        await _reply(ep, src, mb.ERROR, error_payload(exc), call)
+        await _reply(ep, src, mb.ERROR, error_payload(exc), call, flush=False)
     else:
         log.error("actor %r failed handling a message from %s", name, ep.describe(src), exc_info=exc)
 

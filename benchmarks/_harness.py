@@ -62,36 +62,53 @@ def parent_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def time_op(fn: Callable[[], object], *, repeat: int = 7, number: Optional[int] = None,
-            duration: float = 0.2) -> float:
-    """Seconds per call of `fn`: the best of `repeat` timed loops of `number` calls, after a warm-up.
+def _loop(fn: Callable[[], object], n: int) -> float:
+    calls = itertools.repeat(None, n)
+    start = time.perf_counter()
+    for _ in calls:
+        fn()
+    return time.perf_counter() - start
 
-    Without `number`, the loop is sized (1, 2, 5, 10, 20, ... calls) to last about `duration` seconds; sizing it is
-    the warm-up. The garbage collector is off while timing, as in `timeit`.
+
+def _calibrate(fn: Callable[[], object], number: Optional[int], duration: float) -> int:
+    # Sizing the loop (1, 2, 5, 10, 20, ... calls until it lasts `duration`) doubles as the warm-up.
+    if number is not None:
+        _loop(fn, max(1, number // 10))     # warm caches, allocator pools and the branch predictor
+        return number
+    number = 1
+    for factor in itertools.cycle((2, 2.5, 2)):
+        if _loop(fn, number) >= duration:
+            return number
+        number = int(number * factor)
+    raise AssertionError("unreachable")
+
+
+def time_ops(fns: dict, *, repeat: int = 7, number: Optional[int] = None, duration: float = 0.2) -> dict:
+    """Seconds per call of each callable in `fns` (name -> callable): the best of `repeat` timed loops.
+
+    The loops are interleaved, one per callable per round, so a burst of load from elsewhere on the machine slows
+    every contender alike rather than whichever happened to be running; the ratios between them stay fair. Without
+    `number`, each callable's loop is sized to last about `duration` seconds. The garbage collector is off while
+    timing, as in `timeit`.
     """
-    def loop(n: int) -> float:
-        calls = itertools.repeat(None, n)
-        start = time.perf_counter()
-        for _ in calls:
-            fn()
-        return time.perf_counter() - start
-
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        if number is None:
-            number = 1
-            for factor in itertools.cycle((2, 2.5, 2)):
-                if loop(number) >= duration:
-                    break
-                number = int(number * factor)
-        else:
-            loop(max(1, number // 10))      # warm caches, allocator pools and the branch predictor
-        best = min(loop(number) for _ in range(max(1, repeat)))
+        numbers = {name: _calibrate(fn, number, duration) for name, fn in fns.items()}
+        best = {name: float("inf") for name in fns}
+        for _ in range(max(1, repeat)):
+            for name, fn in fns.items():
+                best[name] = min(best[name], _loop(fn, numbers[name]))
     finally:
         if gc_was_enabled:
             gc.enable()
-    return best / number
+    return {name: best[name] / numbers[name] for name in fns}
+
+
+def time_op(fn: Callable[[], object], *, repeat: int = 7, number: Optional[int] = None,
+            duration: float = 0.2) -> float:
+    """Seconds per call of `fn`: the best of `repeat` timed loops, after a warm-up (see `time_ops`)."""
+    return time_ops({"fn": fn}, repeat=repeat, number=number, duration=duration)["fn"]
 
 
 def add_ratios(results: Iterable[Result], baseline: str) -> None:
