@@ -44,6 +44,7 @@ SYSTEM_TELL = 8     # payload: (op, *args); no reply
 STOP = 9            # payload: None
 
 INBOX_BATCHES = 8
+FLUSH_BYTES = 1 << 20
 READ_SIZE = 1 << 18
 
 
@@ -73,13 +74,14 @@ def _resolve(waiter: _Pending, kind: int, offset: int) -> None:
 class Link:
     """The outgoing connection from this endpoint to one peer, with its outbox of records."""
     __slots__ = ("peer", "sock", "out", "draining", "room", "dead", "fileno", "reading", "handover", "inbuf",
-                 "have")
+                 "have", "unsent_bytes")
 
     def __init__(self, peer: int, sock: socket.socket):
         self.peer = peer
         self.sock = sock
         self.fileno = sock.fileno()
         self.out = bytearray()
+        self.unsent_bytes = 0           # payload bytes behind the records not yet written
         self.draining = False
         self.room = trio.Event()
         self.dead = False
@@ -307,12 +309,19 @@ class Endpoint:
         if type(obj) is _ndarray and type(obj.base) is SharedBlock and obj.base.owns(obj):
             obj.flags.writeable = False         # an actors.shared_array is its own message: no copy
             placed = arena.put_shared(obj.base)
+            size = obj.nbytes
         else:
             prepared = arena.prepare(obj)
             placed = arena.commit(prepared)
             if placed is None:
                 raise _StoreFull(prepared)
+            size = prepared[1]
         link.out += RECORD.pack(placed[0], kind, self.id, call)
+        link.unsent_bytes += size
+        if link.unsent_bytes >= FLUSH_BYTES:
+            # Large payloads go out at once: batching them would hold many blocks of fresh, cold memory where
+            # a prompt send lets the receiver release each one for the next to reuse, warm.
+            self._flush(link)
         if not link.draining:
             link.draining = True
             self.dirty.append(link)
@@ -357,6 +366,7 @@ class Endpoint:
             raise StoreFullError("cannot send: the shared-memory store stayed full for 30 s")
         link = self._link(peer)
         link.out += RECORD.pack(placed[0], kind, self.id, call)
+        self._flush(link)
         if not link.draining:
             link.draining = True
             self.dirty.append(link)
@@ -387,6 +397,8 @@ class Endpoint:
             self._died(link)
             return True
         del link.out[:n]
+        if not link.out:
+            link.unsent_bytes = 0
         if len(link.out) < self.limit:
             link.room.set()
         return not link.out

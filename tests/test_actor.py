@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 import actors
 from _actor_helpers import (
@@ -762,8 +763,8 @@ def test_spawn_of_an_actor_that_exits_while_the_driver_is_busy_raises_spawn_erro
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(spawn)
-            await trio.sleep(0)     # the spawn request goes to the fork server...
-            time.sleep(5)           # ...and the driver is busy while the actor starts and dies
+            await trio.testing.wait_all_tasks_blocked()     # the spawn request has gone to the fork server...
+            time.sleep(5)           # ...and the driver is busy (blocked) while the actor starts and dies
         return outcome
 
     outcome = run(main, timeout=25)
