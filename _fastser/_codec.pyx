@@ -20,7 +20,7 @@ from cpython.dict cimport PyDict_GetItem, PyDict_Next, PyDict_SetItem, PyDict_Si
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromDouble
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.object cimport PyObject_GenericSetAttr
-from cpython.object cimport PyObject_Hash
+from cpython.object cimport Py_TYPE, PyObject_Hash, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.set cimport PySet_Add
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
@@ -32,6 +32,10 @@ from libc.string cimport memcmp, memcpy, memset
 from _fastser._errors import DecodeError, RegistrationError, SerializationError, UnknownClassError
 
 cdef extern from "Python.h":
+    PyTypeObject PyUnicode_Type
+    PyTypeObject PyLong_Type
+    PyTypeObject PyFloat_Type
+    PyTypeObject PyBool_Type
     bint PyUnicode_IS_COMPACT_ASCII(object)
     void* PyUnicode_DATA(object)
     Py_ssize_t PyUnicode_GET_LENGTH(object)

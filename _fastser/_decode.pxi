@@ -7,35 +7,59 @@
 cdef enum:
     KEY_CACHE = 2048        # slots, a power of two
     KEY_MAX = 40            # longest key cached
+    KEY_WORDS = 5           # KEY_MAX / 8
 
 # Dict keys and field names repeat from message to message: a decoded short ASCII key is kept and handed out again,
-# which saves allocating it and hashing it on insert.
-cdef PyObject* _key_cache[KEY_CACHE]
+# which saves allocating it and hashing it on insert. Each slot keeps the key's bytes as zero-padded 64-bit words,
+# so a lookup hashes and compares whole words, with no calls into libc.
+cdef struct KeySlot:
+    PyObject* key
+    Py_ssize_t n
+    uint64_t words[KEY_WORDS]
 
-cdef inline object _key(const char* p, Py_ssize_t n):
-    # Hash eight bytes at a time: keys are short, and a byte-at-a-time hash costs more than the lookup saves.
+cdef KeySlot _key_cache[KEY_CACHE]
+
+
+cdef inline uint64_t _word(const char* p, Py_ssize_t left, const char* end) noexcept nogil:
+    # The next (up to) 8 key bytes as a word, zero above the key's end. A full 8-byte load when it stays inside the
+    # buffer, else byte by byte.
+    cdef uint64_t w = 0
+    cdef Py_ssize_t i
+    if p + 8 <= end:
+        memcpy(&w, p, 8)
+        if left < 8:
+            w &= (<uint64_t>1 << (8 * left)) - 1
+        return w
+    for i in range(left if left < 8 else 8):
+        w |= (<uint64_t><unsigned char>p[i]) << (8 * i)
+    return w
+
+
+cdef inline object _key(const char* p, Py_ssize_t n, const char* end):
+    cdef uint64_t words[KEY_WORDS]
     cdef uint64_t h = <uint64_t>n * 0x9E3779B97F4A7C15ULL
-    cdef uint64_t w
-    cdef Py_ssize_t i = 0
-    while i + 8 <= n:
-        memcpy(&w, p + i, 8)
-        h = (h ^ w) * 0xFF51AFD7ED558CCDULL
-        i += 8
-    if i < n:
-        w = 0
-        memcpy(&w, p + i, n - i)
-        h = (h ^ w) * 0xFF51AFD7ED558CCDULL
+    cdef Py_ssize_t i, nw = (n + 7) >> 3
+    cdef KeySlot* slot
+    for i in range(nw):
+        words[i] = _word(p + 8 * i, n - 8 * i, end)
+        h = (h ^ words[i]) * 0xFF51AFD7ED558CCDULL
     h ^= h >> 32
-    cdef Py_ssize_t slot = <Py_ssize_t>(h & (KEY_CACHE - 1))
-    cdef PyObject* hit = _key_cache[slot]
-    if hit != NULL and PyUnicode_GET_LENGTH(<object>hit) == n and memcmp(PyUnicode_DATA(<object>hit), p, n) == 0:
-        return <object>hit
+    slot = &_key_cache[h & (KEY_CACHE - 1)]
+    if slot.key != NULL and slot.n == n:
+        for i in range(nw):
+            if slot.words[i] != words[i]:
+                break
+        else:
+            return <object>slot.key
     key = PyUnicode_DecodeUTF8(p, n, NULL)
     if PyUnicode_IS_COMPACT_ASCII(key):
         PyObject_Hash(key)
         Py_INCREF(key)
-        Py_XDECREF(hit)
-        _key_cache[slot] = <PyObject*>key
+        Py_XDECREF(slot.key)
+        slot.key = <PyObject*>key
+        slot.n = n
+        for i in range(KEY_WORDS):
+            slot.words[i] = words[i] if i < nw else 0
     return key
 
 
@@ -87,8 +111,10 @@ cdef class Decoder:
         try:
             # A read-only exporter can be the arrays' base as it is; a writable one is wrapped read-only, so that no
             # decoded array can be made writable again.
+            # Only bytes is immutable all the way down; any other exporter (a read-only view of a writable array,
+            # say) is wrapped read-only, so that no decoded array can be made writable again.
             self.owner = buffer
-            return self.decode_ptr(<const char*>view.buf, view.len, buffer if view.readonly else None)
+            return self.decode_ptr(<const char*>view.buf, view.len, buffer if type(buffer) is bytes else None)
         finally:
             self.owner = None
             PyBuffer_Release(&view)
@@ -124,9 +150,7 @@ cdef class Decoder:
                 obj = self._dec(0)
             except DecodeError:
                 raise
-            except (RecursionError, MemoryError):
-                raise
-            except Exception as exc:
+            except Exception as exc:        # incl. RecursionError and MemoryError raised by what the input holds
                 # the stack has unwound: the borrowed keys on the path are gone, paths use positions instead
                 self.live = False
                 raise self._error(f"{type(exc).__name__}: {exc}") from exc
@@ -209,6 +233,8 @@ cdef class Decoder:
                     self.keys[depth] = <PyObject*>key     # borrowed: alive while its value decodes
                     self.idx[depth] = 2 * i + 1
                     val = self._dec(depth + 1)
+                    self.idx[depth] = 2 * i         # an unhashable key fails here: the path names the key
+                    self.cur = depth + 1
                     PyDict_SetItem(out, key, val)
                 return out
             if tag == T_LIST:
@@ -233,7 +259,9 @@ cdef class Decoder:
             out = set()
             for i in range(n):
                 self.idx[depth] = i
-                PySet_Add(out, self._dec(depth + 1))
+                val = self._dec(depth + 1)
+                self.cur = depth + 1
+                PySet_Add(out, val)
             return out if tag == T_SET else frozenset(out)
         if tag == T_NDARRAY:
             return self._dec_array(depth)
@@ -264,7 +292,9 @@ cdef class Decoder:
             return int.from_bytes(PyBytes_FromStringAndSize(p, n32), "little", signed=True)
         if tag == T_NPSCALAR:
             return self._dec_npscalar(depth)
-        if tag == T_OBJECT or tag == T_PICKLED or tag == T_CUSTOM:
+        if tag == T_PICKLED:
+            return self._dec_registered(tag, depth)
+        if tag == T_OBJECT or tag == T_CUSTOM:
             if depth >= MAX_DEPTH:
                 raise self._error(f"nesting deeper than {MAX_DEPTH} levels")
             return self._dec_registered(tag, depth)
@@ -279,7 +309,7 @@ cdef class Decoder:
             if n32 <= KEY_MAX and n32 <= self.end - self.pos - 5:
                 p = self.base + self.pos + 5
                 self.pos += 5 + n32
-                return _key(p, n32)
+                return _key(p, n32, self.base + self.end)
         return self._dec(depth)
 
     cdef const char* _oob(self, uint64_t off, uint64_t n) except NULL:
@@ -300,7 +330,7 @@ cdef class Decoder:
             raise self._error(f"invalid dtype descriptor {desc!r}") from None
 
     cdef object _dec_array(self, Py_ssize_t depth):
-        cdef cnp.npy_intp dims[32]
+        cdef cnp.npy_intp dims[MAX_NDIM]
         cdef unsigned char flags, nd
         cdef uint64_t dim, count = 1, off, nbytes
         cdef int i
@@ -308,7 +338,7 @@ cdef class Decoder:
         dtype = self._dec_dtype()
         flags = <unsigned char>_take(self, 1)[0]
         nd = <unsigned char>_take(self, 1)[0]
-        if nd > 32 or flags > 1:
+        if nd > MAX_NDIM or flags > 1:
             raise self._error(f"corrupted array header (ndim {nd}, flags {flags})")
         for i in range(nd):
             memcpy(&dim, _take(self, 8), 8)
@@ -316,15 +346,18 @@ cdef class Decoder:
                 raise self._error(f"corrupted array dimension {dim}")
             dims[i] = <cnp.npy_intp>dim
             if dim:
-                count *= dim
-                if count > (<uint64_t>1 << 62):
+                if count > ((<uint64_t>1 << 62) // dim):
                     raise self._error("corrupted array shape (too many elements)")
+                count *= dim
         memcpy(&off, _take(self, 8), 8)
         memcpy(&nbytes, _take(self, 8), 8)
         for i in range(nd):
             if dims[i] == 0:
                 count = 0
-        if count * <uint64_t>dtype.itemsize != nbytes:
+        if dtype.itemsize == 0:
+            if nbytes != 0:
+                raise self._error("corrupted array: a zero-size dtype with data")
+        elif count > ((<uint64_t>1 << 62) // <uint64_t>dtype.itemsize) or count * <uint64_t>dtype.itemsize != nbytes:
             raise self._error(f"corrupted array: shape and dtype {dtype} need {count * dtype.itemsize} bytes, "
                               f"the message says {nbytes}")
         data = self._oob(off, nbytes)
@@ -339,11 +372,14 @@ cdef class Decoder:
         return arr
 
     cdef object _dec_npscalar(self, Py_ssize_t depth):
+        cdef uint32_t n
         dtype = self._dec_dtype()
-        cdef unsigned char n = <unsigned char>_take(self, 1)[0]
+        memcpy(&n, _take(self, 4), 4)
         cdef const char* p = _take(self, n)
         if n != dtype.itemsize:
             raise self._error(f"corrupted numpy scalar ({n} bytes for dtype {dtype})")
+        if n == 0:
+            return dtype.type()
         return _np.frombuffer(PyBytes_FromStringAndSize(p, n), dtype=dtype)[0]
 
     cdef object _dec_registered(self, unsigned char tag, Py_ssize_t depth):
@@ -358,7 +394,7 @@ cdef class Decoder:
                               f"not; register it here too (actors.register_class)")
             raise UnknownClassError(str(err), code)
         entry = <Entry>found
-        expected = {T_OBJECT: KIND_FIELDS, T_PICKLED: KIND_PICKLE, T_CUSTOM: KIND_CUSTOM}[tag]
+        expected = KIND_FIELDS if tag == T_OBJECT else (KIND_PICKLE if tag == T_PICKLED else KIND_CUSTOM)
         if entry.kind != expected:
             raise self._error(f"class {_qualified(entry.cls)} arrived encoded differently from how it is "
                               f"registered here (mode {entry.mode}); register it the same way in every process")
@@ -366,13 +402,17 @@ cdef class Decoder:
             self.kinds[depth] = K_CUSTOM
             self.idx[depth] = 0
             value = self._dec(depth + 1)
+            self.cur = depth
             return entry.deserializer(value)
         if tag == T_PICKLED:
+            self.kinds[depth] = K_CUSTOM
+            self.idx[depth] = 0
             data = self._dec(depth + 1)
+            self.cur = depth
             if type(data) is not bytes:
                 raise self._error("corrupted pickled value")
             obj = _pickle_loads(data)
-            if type(obj) is not entry.cls:
+            if type(obj) is not entry.cls and wire_code(type(obj)) != entry.code:
                 raise self._error(f"a pickled {_qualified(entry.cls)} decoded to a {type(obj).__qualname__}")
             return obj
         memcpy(&n32, _take(self, 4), 4)
@@ -390,6 +430,7 @@ cdef class Decoder:
             self.keys[depth] = <PyObject*>name
             self.idx[depth] = 2 * i + 1
             val = self._dec(depth + 1)
+            self.cur = depth + 1
             if name in entry.slots:
                 PyObject_GenericSetAttr(obj, name, val)
             elif fields is not None:

@@ -26,6 +26,53 @@ cdef inline void _put_f64(Encoder e, double v) noexcept:
     e.pos += 8
 
 
+cdef inline int _enc_leaf(Encoder e, PyObject* o) except -1:
+    # The common leaves (ASCII str, int, float, None, bool) from a borrowed pointer: no user code can run for
+    # them, so no reference needs taking. 1 if `o` was one of them, 0 for the general path.
+    cdef PyTypeObject* t = Py_TYPE(<object>o)
+    cdef Py_ssize_t n
+    cdef long long iv
+    cdef int overflow = 0
+    if t == &PyUnicode_Type:
+        if not PyUnicode_IS_COMPACT_ASCII(<object>o):
+            return 0
+        n = PyUnicode_GET_LENGTH(<object>o)
+        if n >= OOB_MIN:
+            return 0
+        _reserve(e, 5 + n)
+        _put_u8(e, T_STR)
+        _put_u32(e, <uint32_t>n)
+        memcpy(e.buf + e.pos, PyUnicode_DATA(<object>o), n)
+        e.pos += n
+        return 1
+    if t == &PyLong_Type:
+        iv = PyLong_AsLongLongAndOverflow(<object>o, &overflow)
+        if overflow:
+            return 0
+        _reserve(e, 9)
+        if -128 <= iv <= 127:
+            _put_u8(e, T_INT8)
+            _put_u8(e, <unsigned char>(<signed char>iv))
+        else:
+            _put_u8(e, T_INT64)
+            _put_u64(e, <uint64_t>iv)
+        return 1
+    if t == &PyFloat_Type:
+        _reserve(e, 9)
+        _put_u8(e, T_FLOAT)
+        _put_f64(e, PyFloat_AS_DOUBLE(<object>o))
+        return 1
+    if (<object>o) is None:
+        _reserve(e, 1)
+        _put_u8(e, T_NONE)
+        return 1
+    if t == &PyBool_Type:
+        _reserve(e, 1)
+        _put_u8(e, T_TRUE if (<object>o) is True else T_FALSE)
+        return 1
+    return 0
+
+
 def _describe(obj):
     # Never call the object's own __repr__: it may be slow, huge or broken.
     return f"<{type(obj).__qualname__} object at {id(obj):#x}>"
@@ -99,14 +146,16 @@ cdef class Encoder:
         return 0
 
     cdef void _release(self):
+        cdef char* buf
         self._keep.clear()
         self.noob = 0
         self.prepared = False
         self.busy = False
         if self.cap > 1 << 20:      # do not pin a huge scratch buffer after one huge message
-            free(self.buf)
-            self.cap = 4096
-            self.buf = <char*>malloc(self.cap)
+            buf = <char*>realloc(self.buf, 4096)
+            if buf != NULL:
+                self.buf = buf
+                self.cap = 4096
 
     def release(self):
         """Drop what `prepare` holds (references to out-of-band payloads) without writing."""
@@ -279,12 +328,14 @@ cdef class Encoder:
             while PyDict_Next(obj, &ppos, &k, &v):
                 if i >= n:
                     break
-                key = <object>k
-                val = <object>v
                 self.idx[depth] = 2 * i
-                self._enc(key, depth + 1)
+                if not _enc_leaf(self, k):
+                    key = <object>k
+                    self._enc(key, depth + 1)
                 self.idx[depth] = 2 * i + 1
-                self._enc(val, depth + 1)
+                if not _enc_leaf(self, v):
+                    val = <object>v
+                    self._enc(val, depth + 1)
                 i += 1
             if i != n or PyDict_Size(obj) != n:
                 raise self._fail(obj, depth, "the dict changed size while it was being serialized")
@@ -301,15 +352,17 @@ cdef class Encoder:
                 for i in range(n):
                     if i >= PyList_GET_SIZE(obj):
                         raise self._fail(obj, depth, "the list changed size while it was being serialized")
-                    val = <object>PyList_GET_ITEM(obj, i)
                     self.idx[depth] = i
-                    self._enc(val, depth + 1)
+                    if not _enc_leaf(self, PyList_GET_ITEM(obj, i)):
+                        val = <object>PyList_GET_ITEM(obj, i)
+                        self._enc(val, depth + 1)
                 if PyList_GET_SIZE(obj) != n:
                     raise self._fail(obj, depth, "the list changed size while it was being serialized")
             else:
                 for i in range(n):
                     self.idx[depth] = i
-                    self._enc(<object>PyTuple_GET_ITEM(obj, i), depth + 1)
+                    if not _enc_leaf(self, PyTuple_GET_ITEM(obj, i)):
+                        self._enc(<object>PyTuple_GET_ITEM(obj, i), depth + 1)
             return 0
         if t is bytes:
             return self._enc_blob(T_BYTES, T_BYTES_OOB, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj), obj)
@@ -322,8 +375,10 @@ cdef class Encoder:
             _put_f64(self, PyComplex_ImagAsDouble(obj))
             return 0
         if t is bytearray:
+            # out of band, hold a buffer export: a bytearray resized before write_into would free the bytes
             return self._enc_blob(T_BYTEARRAY, T_BYTEARRAY_OOB, PyByteArray_AS_STRING(obj),
-                                  PyByteArray_GET_SIZE(obj), obj)
+                                  PyByteArray_GET_SIZE(obj),
+                                  memoryview(obj) if PyByteArray_GET_SIZE(obj) >= OOB_MIN else obj)
         if t is set or t is frozenset:
             self._enter(obj, depth, K_SET)
             n = len(obj)
@@ -474,6 +529,8 @@ cdef class Encoder:
         cdef bint c_order = cnp.PyArray_IS_C_CONTIGUOUS(a)
         cdef bint f_order = (not c_order) and cnp.PyArray_IS_F_CONTIGUOUS(a)
         cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(a)
+        if nd > MAX_NDIM:
+            raise self._fail(arr, depth, f"arrays of more than {MAX_NDIM} dimensions are not supported")
         _reserve(self, 1)
         _put_u8(self, T_NDARRAY)
         self._enc_dtype(<object><PyObject*>cnp.PyArray_DESCR(a), arr, depth)
@@ -486,12 +543,12 @@ cdef class Encoder:
         return 0
 
     cdef int _enc_npscalar(self, object obj, Py_ssize_t depth) except -1:
-        raw = obj.tobytes()
+        raw = obj.tobytes() if obj.dtype.itemsize else b""     # an empty str_/bytes_ has no bytes
         _reserve(self, 1)
         _put_u8(self, T_NPSCALAR)
         self._enc_dtype(obj.dtype, obj, depth)
-        _reserve(self, 1 + PyBytes_GET_SIZE(raw))
-        _put_u8(self, <unsigned char>PyBytes_GET_SIZE(raw))
+        _reserve(self, 4 + PyBytes_GET_SIZE(raw))
+        _put_u32(self, <uint32_t>PyBytes_GET_SIZE(raw))
         memcpy(self.buf + self.pos, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
         self.pos += PyBytes_GET_SIZE(raw)
         return 0
@@ -579,9 +636,11 @@ def _unregistered_reason(Registry registry, cls):
     name = _type_name_for_fix(cls)
     for base in cls.__mro__[1:]:
         if base in registry._by_type:
+            fix = f"actors.register_class({name})" if _fields_registrable(cls) else \
+                f"actors.register_class({name}, pickle=True)"
             return (f"class {cls.__qualname__} is not registered (its base class {base.__qualname__} is, but a "
-                    f"subclass is never encoded as its base); call actors.register_class({name})")
-    if cls.__flags__ & (1 << 9) and cls.__module__ != "builtins":
+                    f"subclass is never encoded as its base); call {fix}")
+    if _fields_registrable(cls):
         return f"class {cls.__qualname__} is not registered; call actors.register_class({name})"
     return f"class {cls.__qualname__} is not registered; call actors.register_class({name}, pickle=True)"
 

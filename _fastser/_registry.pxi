@@ -11,7 +11,14 @@ cdef enum:
     KIND_CUSTOM = 2
 
 # Classes whose state lives outside __dict__/__slots__: encoding their fields would silently drop it.
-_NATIVE_BASES = (int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset, BaseException)
+_NATIVE_BASES = (int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset, BaseException,
+                 _np.ndarray, _np.generic)
+
+
+def _fields_registrable(cls):
+    """Can `cls` travel by its fields (the default mode of register_class)?"""
+    return (cls.__module__ != "builtins" and not any(issubclass(cls, base) for base in _NATIVE_BASES)
+            and (cls.__dictoffset__ != 0 or bool(_slot_names(cls))))
 
 
 def wire_code(cls):

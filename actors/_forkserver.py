@@ -130,4 +130,7 @@ def main() -> None:
     """Entry point: `python -c "from actors._forkserver import main; main()" FD SPEC`."""
     fd = int(sys.argv[1])
     spec = pickle.loads(bytes.fromhex(sys.argv[2]))
-    serve(socket.socket(fileno=fd), spec["preload"], spec["app"])
+    try:
+        serve(socket.socket(fileno=fd), spec["preload"], spec["app"])
+    except (BrokenPipeError, ConnectionResetError):
+        pass            # the system went away while we were talking to it: nothing left to serve

@@ -53,12 +53,11 @@ def socket_path(rundir: str, endpoint_id: int) -> str:
 
 
 class _Pending:
-    __slots__ = ("peer", "event", "kind", "offset", "scope")
+    __slots__ = ("peer", "kind", "offset", "scope")
 
     def __init__(self, peer: int):
         self.peer = peer
-        self.event = trio.Event()
-        self.kind = 0
+        self.kind = 0           # set when the reply arrives: REPLY, ERROR, or -1 (the peer died)
         self.offset = 0
         self.scope = None
 
@@ -66,7 +65,6 @@ class _Pending:
 def _resolve(waiter: _Pending, kind: int, offset: int) -> None:
     waiter.kind = kind
     waiter.offset = offset
-    waiter.event.set()
     if waiter.scope is not None:        # it is parked waiting for the reading to be handed over: wake it
         waiter.scope.cancel()
 
@@ -87,7 +85,7 @@ class Link:
         self.dead = False
         # Replies to our asks come back on this same connection, read by one of the asking tasks at a time.
         self.reading = False
-        self.handover = trio.Event()
+        self.handover = None            # made when a second asker has to wait for the reading
         self.inbuf = bytearray(RECORD_SIZE * 64)
         self.have = 0
 
@@ -479,18 +477,23 @@ class Endpoint:
                     await self._await_reply(link, waiter)
         finally:
             self.pending.pop(call, None)
-        if not waiter.event.is_set():
+        if not waiter.kind:
             return None, 0
         if waiter.kind == -1:
             raise ActorStoppedError(f"{self.describe(peer)} stopped before it replied")
         return waiter.kind, waiter.offset
 
     async def _await_reply(self, link: Link, waiter: _Pending) -> None:
-        # One asking task at a time reads the link's replies (for every asker of that peer); the others wait for
-        # their event, or for the reader to hand the reading over when it has its own reply. The common case, a
-        # single asker, reads its reply itself: no task switch.
-        while not waiter.event.is_set():
+        # One asking task at a time reads the link's replies (for every asker of that peer); the others park until
+        # their reply arrives or the reader hands the reading over. The common case, a single asker, reads its
+        # reply itself: no task switch.
+        while not waiter.kind:
+            if link.dead:
+                _resolve(waiter, -1, 0)
+                return
             if link.reading:
+                if link.handover is None:
+                    link.handover = trio.Event()
                 handover = link.handover
                 with trio.CancelScope() as scope:
                     waiter.scope = scope
@@ -502,13 +505,14 @@ class Endpoint:
                 await self._read_replies(link, waiter)
             finally:
                 link.reading = False
-                link.handover.set()
-                link.handover = trio.Event()
+                if link.handover is not None:
+                    link.handover.set()
+                    link.handover = None
 
     async def _read_replies(self, link: Link, waiter: _Pending) -> None:
         sock = link.sock
         pending = self.pending
-        while not waiter.event.is_set():
+        while not waiter.kind:
             view = memoryview(link.inbuf)
             try:
                 n = sock.recv_into(view[link.have:])

@@ -370,6 +370,8 @@ async def _driver_main(main, options: dict):
     driver = Driver(**options)
     _actor._system = driver
     terminated = False
+    failure = None
+    result = None
     try:
         driver.start_forkserver()
         async with trio.open_nursery() as nursery:
@@ -389,19 +391,19 @@ async def _driver_main(main, options: dict):
             with trio.CancelScope() as main_scope:
                 try:
                     result = await main(driver)
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await driver.stop_all(driver.stop_timeout)
-                    raise
+                except BaseException as exc:       # raised as itself below, not inside an ExceptionGroup
+                    failure = exc
             with trio.CancelScope(shield=True):
                 await driver.stop_all(driver.stop_timeout)
             nursery.cancel_scope.cancel()
-        if terminated:
-            raise SystemExit(143)
-        return result
     finally:
         _actor._system = None
         driver.close()
+    if failure is not None:
+        raise failure
+    if terminated:
+        raise SystemExit(143)
+    return result
 
 
 def run(main, *, store_capacity: int | str | None = None, mailbox_size: int = 4096, serialize=None,

@@ -298,6 +298,8 @@ def main(argv=None) -> int:
     per_repeat = f"{timing['number']} calls" if timing["number"] else f"~{timing['duration']}s"
     print(f"timing: best of {timing['repeat']} repeats of {per_repeat} each; "
           f"ratio = baseline time / impl time (higher is faster)")
+    if args.quick:
+        print("--quick: a smoke run; its figures are too short-lived to compare or to quote")
 
     results = []
     roundtrip_payloads = {

@@ -1,0 +1,441 @@
+"""`actors run app.py` and `actors cleanup`, end to end, as a user runs them: in a subprocess
+(`python -m actors ...`, and the `actors` console script)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import posix_ipc
+import pytest
+
+from actors import _store
+
+TIMEOUT = 120           # seconds for one launcher run; the machine is shared and loaded: be generous
+CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "actors")
+
+
+def write_app(tmp_path, source, name="app.py"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def env():
+    return dict(os.environ, PYTHONUNBUFFERED="1", ACTORS_STORE_CAPACITY="64M")
+
+
+def actors_cmd(*args):
+    return [sys.executable, "-m", "actors", *args]
+
+
+def run_cli(*args, cwd=None, timeout=TIMEOUT):
+    return subprocess.run(actors_cmd(*args), cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def segments_of(pid):
+    return [n for n in _store.our_segments() if n.startswith(f"{_store.PREFIX}{pid}.")]
+
+
+def children_of(pid):
+    """The pids whose parent is `pid` (from /proc)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def alive(pid):
+    """Is `pid` a live process (not gone, not a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
+
+
+def wait_gone(pids, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+class Launched:
+    """`actors run app.py` running in the background: its stdout lines are collected by a thread."""
+
+    def __init__(self, app, *args, cwd):
+        self.stderr_path = os.path.join(cwd, "launcher-stderr.txt")
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(actors_cmd("run", str(app), *args), cwd=cwd, env=env(), text=True,
+                                     stdout=subprocess.PIPE, stderr=self._stderr)
+        self.lines = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_line(self, text, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not any(text in line for line in self.lines):
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no line with {text!r} from the app; stdout: {self.lines}; stderr: "
+                                         f"{self.stderr()}")
+                self._changed.wait(min(left, 0.5))
+
+    def wait(self, timeout=TIMEOUT):
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code
+
+    def stderr(self):
+        self._stderr.flush()
+        with open(self.stderr_path) as f:
+            return f.read()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            for pid in [self.proc.pid, *children_of(self.proc.pid)]:
+                for kid in children_of(pid):
+                    _kill(kid)
+                _kill(pid)
+            self.proc.wait(30)
+        self._stderr.close()
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def launched():
+    started = []
+
+    def launch(app, *args, cwd):
+        p = Launched(app, *args, cwd=cwd)
+        started.append(p)
+        return p
+
+    yield launch
+    for p in started:           # a failed test must not leave its system running
+        p.kill()
+    _store.cleanup()            # the segments of a killed launcher (its owner is dead now)
+
+
+# -- running an app ---------------------------------------------------------------------------------------------------
+
+COUNTER_APP = """
+    import sys
+    import actors
+
+    class Counter(actors.Actor):
+        def __init__(self, start):
+            self.n = start
+
+        async def receive(self, delta):
+            self.n += delta
+            print(f"counter at {self.n}", flush=True)
+            return self.n
+
+    async def main(system):
+        ref = await system.spawn(Counter, 10, name="counter")
+        await ref.tell(1)
+        ref.tell_nowait(1)
+        result = await ref.ask(1)
+        print(f"result {result} argv {sys.argv[1:]} module {__name__}", flush=True)
+"""
+
+
+def test_run_prints_and_exits_zero(tmp_path):
+    app = write_app(tmp_path, COUNTER_APP)
+    proc = run_cli("run", str(app), "alpha", "--beta", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert "result 13 argv ['alpha', '--beta'] module app" in out
+    assert [line for line in out if line.startswith("[counter] ")] == [
+        "[counter] counter at 11", "[counter] counter at 12", "[counter] counter at 13"]
+
+
+def test_console_script_runs_the_app(tmp_path):
+    if not os.path.exists(CONSOLE_SCRIPT):
+        pytest.skip(f"no `actors` console script beside {sys.executable}")
+    app = write_app(tmp_path, COUNTER_APP)
+    proc = subprocess.run([CONSOLE_SCRIPT, "run", str(app)], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert "result 13 argv [] module app" in proc.stdout.splitlines()
+
+
+def test_main_returning_an_int_is_the_exit_code(tmp_path):
+    app = write_app(tmp_path, """
+        async def main(system):
+            return 3
+    """)
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+
+
+def test_main_raising_exits_non_zero_and_stops_the_actors(tmp_path):
+    app = write_app(tmp_path, """
+        import os
+        import sys
+        import actors
+
+        class Keeper(actors.Actor):
+            async def on_stop(self):
+                with open(os.path.join(sys.argv[1], "keeper.stopped"), "w") as f:
+                    f.write("ok")
+
+            async def receive(self, msg):
+                return msg
+
+        async def main(system):
+            ref = await system.spawn(Keeper, name="keeper")
+            assert await ref.ask("x") == "x"
+            raise RuntimeError("main-failed-marker")
+    """)
+    proc = run_cli("run", str(app), str(tmp_path), cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "main-failed-marker" in proc.stderr
+    assert (tmp_path / "keeper.stopped").read_text() == "ok"
+
+
+def test_app_serialize_and_deserialize_replace_the_codec(tmp_path):
+    count_file = tmp_path / "codec-calls.txt"
+    app = write_app(tmp_path, """
+        import os
+        import pickle
+        import sys
+        import actors
+
+        COUNT_FILE = os.environ["APP_CODEC_COUNT_FILE"]
+
+
+        def _note(what):
+            with open(COUNT_FILE, "a") as f:
+                f.write(f"{what} {os.getpid()}\\n")
+
+
+        def serialize(obj):
+            _note("S")
+            return b"MARK:" + pickle.dumps(obj)
+
+
+        def deserialize(data):
+            _note("D")
+            data = bytes(data)
+            if not data.startswith(b"MARK:"):
+                raise ValueError(f"not one of ours: {data[:16]!r}")
+            return pickle.loads(data[5:])
+
+
+        class Unregistered:
+            # never given to actors.register_class: the fast codec could not send it
+            def __init__(self, value):
+                self.value = value
+
+
+        class Doubler(actors.Actor):
+            def __init__(self):
+                self.seen = []
+
+            async def receive(self, msg):
+                if msg == "seen":
+                    return self.seen
+                self.seen.append(type(msg).__name__)
+                print(f"actor-pid {os.getpid()}", flush=True)
+                return Unregistered(msg.value * 2)
+
+
+        async def main(system):
+            ref = await system.spawn(Doubler, name="doubler")
+            await ref.tell(Unregistered(1))
+            back = await ref.ask(Unregistered(21))
+            print(f"driver-pid {os.getpid()}", flush=True)
+            print(f"RESULT {type(back).__name__} {back.value} {await ref.ask('seen')}", flush=True)
+    """)
+    proc = subprocess.run(actors_cmd("run", str(app)), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=TIMEOUT, env=dict(env(), APP_CODEC_COUNT_FILE=str(count_file)))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert "RESULT Unregistered 42 ['Unregistered', 'Unregistered']" in out
+    driver_pid = next(line.split()[-1] for line in out if line.startswith("driver-pid "))
+    actor_pid = next(line.split()[-1] for line in out if line.startswith("[doubler] actor-pid "))
+    calls = [tuple(line.split()) for line in count_file.read_text().splitlines()]
+    # the driver encodes 4 messages (tell, 2 asks) and decodes 2 answers; the actor the reverse
+    assert calls.count(("S", driver_pid)) >= 3
+    assert calls.count(("D", driver_pid)) >= 2
+    assert calls.count(("D", actor_pid)) >= 3
+    assert calls.count(("S", actor_pid)) >= 2
+
+
+# -- stopping on a signal ---------------------------------------------------------------------------------------------
+
+FOREVER_APP = """
+    import os
+    import sys
+    import trio
+    import actors
+
+    class Worker(actors.Actor):
+        def __init__(self, directory):
+            self.directory = directory
+
+        async def on_start(self):
+            print(f"PID {os.getpid()}", flush=True)
+
+        async def on_stop(self):
+            with open(os.path.join(self.directory, f"{self.ref.name}.stopped"), "w") as f:
+                f.write("ok")
+
+        async def receive(self, msg):
+            return msg
+
+    async def main(system):
+        refs = [await system.spawn(Worker, sys.argv[1], name=f"worker-{i}") for i in range(2)]
+        for ref in refs:
+            assert await ref.ask("hi") == "hi"
+        print("READY", flush=True)
+        await trio.sleep_forever()
+"""
+
+
+def _stop_with_signal(tmp_path, launched, signum):
+    app = write_app(tmp_path, FOREVER_APP)
+    p = launched(app, str(tmp_path), cwd=tmp_path)
+    p.wait_for_line("READY")
+    actor_pids = sorted(int(line.split()[-1]) for line in p.lines if "] PID " in line)
+    assert len(actor_pids) == 2
+    forkservers = children_of(p.proc.pid)
+    assert forkservers, "the launcher has no fork server child"
+    tree = sorted({*actor_pids, *forkservers, *(k for f in forkservers for k in children_of(f))})
+    assert all(alive(pid) for pid in actor_pids)
+    assert segments_of(p.proc.pid), "the running system has no store segment"
+
+    p.proc.send_signal(signum)
+    code = p.wait(TIMEOUT)
+    assert code != 0, p.stderr()
+    assert (tmp_path / "worker-0.stopped").read_text() == "ok"        # graceful: on_stop ran
+    assert (tmp_path / "worker-1.stopped").read_text() == "ok"
+    assert wait_gone(tree) == [], f"processes left behind: {tree}"
+    assert segments_of(p.proc.pid) == []
+    return code, p.stderr()
+
+
+def test_sigterm_stops_the_actors_gracefully_and_exits_non_zero(tmp_path, launched):
+    code, stderr = _stop_with_signal(tmp_path, launched, signal.SIGTERM)
+    assert code == 143
+    assert "terminated" in stderr
+
+
+def test_sigint_stops_the_actors_gracefully_and_exits_non_zero(tmp_path, launched):
+    code, stderr = _stop_with_signal(tmp_path, launched, signal.SIGINT)
+    assert code == 130, stderr
+    assert "interrupted" in stderr
+
+
+# -- errors of the command itself -------------------------------------------------------------------------------------
+
+def test_app_without_main_is_a_clear_error(tmp_path):
+    app = write_app(tmp_path, """
+        import actors
+
+        def helper():
+            return 1
+    """, name="nomain.py")
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "nomain.py" in proc.stderr and "main" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_run_of_a_missing_file_is_a_clear_error(tmp_path):
+    proc = run_cli("run", str(tmp_path / "nowhere.py"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "nowhere.py" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serialize_without_deserialize_is_a_clear_error(tmp_path):
+    app = write_app(tmp_path, """
+        def serialize(obj):
+            return b""
+
+        async def main(system):
+            print("main ran")
+    """, name="halfcodec.py")
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "serialize" in proc.stderr and "deserialize" in proc.stderr
+    assert "main ran" not in proc.stdout
+
+
+# -- cleanup ----------------------------------------------------------------------------------------------------------
+
+def _stale_segment():
+    """A segment named as if created by a process that is dead (a pid above pid_max never runs)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        dead_pid = int(f.read()) + 1
+    name = f"{_store.PREFIX}{dead_pid}.12345.store.deadbeef"
+    shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, mode=0o600, size=4096)
+    shm.close_fd()
+    return name
+
+
+def _unlink(name):
+    try:
+        posix_ipc.unlink_shared_memory("/" + name)
+    except posix_ipc.ExistentialError:
+        pass
+
+
+@pytest.mark.parametrize("command", ["module", "console script"])
+def test_cleanup_removes_stale_segments_and_prints(command):
+    if command == "console script" and not os.path.exists(CONSOLE_SCRIPT):
+        pytest.skip(f"no `actors` console script beside {sys.executable}")
+    name = _stale_segment()
+    try:
+        assert name in _store.our_segments()
+        cmd = actors_cmd("cleanup") if command == "module" else [CONSOLE_SCRIPT, "cleanup"]
+        proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 0, proc.stderr
+        assert f"removed {name}" in proc.stdout.splitlines()
+        assert "stale segment(s) removed" in proc.stdout
+        assert name not in _store.our_segments()
+    finally:
+        _unlink(name)
+
+
+def test_cleanup_leaves_live_segments_alone():
+    with _store.ObjectStore(capacity="1M") as store:
+        proc = run_cli("cleanup")
+        assert proc.returncode == 0, proc.stderr
+        assert store.name in _store.our_segments()
+        assert f"removed {store.name}" not in proc.stdout
+        assert "in use by running systems" in proc.stdout
