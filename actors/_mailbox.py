@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import struct
+import time
 import types
 
 import numpy as np
@@ -45,6 +46,8 @@ STOP = 9            # payload: None
 
 INBOX_BATCHES = 8
 FLUSH_BYTES = 1 << 20
+# How long an asker spins for its reply before sleeping in epoll (ACTORS_SPIN_US; 0 turns it off).
+SPIN = float(os.environ.get("ACTORS_SPIN_US", "100")) * 1e-6
 READ_SIZE = 1 << 18
 
 
@@ -512,11 +515,18 @@ class Endpoint:
     async def _read_replies(self, link: Link, waiter: _Pending) -> None:
         sock = link.sock
         pending = self.pending
+        spin_until = time.perf_counter() + SPIN
         while not waiter.kind:
             view = memoryview(link.inbuf)
             try:
                 n = sock.recv_into(view[link.have:])
             except BlockingIOError:
+                # Spin briefly before sleeping in epoll: a reply usually comes within microseconds, and a waiting
+                # process that stays on its CPU lets the replier run on the other one instead of the two taking
+                # turns on one. sched_yield gives the CPU to a replier woken here.
+                if time.perf_counter() < spin_until:
+                    os.sched_yield()
+                    continue
                 await trio.lowlevel.wait_readable(sock)
                 continue
             except OSError:
