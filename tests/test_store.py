@@ -292,7 +292,8 @@ def test_stale_segment_removed_after_kill_9(tmp_path):
     out = subprocess.run([sys.executable, "-m", "actors", "cleanup"], capture_output=True, text=True,
                          timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr
-    assert name in out.stdout
+    # Any store created meanwhile on this machine also removes stale segments; if none did, the command did.
+    assert f"removed {name}" in out.stdout or "0 stale" in out.stdout
     assert name not in _store.our_segments()
 
 
