@@ -405,12 +405,15 @@ cdef class Decoder:
             self.cur = depth
             return entry.deserializer(value)
         if tag == T_PICKLED:
+            # the payload is a bytes value, read here directly: no nesting, so no depth to exhaust
             self.kinds[depth] = K_CUSTOM
             self.idx[depth] = 0
+            self.cur = depth + 1
+            if self.pos >= self.end or (<unsigned char>self.base[self.pos] != T_BYTES
+                                        and <unsigned char>self.base[self.pos] != T_BYTES_OOB):
+                raise self._error("corrupted pickled value")
             data = self._dec(depth + 1)
             self.cur = depth
-            if type(data) is not bytes:
-                raise self._error("corrupted pickled value")
             obj = _pickle_loads(data)
             if type(obj) is not entry.cls and wire_code(type(obj)) != entry.code:
                 raise self._error(f"a pickled {_qualified(entry.cls)} decoded to a {type(obj).__qualname__}")

@@ -330,12 +330,17 @@ cdef class Encoder:
                     break
                 self.idx[depth] = 2 * i
                 if not _enc_leaf(self, k):
+                    # encoding this key may run user code (a serializer) that changes the dict: hold the value
+                    val = <object>v
                     key = <object>k
                     self._enc(key, depth + 1)
-                self.idx[depth] = 2 * i + 1
-                if not _enc_leaf(self, v):
-                    val = <object>v
+                    self.idx[depth] = 2 * i + 1
                     self._enc(val, depth + 1)
+                else:
+                    self.idx[depth] = 2 * i + 1
+                    if not _enc_leaf(self, v):
+                        val = <object>v
+                        self._enc(val, depth + 1)
                 i += 1
             if i != n or PyDict_Size(obj) != n:
                 raise self._fail(obj, depth, "the dict changed size while it was being serialized")

@@ -15,9 +15,15 @@ _NATIVE_BASES = (int, float, complex, str, bytes, bytearray, list, tuple, dict, 
                  _np.ndarray, _np.generic)
 
 
+_HEAPTYPE = 1 << 9          # Py_TPFLAGS_HEAPTYPE: a class created at run time (a `class` statement)
+_IMMUTABLETYPE = 1 << 8     # Py_TPFLAGS_IMMUTABLETYPE: a C type, even when allocated on the heap (partial)
+
+
 def _fields_registrable(cls):
-    """Can `cls` travel by its fields (the default mode of register_class)?"""
-    return (cls.__module__ != "builtins" and not any(issubclass(cls, base) for base in _NATIVE_BASES)
+    """Can `cls` travel by its fields (the default mode of register_class)? Not a C type, whose state lives in C
+    fields that __dict__ does not show, nor a subclass of a native type."""
+    return (cls.__flags__ & _HEAPTYPE and not cls.__flags__ & _IMMUTABLETYPE
+            and not any(issubclass(cls, base) for base in _NATIVE_BASES)
             and (cls.__dictoffset__ != 0 or bool(_slot_names(cls))))
 
 
@@ -106,6 +112,10 @@ cdef class Registry:
                 raise RegistrationError(
                     f"cannot register class {name} by its fields: it derives from {native[0].__name__}, whose "
                     f"contents are not fields; register it with pickle=True or a serializer")
+            if not cls.__flags__ & _HEAPTYPE or cls.__flags__ & _IMMUTABLETYPE:
+                raise RegistrationError(
+                    f"cannot register class {name} by its fields: it is a C type, whose state is not in its "
+                    f"fields; register it with pickle=True or a serializer")
             if cls.__dictoffset__ == 0 and not _slot_names(cls):
                 raise RegistrationError(
                     f"cannot register class {name} by its fields: its instances have no __dict__ or __slots__; "
