@@ -208,3 +208,11 @@ def write_json(path: str, results: list, **extra) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2)
         f.write("\n")
+
+
+def print_targets(checks: list, title: str = "targets:", file=None) -> None:
+    """Print each (text, passed) target as PASS or FAIL."""
+    file = file or sys.stdout
+    print(f"\n{title}", file=file)
+    for text, ok in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {text}", file=file)

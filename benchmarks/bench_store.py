@@ -117,9 +117,7 @@ def main(argv=None) -> int:
     checks = [("small put >= 100k/s", 1 / put_s >= 100_000), ("small get >= 200k/s", 1 / get_s >= 200_000),
               (f"{args.array_mb} MiB put into a warm store >= 0.8x a numpy copy", copy_s / big_put >= 0.8),
               ("get <= 50 us at any size", max(gets.values()) <= 50e-6)]
-    print("\ntargets:")
-    for text, ok in checks:
-        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
+    _harness.print_targets(checks)
     if args.json:
         _harness.write_json(args.json, results, targets=dict(checks))
     return 0

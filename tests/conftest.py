@@ -32,3 +32,15 @@ def no_leaked_segments():
 def store():
     with _store.ObjectStore(capacity="64M") as s:
         yield s
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_registrations():
+    """Unregister every class a test registered (or that an actor reported to the driver), so that no
+    registration leaks into another test."""
+    import actors
+    before = set(actors.registered_classes())
+    yield
+    for cls in actors.registered_classes():
+        if cls not in before:
+            actors.unregister_class(cls)

@@ -35,31 +35,9 @@ CODEC = settings(max_examples=60, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def _discover_max_depth():
-    """The codec's nesting limit, as the built extension reports it in its too-deep error."""
-    x = []
-    for _ in range(100_000):
-        x = [x]
-    try:
-        actors.dumps(x)
-    except SerializationError as exc:
-        found = re.search(r"it is nested more than (\d+) levels deep", str(exc))
-        if found:
-            return int(found.group(1))
-        raise
-    raise AssertionError("100,000 levels of nesting encoded: the codec has no nesting limit")
+from _codec_helpers import MAX_DEPTH  # noqa: E402
 
 
-MAX_DEPTH = _discover_max_depth()     # MAX_DEPTH in _fastser/_format.pxi; test_max_depth_constant checks both agree
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_registrations():
-    before = set(actors.registered_classes())
-    yield
-    for cls in actors.registered_classes():
-        if cls not in before:
-            actors.unregister_class(cls)
 
 
 # -- comparison ---------------------------------------------------------------------------------------------------

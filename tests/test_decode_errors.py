@@ -32,22 +32,7 @@ FUZZ = settings(max_examples=300, deadline=None, database=None,
                                        HealthCheck.function_scoped_fixture])
 
 
-def _discover_max_depth():
-    """The codec's nesting limit, as the built extension reports it in its too-deep error."""
-    x = []
-    for _ in range(100_000):
-        x = [x]
-    try:
-        actors.dumps(x)
-    except actors.SerializationError as exc:
-        found = re.search(r"it is nested more than (\d+) levels deep", str(exc))
-        if found:
-            return int(found.group(1))
-        raise
-    raise AssertionError("100,000 levels of nesting encoded: the codec has no nesting limit")
-
-
-MAX_DEPTH = _discover_max_depth()
+from _codec_helpers import MAX_DEPTH  # noqa: E402
 # the width of a numpy scalar's length field, as the encoder writes it: tag, dtype (1 + 3), length, 8 bytes
 SCALAR_LEN = len(actors.dumps(np.float64(0))) - 16 - 1 - 4 - 8
 assert SCALAR_LEN in (1, 4)
@@ -134,13 +119,6 @@ def _unregister():
         actors.unregister_class(cls)
 
 
-@pytest.fixture(autouse=True)
-def _no_leaked_registrations():
-    before = set(actors.registered_classes())
-    yield
-    for cls in actors.registered_classes():
-        if cls not in before:
-            actors.unregister_class(cls)
 
 
 def _corpus_values():

@@ -16,32 +16,9 @@ from actors import DecodeError, RegistrationError, SerializationError
 
 
 
-def _discover_max_depth():
-    """The codec's nesting limit, as the built extension reports it in its too-deep error."""
-    x = []
-    for _ in range(100_000):
-        x = [x]
-    try:
-        actors.dumps(x)
-    except SerializationError as exc:
-        found = re.search(r"it is nested more than (\d+) levels deep", str(exc))
-        if found:
-            return int(found.group(1))
-        raise
-    raise AssertionError("100,000 levels of nesting encoded: the codec has no nesting limit")
+from _codec_helpers import MAX_DEPTH  # noqa: E402
 
 
-MAX_DEPTH = _discover_max_depth()
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_registrations():
-    """Unregister every class a test registered, so that no registration leaks into another test."""
-    before = set(actors.registered_classes())
-    yield
-    for cls in actors.registered_classes():
-        if cls not in before:
-            actors.unregister_class(cls)
 
 
 def roundtrip(obj):
