@@ -14,6 +14,7 @@ from cpython.ref cimport Py_INCREF, PyObject
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
 from _fastser._codec cimport Decoder, Encoder, Registry
 from _fastser._errors import ActorsError
@@ -264,6 +265,67 @@ cdef class Arena:
         """The (offset, generation) of a shared array's block, with one more count: the put costs no copy."""
         self.incref(block.offset)
         return (block.offset, block.generation)
+
+    cpdef Py_ssize_t post_record(self, object obj, bytearray out, uint32_t kind, uint32_t src,
+                                 uint64_t call) except -2:
+        """The mailbox's hot path in one call: encode `obj` into a new block and append its 24-byte record
+        (offset, kind, src, call) to `out`. The block's size, or -1 when the store is full (nothing was done)."""
+        global _collecting
+        cdef Encoder enc = self._encoders.pop() if self._encoders else Encoder()
+        cdef list refs = []
+        cdef Py_ssize_t n, size, at
+        cdef uint64_t generation = 0, i
+        cdef int64_t off
+        cdef object_header* o
+        cdef uint64_t* slots
+        cdef ObjectRef r
+        cdef char* rec
+        _collecting = refs
+        try:
+            n = enc.prepare_c(obj)
+        except BaseException:
+            self._encoders.append(enc)
+            raise
+        finally:
+            _collecting = None
+        size = OBJ_HEADER + ((n + 7) & ~7) + 16 * len(refs)
+        off = self._alloc(size, &generation)
+        if off < 0:
+            enc.release()
+            self._encoders.append(enc)
+            if off == -2:
+                raise ActorsError("shared memory is exhausted: /dev/shm has no space left for the store; free "
+                                  "space in /dev/shm or give the machine (container) more")
+            return -1
+        o = <object_header*>(self.base + off)
+        o.generation = generation
+        o.refcount = 1
+        o.size = n
+        o.nrefs = len(refs)
+        o.refs_at = OBJ_HEADER + ((n + 7) & ~7)
+        o.magic = OBJECT_MAGIC
+        try:
+            enc.write_to(<char*>o + OBJ_HEADER)
+        except BaseException:
+            o.nrefs = 0
+            self.decref(<uint64_t>off)
+            self._encoders.append(enc)
+            raise
+        self._encoders.append(enc)
+        slots = <uint64_t*>(<uint8_t*>o + o.refs_at)
+        for i in range(o.nrefs):
+            r = <ObjectRef>refs[i]
+            r.arena.incref(r.offset)
+            slots[2 * i] = r.offset
+            slots[2 * i + 1] = r.generation
+        at = PyByteArray_GET_SIZE(out)
+        PyByteArray_Resize(out, at + 24)
+        rec = PyByteArray_AS_STRING(out) + at
+        memcpy(rec, &off, 8)
+        memcpy(rec + 8, &kind, 4)
+        memcpy(rec + 12, &src, 4)
+        memcpy(rec + 16, &call, 8)
+        return size
 
     cpdef abandon(self, tuple prepared):
         """Give up a prepared message without writing it."""

@@ -47,7 +47,13 @@ class ActorRef:
         """Send `message`; waits only while the receiver's mailbox (or the store) is full. Raises the codec's
         `SerializationError` (and sends nothing) if the message cannot be encoded."""
         system = _system
-        await system.endpoint.send(self.id, mb.TELL, system.outgoing(message))
+        ep = system.endpoint
+        try:
+            link = ep.post(self.id, mb.TELL, system.outgoing(message))
+        except mb.StoreFull as full:
+            link = await ep.post_when_room(self.id, mb.TELL, full.prepared, 0)
+        if len(link.out) >= ep.limit:
+            await ep.room(link)
 
     def tell_nowait(self, message) -> None:
         """Send `message` without waiting; raises `MailboxFullError` if the mailbox is full."""

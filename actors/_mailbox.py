@@ -110,6 +110,8 @@ class Endpoint:
         self.dirty: list[Link] = []
         self.wake = trio.Event()
         self.handle = None              # async handle(offset, kind, src, call) -> True to stop receiving
+        self.fast_tell = None           # async receive(message): tells go straight to it, with no wrapper
+        self.on_tell_error = None       # (record, exception) -> None, for the fast path's failures
         self.queue: collections.deque = collections.deque()
         self.busy = False
         self.queue_room = trio.Event()
@@ -170,6 +172,7 @@ class Endpoint:
         pending = self.pending
         reply_link = None
         drained = False
+        spin_until = 0.0
         try:
             while True:
                 if drained:                 # the last read came up short: the socket is empty, wait first
@@ -177,12 +180,18 @@ class Endpoint:
                 try:
                     n = conn.recv_into(view[have:])
                 except BlockingIOError:
+                    # As an asker does: spin a moment (yielding the CPU) before sleeping, so that a busy
+                    # receiver stays on its own CPU instead of being woken onto its sender's.
+                    if not drained and time.perf_counter() < spin_until:
+                        os.sched_yield()
+                        continue
                     drained = True
                     continue
                 except OSError:
                     return
                 if n == 0:
                     return
+                spin_until = time.perf_counter() + SPIN
                 drained = have + n < len(buf)
                 have += n
                 usable = have - have % RECORD_SIZE
@@ -237,6 +246,8 @@ class Endpoint:
         (so replies to asks made inside the handler are still read) and this task goes on awaiting the handler.
         True if the connection was handed over."""
         handle = self.handle
+        fast_tell = self.fast_tell
+        read = self.arena.read
         handed = False
         self.busy = True
         try:
@@ -245,16 +256,37 @@ class Endpoint:
                     if self.stopped.is_set():
                         self.arena.decref_id(rec[0])
                         continue
-                    coro = handle(*rec)
+                    # a tell goes straight to the actor's receive; anything else (or a tell that does not decode
+                    # here) through `handle`, which deals with its own errors
+                    fast = rec[1] == TELL and fast_tell is not None
+                    if fast:
+                        try:
+                            coro = fast_tell(read(rec[0], True))
+                        except Exception:
+                            fast = False
+                    if not fast:
+                        coro = handle(*rec)
+                    stop = False
                     try:
                         yielded = coro.send(None)
                     except StopIteration as done:
-                        stop = done.value
+                        if not fast:
+                            stop = done.value
+                    except Exception as exc:            # only a fast-path receive raises here
+                        self.on_tell_error(rec, exc)
                     else:
                         if not handed and conn is not None:
                             handed = True
                             self.nursery.start_soon(self._reader, conn, buf, have)
-                        stop = await _resume(coro, yielded)
+                        try:
+                            value = await _resume(coro, yielded)
+                        except Exception as exc:
+                            if not fast:
+                                raise
+                            self.on_tell_error(rec, exc)
+                        else:
+                            if not fast:
+                                stop = value
                     if stop:
                         self.stop_receiving()
                 self.flush_all()
@@ -311,13 +343,11 @@ class Endpoint:
             obj.flags.writeable = False         # an actors.shared_array is its own message: no copy
             placed = arena.put_shared(obj.base)
             size = obj.nbytes
+            link.out += RECORD.pack(placed[0], kind, self.id, call)
         else:
-            prepared = arena.prepare(obj)
-            placed = arena.commit(prepared)
-            if placed is None:
-                raise _StoreFull(prepared)
-            size = prepared[1]
-        link.out += RECORD.pack(placed[0], kind, self.id, call)
+            size = arena.post_record(obj, link.out, kind, self.id, call)
+            if size < 0:
+                raise StoreFull(arena.prepare(obj))
         link.unsent_bytes += size
         if link.unsent_bytes >= FLUSH_BYTES:
             # Large payloads go out at once: batching them would hold many blocks of fresh, cold memory where
@@ -339,7 +369,7 @@ class Endpoint:
                                        f"to wait for room")
         try:
             self.post(peer, kind, obj, call)
-        except _StoreFull as full:
+        except StoreFull as full:
             self.arena.abandon(full.prepared)
             raise StoreFullError("cannot send: the shared-memory store is full; use `await tell(...)` to "
                                  "wait for room") from None
@@ -348,12 +378,12 @@ class Endpoint:
         """`post`, waiting (only) while the store or the peer's mailbox is full."""
         try:
             link = self.post(peer, kind, obj, call, flush)
-        except _StoreFull as full:
-            link = await self._post_when_room(peer, kind, full.prepared, call)
+        except StoreFull as full:
+            link = await self.post_when_room(peer, kind, full.prepared, call)
         if len(link.out) >= self.limit:
-            await self._room(link)
+            await self.room(link)
 
-    async def _post_when_room(self, peer, kind, prepared, call):
+    async def post_when_room(self, peer, kind, prepared, call):
         delay = 0.0005
         with trio.move_on_after(30) as scope:
             while True:
@@ -374,7 +404,7 @@ class Endpoint:
             self.wake.set()
         return link
 
-    async def _room(self, link: Link) -> None:
+    async def room(self, link: Link) -> None:
         while len(link.out) >= self.limit and not link.dead:
             self._flush(link)
             if len(link.out) < self.limit:
@@ -568,6 +598,8 @@ def _resume(coro, yielded):
                 return done.value
 
 
-class _StoreFull(Exception):
+class StoreFull(Exception):
+    """Internal: the store had no room for a message; `prepared` holds it, encoded, for a later try."""
+
     def __init__(self, prepared):
         self.prepared = prepared

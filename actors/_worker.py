@@ -188,7 +188,13 @@ async def _serve(system: System, actor, name: str) -> None:
             await _failed(ep, name, kind, src, call, exc)
         return False
 
+    def on_tell_error(rec, exc):
+        log.error("actor %r failed handling a message from %s", name, ep.describe(rec[2]), exc_info=exc)
+
     ep.handle = handle
+    if system.deserialize is None:
+        ep.fast_tell = receive
+        ep.on_tell_error = on_tell_error
     await ep.stopped.wait()
 
 
