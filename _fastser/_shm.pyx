@@ -13,6 +13,7 @@ cimport numpy as cnp
 from cpython.ref cimport Py_INCREF, PyObject
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
@@ -71,6 +72,7 @@ cdef enum:
     OBJ_HEADER = 64
     PAGE = 4096
     COMMIT_CHUNK = 1 << 24      # /dev/shm space is reserved 16 MiB at a time, ahead of first use
+    DEFER_MAX = 256             # deferred frees held at most
 
 
 class StaleRefError(ActorsError, LookupError):
@@ -98,11 +100,17 @@ cdef class Arena:
     cdef readonly bint owner
     cdef list _encoders
     cdef Decoder decoder
+    cdef uint64_t* deferred       # blocks whose last count was dropped, to free under one lock acquisition
+    cdef Py_ssize_t ndeferred
+    cdef public bint defer_frees  # set by a mailbox, which calls flush_frees() after each batch
     cdef object _shm           # the posix_ipc object (keeps the fd)
 
     def __cinit__(self):
         self.h = NULL
         self._encoders = []
+        self.deferred = <uint64_t*>malloc(DEFER_MAX * sizeof(uint64_t))
+        if self.deferred == NULL:
+            raise MemoryError()
 
     @staticmethod
     def map(shm, str name, bint create, uint64_t capacity=0):
@@ -133,8 +141,11 @@ cdef class Arena:
 
     def __dealloc__(self):
         if self.h != NULL:
+            if self.ndeferred:
+                self._flush_frees()
             munmap(<void*>self.h, self.mapsize)
             self.h = NULL
+        free(self.deferred)
 
     @property
     def capacity(self):
@@ -142,6 +153,7 @@ cdef class Arena:
 
     def stats(self):
         """used bytes, allocated objects, capacity, highest byte ever used."""
+        self._flush_frees()
         return {"used": self.h.used, "objects": self.h.objects, "capacity": self.h.capacity,
                 "high_water": self.h.high_water}
 
@@ -150,8 +162,12 @@ cdef class Arena:
     cdef int64_t _alloc(self, uint64_t size, uint64_t* generation) except -3:
         # The block's arena offset; -1 when no free block is large enough, -2 when /dev/shm itself is full.
         cdef int64_t off
+        cdef Py_ssize_t i
         with nogil:
             arena_lock(self.h)
+            for i in range(self.ndeferred):        # give back deferred blocks under the same acquisition
+                arena_free_locked(self.h, self.deferred[i])
+            self.ndeferred = 0
             off = arena_alloc_locked(self.h, size)
             if off >= 0:
                 if arena_commit_locked(self.h, self.fd, COMMIT_CHUNK) != 0:
@@ -164,9 +180,29 @@ cdef class Arena:
         return off
 
     cdef void _free(self, uint64_t off) noexcept nogil:
+        if self.defer_frees:
+            self.deferred[self.ndeferred] = off
+            self.ndeferred += 1
+            if self.ndeferred == DEFER_MAX:
+                self._flush_frees()
+            return
         arena_lock(self.h)
         arena_free_locked(self.h, off)
         arena_unlock(self.h)
+
+    def flush_frees(self):
+        """Free the deferred blocks, under one lock acquisition."""
+        self._flush_frees()
+
+    cdef void _flush_frees(self) noexcept nogil:
+        cdef Py_ssize_t i
+        if not self.ndeferred:
+            return
+        arena_lock(self.h)
+        for i in range(self.ndeferred):
+            arena_free_locked(self.h, self.deferred[i])
+        arena_unlock(self.h)
+        self.ndeferred = 0
 
     cdef void decref(self, uint64_t off) noexcept:
         """Drop one count; the last one frees the block and drops the counts its message held."""

@@ -48,8 +48,10 @@ class ActorRef:
         `SerializationError` (and sends nothing) if the message cannot be encoded."""
         system = _system
         ep = system.endpoint
+        if system.serialize is not None:
+            message = system.serialize(message)
         try:
-            link = ep.post(self.id, mb.TELL, system.outgoing(message))
+            link = ep.post(self.id, mb.TELL, message)
         except mb.StoreFull as full:
             link = await ep.post_when_room(self.id, mb.TELL, full.prepared, 0)
         if len(link.out) >= ep.limit:

@@ -20,7 +20,6 @@ import os
 import socket
 import struct
 import time
-import types
 
 import numpy as np
 import trio
@@ -46,6 +45,7 @@ STOP = 9            # payload: None
 
 INBOX_BATCHES = 8
 FLUSH_BYTES = 1 << 20
+FLUSH_RECORDS = 256
 # How long an asker spins for its reply before sleeping in epoll (ACTORS_SPIN_US; 0 turns it off).
 SPIN = float(os.environ.get("ACTORS_SPIN_US", "100")) * 1e-6
 READ_SIZE = 1 << 18
@@ -75,7 +75,7 @@ def _resolve(waiter: _Pending, kind: int, offset: int) -> None:
 class Link:
     """The outgoing connection from this endpoint to one peer, with its outbox of records."""
     __slots__ = ("peer", "sock", "out", "draining", "room", "dead", "fileno", "reading", "handover", "inbuf",
-                 "have", "unsent_bytes")
+                 "have", "unsent_bytes", "flush_mark")
 
     def __init__(self, peer: int, sock: socket.socket):
         self.peer = peer
@@ -83,6 +83,7 @@ class Link:
         self.fileno = sock.fileno()
         self.out = bytearray()
         self.unsent_bytes = 0           # payload bytes behind the records not yet written
+        self.flush_mark = FLUSH_RECORDS * RECORD_SIZE   # outbox size at which to write without waiting
         self.draining = False
         self.room = trio.Event()
         self.dead = False
@@ -218,9 +219,7 @@ class Endpoint:
                     await self._enqueue(work)
                     continue
                 # idle: run the handlers right here, with no hop to another task
-                if await self._run(work, conn, buf, have):
-                    conn = None             # a new reader owns the connection now
-                    return
+                await self._run(work)
         finally:
             if conn is not None:
                 if reply_link is not None:
@@ -240,15 +239,13 @@ class Endpoint:
             return
         self.queue.append(work)
 
-    async def _run(self, batch: list, conn, buf, have) -> bool:
-        """Handle `batch`, then everything queued meanwhile, in order. Each handler coroutine is driven by hand: one
-        that finishes without suspending costs no scheduler pass. If one suspends, a new reader takes over `conn`
-        (so replies to asks made inside the handler are still read) and this task goes on awaiting the handler.
-        True if the connection was handed over."""
+    async def _run(self, batch: list) -> None:
+        """Handle `batch`, then everything queued meanwhile, in order, right here in the reader task. A handler
+        that suspends holds up only its own connection: replies to asks travel on the asking connection, read by
+        the asker, so awaiting an ask inside a handler never waits on this reader."""
         handle = self.handle
         fast_tell = self.fast_tell
         read = self.arena.read
-        handed = False
         self.busy = True
         try:
             while True:
@@ -258,40 +255,23 @@ class Endpoint:
                         continue
                     # a tell goes straight to the actor's receive; anything else (or a tell that does not decode
                     # here) through `handle`, which deals with its own errors
-                    fast = rec[1] == TELL and fast_tell is not None
-                    if fast:
+                    if rec[1] == TELL and fast_tell is not None:
                         try:
-                            coro = fast_tell(read(rec[0], True))
+                            msg = read(rec[0], True)
                         except Exception:
-                            fast = False
-                    if not fast:
-                        coro = handle(*rec)
-                    stop = False
-                    try:
-                        yielded = coro.send(None)
-                    except StopIteration as done:
-                        if not fast:
-                            stop = done.value
-                    except Exception as exc:            # only a fast-path receive raises here
-                        self.on_tell_error(rec, exc)
-                    else:
-                        if not handed and conn is not None:
-                            handed = True
-                            self.nursery.start_soon(self._reader, conn, buf, have)
-                        try:
-                            value = await _resume(coro, yielded)
-                        except Exception as exc:
-                            if not fast:
-                                raise
-                            self.on_tell_error(rec, exc)
+                            pass
                         else:
-                            if not fast:
-                                stop = value
-                    if stop:
+                            try:
+                                await fast_tell(msg)
+                            except Exception as exc:
+                                self.on_tell_error(rec, exc)
+                            continue
+                    if await handle(*rec):
                         self.stop_receiving()
                 self.flush_all()
+                self.arena.flush_frees()
                 if not self.queue:
-                    return handed
+                    return
                 batch = self.queue.popleft()
                 self.queue_room.set()
         finally:
@@ -337,7 +317,9 @@ class Endpoint:
             if link is None or link.dead:
                 raise ActorStoppedError(f"cannot reply to {self.describe(peer)}: it has stopped")
         else:
-            link = self._link(peer)
+            link = self.links.get(peer)
+            if link is None or link.dead:
+                link = self._link(peer)
         arena = self.arena
         if type(obj) is _ndarray and type(obj.base) is SharedBlock and obj.base.owns(obj):
             obj.flags.writeable = False         # an actors.shared_array is its own message: no copy
@@ -349,10 +331,13 @@ class Endpoint:
             if size < 0:
                 raise StoreFull(arena.prepare(obj))
         link.unsent_bytes += size
-        if link.unsent_bytes >= FLUSH_BYTES:
-            # Large payloads go out at once: batching them would hold many blocks of fresh, cold memory where
-            # a prompt send lets the receiver release each one for the next to reuse, warm.
+        if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
+            # Stream rather than burst: a few hundred records per write keep a busy receiver fed (and on its
+            # own CPU) for a syscall per few hundred messages. Large payloads go out at once: batching them
+            # would hold many blocks of fresh, cold memory, where a prompt send lets the receiver release each
+            # one for the next to reuse, warm.
             self._flush(link)
+            link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
         if not link.draining:
             link.draining = True
             self.dirty.append(link)
@@ -576,26 +561,6 @@ class Endpoint:
             if usable < link.have:
                 link.inbuf[:link.have - usable] = link.inbuf[usable:link.have]
             link.have -= usable
-
-
-@types.coroutine
-def _resume(coro, yielded):
-    # Go on awaiting a coroutine that was started by hand (coro.send) in this same task: hand what it yielded to
-    # trio, and what trio sends (or throws) back to it. Its traps were set for this task, so this is exactly what
-    # `await coro` would have done.
-    while True:
-        try:
-            sent = yield yielded
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as done:
-                return done.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as done:
-                return done.value
 
 
 class StoreFull(Exception):

@@ -79,6 +79,7 @@ async def _actor_main(cfg: dict) -> int:
     _codec.default_registry.add_entries(cfg["registry"])
     store = _store.ObjectStore.attach(cfg["store"])
     _store.set_current_store(store)
+    store._arena.defer_frees = True     # freed at the end of each batch, under one lock acquisition
     endpoint = mb.Endpoint(cfg["id"], cfg["rundir"], store._arena, mailbox_size=cfg["mailbox_size"])
     system = System(endpoint, store, cfg["serialize"], cfg["deserialize"])
     _actor._system = system
