@@ -15,6 +15,7 @@ from cpython.ref cimport Py_INCREF, PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
 from _fastser._codec cimport Decoder, Encoder, Registry
@@ -451,6 +452,11 @@ cdef class Arena:
         (<SharedBlock>block).generation = generation
         (<SharedBlock>block).data = <uint8_t*>o + OBJ_HEADER + data_at
         return _make_writable_array(block, dtype, shape, (<SharedBlock>block).data)
+
+    def message_bytes(self, uint64_t off):
+        """A copy of the encoded message at `off` (the caller holds a count): what a journal stores."""
+        cdef object_header* o = <object_header*>(self.base + off)
+        return PyBytes_FromStringAndSize(<char*>o + OBJ_HEADER, <Py_ssize_t>o.size)
 
     def decref_id(self, uint64_t off):
         self.decref(off)

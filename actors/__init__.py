@@ -32,6 +32,12 @@ from actors._exceptions import (
     SpawnError as SpawnError,
     UnknownClassError as UnknownClassError,
 )
-from actors._system import System as System, run as run
+from actors._persist import PersistenceError as PersistenceError
+from actors._system import (
+    SupervisionError as SupervisionError,
+    System as System,
+    Terminated as Terminated,
+    run as run,
+)
 
 __version__ = "0.1.0"

@@ -22,6 +22,17 @@ class Actor:
     system: object
     ref: ActorRef
 
+    # Supervision and persistence, per class; `system.spawn(..., options={...})` overrides them per actor.
+    restart = "never"           # "never", "on-failure" or "always": what the system does when the process ends
+    max_restarts = 3            # restart intensity: at most this many restarts ...
+    restart_window = 60.0       # ... within this many seconds, else the whole system stops with an error
+    restart_backoff = 0.1       # seconds before the first restart; doubles with each restart in the window
+    on_error = "resume"         # a handler raised: "resume" (log it, go on), "restart" (fail), "stop"
+    persistent = False          # journal every message and snapshot the state, to recover after a crash
+    snapshot_every = 1000       # messages between snapshots
+    fsync = "group"             # journal durability: "always" (each message), "group" (each batch), "interval"
+    fsync_interval = 0.05       # seconds between syncs with fsync="interval"
+
     async def on_start(self) -> None:
         """Runs after `__init__`, before the first message; spawn() returns once it has finished."""
 
@@ -37,24 +48,27 @@ class ActorRef:
 
     Encodable: send it inside messages to other actors.
     """
-    __slots__ = ("id", "name")
+    __slots__ = ("id", "name", "persistent")
 
-    def __init__(self, actor_id: int, name: str):
+    def __init__(self, actor_id: int, name: str, persistent: bool = False):
         self.id = actor_id
         self.name = name
+        self.persistent = persistent
 
     async def tell(self, message) -> None:
         """Send `message`; waits only while the receiver's mailbox (or the store) is full. Raises the codec's
         `SerializationError` (and sends nothing) if the message cannot be encoded."""
         system = _system
         ep = system.endpoint
+        if self.persistent:
+            ep.persistent.add(self.id)
         if system.serialize is not None:
             message = system.serialize(message)
         try:
             link = ep.post(self.id, mb.TELL, message)
         except mb.StoreFull as full:
             link = await ep.post_when_room(self.id, mb.TELL, full.prepared, 0)
-        if len(link.out) >= ep.limit:
+        if ep.full(link):
             await ep.room(link)
 
     def tell_nowait(self, message) -> None:
@@ -83,7 +97,7 @@ class ActorRef:
         return f"<ActorRef {self.name!r} #{self.id}>"
 
     def __reduce__(self):
-        return (ActorRef, (self.id, self.name))
+        return (ActorRef, (self.id, self.name, self.persistent))
 
 
 class _Proxy:
@@ -105,7 +119,7 @@ class _Proxy:
 
 
 def _ref_to_wire(ref: ActorRef):
-    return (ref.id, ref.name)
+    return (ref.id, ref.name, ref.persistent)
 
 
 def _ref_from_wire(value):

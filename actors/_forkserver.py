@@ -130,6 +130,7 @@ def main() -> None:
     """Entry point: `python -c "from actors._forkserver import main; main()" FD SPEC`."""
     fd = int(sys.argv[1])
     spec = pickle.loads(bytes.fromhex(sys.argv[2]))
+    sys.argv = spec.get("argv") or sys.argv[:1]     # the app sees its own arguments, as in the driver
     try:
         serve(socket.socket(fileno=fd), spec["preload"], spec["app"])
     except (BrokenPipeError, ConnectionResetError):

@@ -46,7 +46,8 @@ def main(args) -> int:
         return 2
     try:
         result = run(module.main, store_capacity=args.store_capacity, serialize=serialize,
-                     deserialize=deserialize, stop_timeout=args.stop_timeout, _app=app)
+                     deserialize=deserialize, stop_timeout=args.stop_timeout, resilience_dir=args.resilience_dir,
+                     _app=app)
     except KeyboardInterrupt:
         print("actors: interrupted; every actor was stopped", file=sys.stderr)
         return 130

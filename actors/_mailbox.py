@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import secrets
 import itertools
 import logging
 import os
@@ -42,11 +43,14 @@ ERROR = 6           # payload: (type name, message, traceback text)
 SYSTEM = 7          # payload: (op, *args) for the system; reply like ASK
 SYSTEM_TELL = 8     # payload: (op, *args); no reply
 STOP = 9            # payload: None
+HELLO = 10          # no payload; call = the sender's epoch. The first record on every connection
+ACK = 11            # no payload; call = the highest sender seq the (persistent) receiver has journaled
 
 INBOX_BATCHES = 8
 FLUSH_BYTES = 1 << 20
 FLUSH_RECORDS = 256
 # How long an asker spins for its reply before sleeping in epoll (ACTORS_SPIN_US; 0 turns it off).
+RECONNECT_TIMEOUT = 60.0     # how long a sender waits for a persistent actor to come back
 SPIN = float(os.environ.get("ACTORS_SPIN_US", "100")) * 1e-6
 READ_SIZE = 1 << 18
 
@@ -75,7 +79,7 @@ def _resolve(waiter: _Pending, kind: int, offset: int) -> None:
 class Link:
     """The outgoing connection from this endpoint to one peer, with its outbox of records."""
     __slots__ = ("peer", "sock", "out", "draining", "room", "dead", "fileno", "reading", "handover", "inbuf",
-                 "have", "unsent_bytes", "flush_mark")
+                 "have", "unsent_bytes", "flush_mark", "persistent", "unacked")
 
     def __init__(self, peer: int, sock: socket.socket):
         self.peer = peer
@@ -84,6 +88,10 @@ class Link:
         self.out = bytearray()
         self.unsent_bytes = 0           # payload bytes behind the records not yet written
         self.flush_mark = FLUSH_RECORDS * RECORD_SIZE   # outbox size at which to write without waiting
+        # To a persistent actor: the tells it has not yet journaled, (seq, offset, record), each holding a count
+        # on its payload, resent if the actor restarts.
+        self.persistent = False
+        self.unacked: collections.deque = collections.deque()
         self.draining = False
         self.room = trio.Event()
         self.dead = False
@@ -107,7 +115,13 @@ class Endpoint:
         self.links: dict[int, Link] = {}
         self.reply_links: dict[int, Link] = {}  # src -> the connection its requests arrive on
         self.pending: dict[int, _Pending] = {}
-        self.calls = itertools.count(1)
+        self.calls = itertools.count(1)     # call ids, and the sequence numbers of tells to persistent actors
+        self.epoch = secrets.randbits(62) + 1   # names this process's sequence numbers to receivers
+        self.persistent: set[int] = set()   # peers that journal what they receive (and ack it)
+        self.journal_batch = None       # (batch, epoch) -> (records to handle, seq to ack): a persistent actor
+        self.after_batch = None         # called after each handled batch (a persistent actor's snapshots)
+        self.on_handler_error = None    # (exception) -> None: the actor's policy for a handler that raised
+
         self.dirty: list[Link] = []
         self.wake = trio.Event()
         self.handle = None              # async handle(offset, kind, src, call) -> True to stop receiving
@@ -121,6 +135,10 @@ class Endpoint:
         self.closed = False
         self.on_death = None
         path = socket_path(rundir, endpoint_id)
+        try:
+            os.unlink(path)         # left by an earlier incarnation of this actor, killed before it could
+        except FileNotFoundError:
+            pass
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         os.chmod(path, 0o600)
@@ -158,8 +176,7 @@ class Endpoint:
             self._drop_outbox(link)
             link.sock.close()
         while self.queue:
-            for off, _kind, _src, _call in self.queue.popleft():
-                self.arena.decref_id(off)
+            self._release(self.queue.popleft()[0])
         try:
             os.unlink(socket_path(self.rundir, self.id))
         except FileNotFoundError:
@@ -174,6 +191,7 @@ class Endpoint:
         reply_link = None
         drained = False
         spin_until = 0.0
+        epoch = 0
         try:
             while True:
                 if drained:                 # the last read came up short: the socket is empty, wait first
@@ -205,6 +223,10 @@ class Endpoint:
                             self.arena.decref_id(rec[0])     # its ask timed out: a dead letter
                             continue
                         _resolve(waiter, kind, rec[0])
+                    elif kind == HELLO:
+                        epoch = rec[3]
+                        if reply_link is None:
+                            reply_link = self.reply_links[rec[2]] = Link(rec[2], conn)
                     else:
                         work.append(rec)
                 if reply_link is None and work:
@@ -216,10 +238,10 @@ class Endpoint:
                 if not work:
                     continue
                 if self.busy or self.queue or self.stopped.is_set():
-                    await self._enqueue(work)
+                    await self._enqueue((work, epoch))
                     continue
                 # idle: run the handlers right here, with no hop to another task
-                await self._run(work)
+                await self._run(work, epoch)
         finally:
             if conn is not None:
                 if reply_link is not None:
@@ -228,18 +250,18 @@ class Endpoint:
                         del self.reply_links[reply_link.peer]
                 conn.close()
 
-    async def _enqueue(self, work: list) -> None:
+    async def _enqueue(self, work: tuple) -> None:
         # Queue a batch while the handlers are busy; wait while the queue is full (backpressure reaches the socket).
         while len(self.queue) >= INBOX_BATCHES and not self.stopped.is_set():
             if self.queue_room.is_set():
                 self.queue_room = trio.Event()
             await self.queue_room.wait()
         if self.stopped.is_set():
-            self._release(work)
+            self._release(work[0])
             return
         self.queue.append(work)
 
-    async def _run(self, batch: list) -> None:
+    async def _run(self, batch: list, epoch: int) -> None:
         """Handle `batch`, then everything queued meanwhile, in order, right here in the reader task. A handler
         that suspends holds up only its own connection: replies to asks travel on the asking connection, read by
         the asker, so awaiting an ask inside a handler never waits on this reader."""
@@ -249,6 +271,12 @@ class Endpoint:
         self.busy = True
         try:
             while True:
+                if self.journal_batch is not None and batch and not self.stopped.is_set():
+                    # a persistent actor journals the batch (dropping what it already has), acks, then handles
+                    src = batch[0][2]
+                    batch, ack = self.journal_batch(batch, epoch)
+                    if ack:
+                        self.send_ack(src, ack)
                 for rec in batch:
                     if self.stopped.is_set():
                         self.arena.decref_id(rec[0])
@@ -268,11 +296,13 @@ class Endpoint:
                             continue
                     if await handle(*rec):
                         self.stop_receiving()
+                if self.after_batch is not None:
+                    self.after_batch()
                 self.flush_all()
                 self.arena.flush_frees()
                 if not self.queue:
                     return
-                batch = self.queue.popleft()
+                batch, epoch = self.queue.popleft()
                 self.queue_room.set()
         finally:
             self.busy = False
@@ -281,11 +311,23 @@ class Endpoint:
         for off, _kind, _src, _call in batch:
             self.arena.decref_id(off)
 
+    def send_ack(self, src: int, seq: int) -> None:
+        """Tell `src` that everything it sent up to `seq` is journaled (it may release its copies)."""
+        link = self.reply_links.get(src)
+        if link is None or link.dead:
+            return
+        link.out += RECORD.pack(0, ACK, self.id, seq)
+        if not link.draining:
+            link.draining = True
+            self.dirty.append(link)
+            if not self.busy:
+                self.wake.set()
+
     def stop_receiving(self) -> None:
         """Release whatever is queued; later records are released on arrival (dead letters)."""
         self.stopped.set()
         while self.queue:
-            self._release(self.queue.popleft())
+            self._release(self.queue.popleft()[0])
         self.queue_room.set()
 
     # -- sending -------------------------------------------------------------------------------------------------
@@ -293,9 +335,11 @@ class Endpoint:
     def _link(self, peer: int) -> Link:
         link = self.links.get(peer)
         if link is not None:
-            if link.dead:
-                raise ActorStoppedError(f"cannot send to {self.describe(peer)}: it has stopped")
-            return link
+            if not link.dead:
+                return link
+            if link.persistent:
+                raise ActorStoppedError(f"cannot send to {self.describe(peer)} now: it is restarting")
+            del self.links[peer]        # it may have been restarted: try a fresh connection
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(socket_path(self.rundir, peer))
@@ -306,6 +350,11 @@ class Endpoint:
             raise
         sock.setblocking(False)
         link = self.links[peer] = Link(peer, sock)
+        link.out += RECORD.pack(0, HELLO, self.id, self.epoch)
+        if peer in self.persistent:
+            link.persistent = True
+            link.reading = True             # the ack reader reads this link for good (replies included)
+            self.nursery.start_soon(self._acker, link)
         return link
 
     def post(self, peer: int, kind: int, obj, call: int = 0, flush: bool = False) -> Link:
@@ -319,7 +368,11 @@ class Endpoint:
         else:
             link = self.links.get(peer)
             if link is None or link.dead:
+                if link is not None and link.persistent and kind == TELL:
+                    return self._post_unacked(link, obj)      # it is restarting: held, resent when it is back
                 link = self._link(peer)
+            if link.persistent and kind == TELL:
+                return self._post_unacked(link, obj)
         arena = self.arena
         if type(obj) is _ndarray and type(obj.base) is SharedBlock and obj.base.owns(obj):
             obj.flags.writeable = False         # an actors.shared_array is its own message: no copy
@@ -345,6 +398,119 @@ class Endpoint:
                 self.wake.set()
         return link
 
+    def _post_unacked(self, link: Link, obj) -> Link:
+        # A tell to a persistent actor: numbered, and its payload held (one more count) until the actor acks
+        # having journaled it.
+        seq = next(self.calls)
+        rec = bytearray()
+        size = self.arena.post_record(obj, rec, TELL, self.id, seq)
+        if size < 0:
+            raise StoreFull(self.arena.prepare(obj))
+        off = RECORD.unpack_from(rec)[0]
+        self.arena.incref_id(off)
+        link.unacked.append((seq, off, bytes(rec)))
+        if not link.dead:
+            link.out += rec
+            link.unsent_bytes += size
+            if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
+                self._flush(link)
+                link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
+            if not link.draining:
+                link.draining = True
+                self.dirty.append(link)
+                if not self.busy:
+                    self.wake.set()
+        return link
+
+    async def _acker(self, link: Link) -> None:
+        """Read a persistent actor's acks (and replies) on our connection to it; when it dies, reconnect."""
+        sock = link.sock
+        buf = bytearray(RECORD_SIZE * 1024)
+        view = memoryview(buf)
+        have = 0
+        pending = self.pending
+        try:
+            while True:
+                try:
+                    n = sock.recv_into(view[have:])
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(sock)
+                    continue
+                except OSError:
+                    n = 0
+                if n == 0:
+                    break
+                have += n
+                usable = have - have % RECORD_SIZE
+                for off, kind, _src, call in RECORD.iter_unpack(view[:usable]):
+                    if kind == ACK:
+                        while link.unacked and link.unacked[0][0] <= call:
+                            self.arena.decref_id(link.unacked.popleft()[1])
+                        link.room.set()
+                        continue
+                    waiter = pending.pop(call, None)
+                    if waiter is None:
+                        self.arena.decref_id(off)
+                        continue
+                    _resolve(waiter, kind, off)
+                buf[:have - usable] = buf[usable:have]
+                have -= usable
+        except trio.ClosedResourceError:
+            pass
+        if not self.closed and self.links.get(link.peer) is link:
+            self._lost(link)
+
+    def _lost(self, link: Link) -> None:
+        """A persistent actor went away: fail the asks waiting on it, keep its unacked tells, and reconnect."""
+        link.dead = True
+        for off, kind, _src, _call in RECORD.iter_unpack(link.out[:len(link.out) - len(link.out) % RECORD_SIZE]):
+            if kind != TELL and kind != HELLO:
+                self.arena.decref_id(off)       # asks in flight: their askers are told below
+        link.out.clear()
+        for call, waiter in list(self.pending.items()):
+            if waiter.peer == link.peer:
+                del self.pending[call]
+                _resolve(waiter, -1, 0)
+        link.sock.close()
+        self.nursery.start_soon(self._reconnect, link)
+
+    async def _reconnect(self, link: Link) -> None:
+        path = socket_path(self.rundir, link.peer)
+        delay = 0.01
+        with trio.move_on_after(RECONNECT_TIMEOUT):
+            while True:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.connect(path)
+                except OSError:
+                    sock.close()
+                    continue
+                sock.setblocking(False)
+                link.sock = sock
+                link.fileno = sock.fileno()
+                link.have = 0
+                link.out = bytearray(RECORD.pack(0, HELLO, self.id, self.epoch))
+                for _seq, off, rec in link.unacked:
+                    self.arena.incref_id(off)          # the new receiver's count: the old one died with it
+                    link.out += rec
+                link.dead = False
+                link.room.set()
+                self.nursery.start_soon(self._acker, link)
+                if not link.draining:
+                    link.draining = True
+                    self.dirty.append(link)
+                self.wake.set()
+                return
+        dropped = len(link.unacked)
+        while link.unacked:
+            self.arena.decref_id(link.unacked.popleft()[1])
+        log.warning("%d message(s) to %s were not delivered: it did not come back within %g s (dead letters)",
+                    dropped, self.describe(link.peer), RECONNECT_TIMEOUT)
+        link.persistent = False
+        link.room.set()
+
     def post_nowait(self, peer: int, kind: int, obj, call: int = 0) -> None:
         link = self.links.get(peer)
         if link is not None and len(link.out) >= self.limit:
@@ -365,7 +531,7 @@ class Endpoint:
             link = self.post(peer, kind, obj, call, flush)
         except StoreFull as full:
             link = await self.post_when_room(peer, kind, full.prepared, call)
-        if len(link.out) >= self.limit:
+        if self.full(link):
             await self.room(link)
 
     async def post_when_room(self, peer, kind, prepared, call):
@@ -389,7 +555,14 @@ class Endpoint:
             self.wake.set()
         return link
 
+    def full(self, link: Link) -> bool:
+        return len(link.out) >= self.limit or (link.persistent and len(link.unacked) >= self.limit // RECORD_SIZE)
+
     async def room(self, link: Link) -> None:
+        while link.persistent and (link.dead or len(link.unacked) >= self.limit // RECORD_SIZE):
+            if link.room.is_set():
+                link.room = trio.Event()
+            await link.room.wait()
         while len(link.out) >= self.limit and not link.dead:
             self._flush(link)
             if len(link.out) < self.limit:
@@ -410,6 +583,8 @@ class Endpoint:
         except BlockingIOError:
             return False
         except OSError:
+            if link.persistent:
+                return True             # its acker sees the connection end, and reconnects
             self._died(link)
             return True
         del link.out[:n]

@@ -71,11 +71,26 @@ class System:
 
     # -- the public API ------------------------------------------------------------------------------------------
 
-    async def spawn(self, cls, *args, name: str | None = None, **kwargs) -> ActorRef:
-        """Start `cls(*args, **kwargs)` in a new process; its ActorRef once its `on_start` has finished."""
+    async def spawn(self, cls, *args, name: str | None = None, options: dict | None = None,
+                    **kwargs) -> ActorRef:
+        """Start `cls(*args, **kwargs)` in a new process; its ActorRef once its `on_start` has finished.
+
+        `options` overrides the class's supervision and persistence settings for this actor (restart,
+        max_restarts, restart_window, restart_backoff, on_error, persistent, snapshot_every, fsync,
+        fsync_interval; see `Actor`).
+        """
         if not (isinstance(cls, type) and issubclass(cls, _actor.Actor)):
             raise TypeError(f"spawn() takes an Actor subclass, not {cls!r}")
-        return await self._system_request("spawn", cloudpickle.dumps((cls, args, kwargs)), name)
+        opts = actor_options(cls, options)
+        return await self._system_request("spawn", cloudpickle.dumps((cls, args, kwargs)), name, opts)
+
+    async def watch(self, ref: ActorRef, *, watcher: ActorRef | None = None) -> None:
+        """Deliver `actors.Terminated(ref, reason, restarting)` to `watcher` (by default, the calling actor)
+        when `ref` stops or crashes."""
+        watcher = watcher if watcher is not None else getattr(self, "me", None)
+        if watcher is None:
+            raise ActorsError("watch() from the driver needs watcher=: an ActorRef to notify")
+        await self._system_request("watch", ref.id, watcher.id, watcher.name)
 
     async def lookup(self, name: str) -> ActorRef:
         """The running actor named `name`; `ActorNotFoundError` if there is none."""
@@ -100,6 +115,8 @@ class System:
         ep = self.endpoint
         if ref.id not in ep.links:
             ep.names[ref.id] = ref.name
+            if ref.persistent:
+                ep.persistent.add(ref.id)
         reply_kind, off = await ep.request(ref.id, kind, payload, timeout)
         if reply_kind is None:
             raise AskTimeoutError(f"actor {ref.name!r} did not answer within {timeout:g} s")
@@ -121,23 +138,73 @@ def _identity(obj):
     return obj
 
 
+OPTION_CHOICES = {"restart": ("never", "on-failure", "always"), "on_error": ("resume", "restart", "stop"),
+                  "fsync": ("always", "group", "interval")}
+OPTIONS = ("restart", "max_restarts", "restart_window", "restart_backoff", "on_error", "persistent",
+           "snapshot_every", "fsync", "fsync_interval")
+
+
+def actor_options(cls, overrides: dict | None) -> dict:
+    """The class's supervision and persistence settings, with `overrides` applied and checked."""
+    opts = {key: getattr(cls, key) for key in OPTIONS}
+    for key, value in (overrides or {}).items():
+        if key not in opts:
+            raise ActorsError(f"unknown actor option {key!r}; the options are {', '.join(OPTIONS)}")
+        opts[key] = value
+    for key, choices in OPTION_CHOICES.items():
+        if opts[key] not in choices:
+            raise ActorsError(f"{key}={opts[key]!r} is not one of {', '.join(map(repr, choices))}")
+    return opts
+
+
+class Terminated:
+    """The message `system.watch` delivers: the watched actor stopped (restarting False) or crashed."""
+
+    def __init__(self, ref: ActorRef, reason: str, restarting: bool):
+        self.ref = ref
+        self.reason = reason
+        self.restarting = restarting
+
+    def __repr__(self):
+        return f"Terminated({self.ref!r}, {self.reason!r}, restarting={self.restarting})"
+
+
+_codec.register_class(Terminated)
+
+
+class SupervisionError(ActorsError):
+    """An actor failed more often than its restart intensity allows: the system stopped."""
+
+
 class _ActorInfo:
-    def __init__(self, actor_id: int, name: str):
+    def __init__(self, actor_id: int, name: str, cls, options: dict, payload: bytes):
         self.id = actor_id
         self.name = name
+        self.cls = cls
+        self.options = options
+        self.payload = payload          # kept, to start it again
         self.pid = 0
         self.ready = trio.Event()
         self.exited = trio.Event()
         self.error = None
         self.returncode = None
         self.stopping = False
+        self.restarts: list[float] = []
+        self.last_failure = None
+        self.watchers: dict[int, str] = {}
+
+    def ref(self) -> ActorRef:
+        return ActorRef(self.id, self.name, self.options["persistent"])
 
 
 class Driver(System):
     """The system as seen from the driver process: it owns the store, the sockets' directory and the processes."""
 
     def __init__(self, *, store_capacity=None, mailbox_size: int = 4096, serialize=None, deserialize=None,
-                 stop_timeout: float = 5.0, app: tuple[str, str] | None = None):
+                 stop_timeout: float = 5.0, app: tuple[str, str] | None = None, resilience_dir=None):
+        self.resilience_dir = os.path.abspath(resilience_dir) if resilience_dir else None
+        self.fatal: BaseException | None = None
+        self.main_scope = None
         self.mailbox_size = mailbox_size
         self.stop_timeout = stop_timeout
         self.app = app
@@ -163,7 +230,7 @@ class Driver(System):
 
     def start_forkserver(self) -> None:
         ours, theirs = socket.socketpair()
-        spec = pickle.dumps({"preload": PRELOAD, "app": self.app, "path": sys.path}).hex()
+        spec = pickle.dumps({"preload": PRELOAD, "app": self.app, "path": sys.path, "argv": sys.argv}).hex()
         env = dict(os.environ)
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(var, "1")     # one BLAS thread per actor: actors are the parallelism
@@ -179,6 +246,11 @@ class Driver(System):
         while True:
             data = await ctl.recv(65536)
             if not data:
+                # the fork server is gone (it failed to import the app, say): no actor can start any more
+                self.fail(ActorsError("the fork server that starts actor processes exited; see its error above"))
+                for waiting in self._spawned.values():
+                    waiting.append(0)
+                    waiting[0].set()
                 return
             buf += data
             while len(buf) >= 4:
@@ -200,11 +272,64 @@ class Driver(System):
         info.returncode = code
         info.exited.set()
         info.ready.set()
+        how = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+        reason = f"{info.last_failure} ({how})" if info.last_failure else how
+        policy = info.options["restart"]
+        restart = not info.stopping and info.error is None and info.pid and (
+            policy == "always" or (policy == "on-failure" and code != 0))
+        if not info.stopping:
+            log.error("actor %r (pid %d) %s: %s", info.name, pid,
+                      "failed" if code else "ended", reason)
+        for watcher_id, watcher_name in list(info.watchers.items()):
+            self._notify(watcher_id, watcher_name, Terminated(info.ref(), reason, bool(restart)))
+        if restart and self.endpoint.nursery is not None:
+            info.last_failure = None
+            self.endpoint.nursery.start_soon(self._restart, info, reason)
+            return
         self.by_name.pop(info.name, None)
         self.actors.pop(info.id, None)
-        if not info.stopping:
-            how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-            log.error("actor %r (pid %d) died unexpectedly (%s)", info.name, pid, how)
+
+    def _notify(self, watcher_id: int, watcher_name: str, message) -> None:
+        try:
+            self.endpoint.names.setdefault(watcher_id, watcher_name)
+            self.endpoint.post(watcher_id, mb.TELL, message)
+        except Exception as exc:
+            log.warning("could not tell %r that an actor it watches ended: %s", watcher_name, exc)
+
+    async def _restart(self, info: _ActorInfo, reason: str) -> None:
+        """Start a failed actor again, same id and name (refs to it stay valid), within its restart intensity."""
+        opts = info.options
+        now = trio.current_time()
+        info.restarts = [t for t in info.restarts if now - t < opts["restart_window"]]
+        if len(info.restarts) >= opts["max_restarts"]:
+            self.by_name.pop(info.name, None)
+            self.actors.pop(info.id, None)
+            self.fail(SupervisionError(
+                f"actor {info.name!r} failed {len(info.restarts) + 1} times within {opts['restart_window']:g} s, "
+                f"more than its restart intensity allows ({opts['max_restarts']}); the system stops. Its last "
+                f"failure: {reason}"))
+            return
+        await trio.sleep(opts["restart_backoff"] * (2 ** len(info.restarts)))
+        info.restarts.append(trio.current_time())
+        info.ready = trio.Event()
+        info.exited = trio.Event()
+        info.returncode = None
+        info.error = None
+        try:
+            await self._start(info)
+        except Exception as exc:
+            self.fail(SupervisionError(f"actor {info.name!r} could not be restarted: {exc}"))
+            return
+        log.warning("actor %r restarted (restart %d within %g s)", info.name, len(info.restarts),
+                    opts["restart_window"])
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the whole system with `exc` (raised from actors.run)."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("%s", exc)
+            if self.main_scope is not None:
+                self.main_scope.cancel()
 
     # -- system requests -----------------------------------------------------------------------------------------
 
@@ -239,38 +364,49 @@ class Driver(System):
         if kind == mb.SYSTEM:
             await _reply(ep, src, mb.REPLY, result, call)
 
-    async def _op_spawn(self, pickled: bytes, name: str | None) -> ActorRef:
+    async def _op_spawn(self, pickled: bytes, name: str | None, opts: dict | None = None) -> ActorRef:
         cls, args, kwargs = cloudpickle.loads(pickled) if isinstance(pickled, bytes) else pickled
+        opts = opts if opts is not None else actor_options(cls, None)
         actor_id = next(self._ids)
+        if opts["persistent"] and name is None:
+            raise ActorsError(f"cannot spawn persistent {cls.__qualname__} without a name: its state is stored "
+                              f"under its name, to be found again after a restart; pass name=")
         name = name if name is not None else f"{cls.__name__}-{actor_id}"
         if name in self.by_name:
             raise ActorsError(f"cannot spawn {cls.__qualname__} as {name!r}: an actor of that name is running")
-        info = _ActorInfo(actor_id, name)
-        self.actors[actor_id] = info
-        self.by_name[name] = actor_id
-        self.endpoint.names[actor_id] = name
         payload = cloudpickle.dumps({
             "id": actor_id, "name": name, "cls": cls, "args": args, "kwargs": kwargs, "rundir": self.rundir,
             "store": self.store.name, "registry": _codec.default_registry.entries(),
             "serialize": self.serialize, "deserialize": self.deserialize, "mailbox_size": self.mailbox_size,
-            "app": self.app,
+            "app": self.app, "options": opts, "resilience_dir": self.resilience_dir,
         })
+        info = _ActorInfo(actor_id, name, cls, opts, payload)
+        self.actors[actor_id] = info
+        self.by_name[name] = actor_id
+        self.endpoint.names[actor_id] = name
+        await self._start(info)
+        return info.ref()
+
+    async def _start(self, info: _ActorInfo) -> None:
+        """Fork the actor's process and wait for its on_start."""
+        name, cls = info.name, info.cls
         token = next(self._tokens)
         done = self._spawned[token] = [trio.Event()]
-        _forkserver.send_frame(self._ctl, ("spawn", token, payload))
+        _forkserver.send_frame(self._ctl, ("spawn", token, info.payload))
         await done[0].wait()
         info.pid = self._spawned.pop(token)[1]
+        if not info.pid:
+            raise SpawnError(f"actor {name!r} ({cls.__qualname__}) cannot start: the fork server exited")
         self.by_pid[info.pid] = info
         await info.ready.wait()
         if info.error is not None or info.returncode is not None:
             self.by_name.pop(name, None)
             if info.returncode is None:
                 await self._wait_or_kill(info, self.stop_timeout)
-            self.actors.pop(actor_id, None)
+            self.actors.pop(info.id, None)
             detail = (f"{info.error[0]}: {info.error[1]}\n\nremote traceback:\n{info.error[2]}" if info.error
                       else f"its process exited with code {info.returncode}")
             raise SpawnError(f"actor {name!r} ({cls.__qualname__}) failed to start: {detail}")
-        return ActorRef(actor_id, name)
 
     async def _op_ready(self, actor_id: int, error) -> None:
         info = self.actors.get(actor_id)
@@ -280,9 +416,28 @@ class Driver(System):
 
     async def _op_lookup(self, name: str) -> ActorRef:
         actor_id = self.by_name.get(name)
-        if actor_id is None or self.actors[actor_id].returncode is not None:
+        if actor_id is None:
             raise ActorNotFoundError(f"no running actor is named {name!r}")
-        return ActorRef(actor_id, name)
+        return self.actors[actor_id].ref()
+
+    async def _op_watch(self, target_id: int, watcher_id: int, watcher_name: str) -> None:
+        info = self.actors.get(target_id)
+        if info is None:
+            self._notify(watcher_id, watcher_name, Terminated(ActorRef(target_id, self.endpoint.names.get(
+                target_id, f"#{target_id}")), "it was not running", False))
+            return
+        info.watchers[watcher_id] = watcher_name
+
+    async def _op_failure(self, actor_id: int, reason: str) -> None:
+        info = self.actors.get(actor_id)
+        if info is not None:
+            info.last_failure = reason
+
+    async def _op_stopping(self, actor_id: int, reason: str) -> None:
+        info = self.actors.get(actor_id)
+        if info is not None:
+            info.stopping = True
+            info.last_failure = reason
 
     async def _op_stop(self, actor_id: int, timeout: float = 5.0) -> None:
         info = self.actors.get(actor_id)
@@ -389,6 +544,7 @@ async def _driver_main(main, options: dict):
 
             nursery.start_soon(on_sigterm)
             with trio.CancelScope() as main_scope:
+                driver.main_scope = main_scope
                 try:
                     result = await main(driver)
                 except BaseException as exc:       # raised as itself below, not inside an ExceptionGroup
@@ -399,6 +555,8 @@ async def _driver_main(main, options: dict):
     finally:
         _actor._system = None
         driver.close()
+    if driver.fatal is not None:
+        raise driver.fatal
     if failure is not None:
         raise failure
     if terminated:
@@ -407,7 +565,8 @@ async def _driver_main(main, options: dict):
 
 
 def run(main, *, store_capacity: int | str | None = None, mailbox_size: int = 4096, serialize=None,
-        deserialize=None, stop_timeout: float = 5.0, _app: tuple[str, str] | None = None):
+        deserialize=None, stop_timeout: float = 5.0, resilience_dir: str | None = None,
+        _app: tuple[str, str] | None = None):
     """Run a system: call `await main(system)` in this process, then stop every actor gracefully.
 
     Like `trio.run`, it returns main's result. Options: the store's capacity (bytes, or "512M"); the mailbox size in
@@ -417,5 +576,5 @@ def run(main, *, store_capacity: int | str | None = None, mailbox_size: int = 40
     if (serialize is None) != (deserialize is None):
         raise ActorsError("serialize and deserialize go together: pass both or neither")
     options = dict(store_capacity=store_capacity, mailbox_size=mailbox_size, serialize=serialize,
-                   deserialize=deserialize, stop_timeout=stop_timeout, app=_app)
+                   deserialize=deserialize, stop_timeout=stop_timeout, app=_app, resilience_dir=resilience_dir)
     return trio.run(_driver_main, main, options)

@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 import threading
+import traceback
 
 import cloudpickle
 import trio
@@ -14,9 +15,11 @@ from actors import _actor, _store
 from actors import _codec as _public_codec
 from actors import _mailbox as mb
 from actors._exceptions import DecodeError, UnknownClassError
+from actors import _persist
 from actors._system import System, _reply, error_payload
 
 log = logging.getLogger("actors")
+_persist_none = object()      # "no snapshot": construct with __init__
 
 
 def _prefix_output(name: str) -> list[threading.Thread]:
@@ -66,6 +69,9 @@ def main(payload: bytes) -> int:
         pass
     try:
         return trio.run(_actor_main, cfg)
+    except BaseException:
+        traceback.print_exc()       # while stderr still reaches the terminal
+        return 1
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -82,6 +88,7 @@ async def _actor_main(cfg: dict) -> int:
     store._arena.defer_frees = True     # freed at the end of each batch, under one lock acquisition
     endpoint = mb.Endpoint(cfg["id"], cfg["rundir"], store._arena, mailbox_size=cfg["mailbox_size"])
     system = System(endpoint, store, cfg["serialize"], cfg["deserialize"])
+    system.me = _actor.ActorRef(cfg["id"], cfg["name"], cfg["options"]["persistent"])
     _actor._system = system
     status = 0
     try:
@@ -103,8 +110,12 @@ async def _actor_main(cfg: dict) -> int:
 
             _public_codec.on_register = report_late_registration
             actor = None
+            journal = None
             try:
-                actor = _construct(cfg, system)
+                if cfg["options"]["persistent"]:
+                    actor, journal = await _recover(cfg, system)
+                else:
+                    actor = _construct(cfg, system)
                 await actor.on_start()
             except Exception as exc:
                 await endpoint.send(0, mb.SYSTEM_TELL, ("ready", cfg["id"], error_payload(exc)))
@@ -113,7 +124,7 @@ async def _actor_main(cfg: dict) -> int:
             if actor is not None and status == 0:
                 await endpoint.send(0, mb.SYSTEM_TELL, ("ready", cfg["id"], None))
                 endpoint.flush_all()
-                await _serve(system, actor, cfg["name"])
+                await _serve(system, actor, cfg, journal)
                 try:
                     await actor.on_stop()
                 except Exception:
@@ -123,16 +134,62 @@ async def _actor_main(cfg: dict) -> int:
     finally:
         _public_codec.on_register = None
         endpoint.close()
+        if journal is not None:
+            journal.close()
     return status
 
 
-def _construct(cfg: dict, system: System):
+def _construct(cfg: dict, system: System, state=_persist_none):
     cls = cfg["cls"]
     actor = cls.__new__(cls)
     actor.system = system
-    actor.ref = _actor.ActorRef(cfg["id"], cfg["name"])
-    actor.__init__(*cfg["args"], **cfg["kwargs"])
+    actor.ref = _actor.ActorRef(cfg["id"], cfg["name"], cfg["options"]["persistent"])
+    if state is _persist_none:
+        actor.__init__(*cfg["args"], **cfg["kwargs"])
+    elif _has_own(cls, "__setstate__"):
+        actor.__setstate__(state)
+    else:
+        actor.__dict__.update(state)
     return actor
+
+
+def _has_own(cls, name: str) -> bool:
+    return getattr(cls, name, None) is not getattr(object, name, None)
+
+
+def _state_of(actor) -> dict:
+    if _has_own(type(actor), "__getstate__"):
+        return actor.__getstate__()
+    return {k: v for k, v in vars(actor).items() if k not in ("system", "ref")}
+
+
+async def _recover(cfg: dict, system: System):
+    """A persistent actor: its latest snapshot (or its constructor), then the journal replayed after it."""
+    opts = cfg["options"]
+    if not cfg["resilience_dir"]:
+        raise _persist.PersistenceError(
+            f"actor {cfg['name']!r} is persistent but the system has no resilience directory; run with "
+            f"`actors run --resilience-dir DIR` or actors.run(main, resilience_dir=DIR)")
+    journal = _persist.Journal(cfg["resilience_dir"], cfg["name"], fsync=opts["fsync"],
+                               interval=opts["fsync_interval"], serialize=cfg["serialize"],
+                               deserialize=cfg["deserialize"])
+    restored, state, replay = journal.recover()
+    actor = _construct(cfg, system, state if restored else _persist_none)
+    incoming = system.incoming
+    for kind, message in replay:
+        try:
+            msg = _codec.loads(message)
+            if kind in (mb.TELL, mb.ASK):
+                await actor.receive(incoming(msg))
+            elif kind in (mb.CALL, mb.CALL_TELL):
+                method, args, kwargs = msg
+                await _method(actor, method)(*args, **kwargs)
+        except Exception as exc:
+            log.error("actor %r: replaying a journaled message raised (skipped): %r", cfg["name"], exc)
+    if replay or restored:
+        log.info("actor %r recovered: %s, %d journaled message(s) replayed", cfg["name"],
+                 "from its snapshot" if restored else "with no snapshot", len(replay))
+    return actor, journal
 
 
 async def _drain(endpoint: mb.Endpoint, timeout: float = 5.0) -> None:
@@ -150,8 +207,10 @@ def _method(actor, name: str):
     return getattr(actor, name)
 
 
-async def _serve(system: System, actor, name: str) -> None:
+async def _serve(system: System, actor, cfg: dict, journal) -> None:
     """Handle messages, one at a time and in order per sender, until told to stop."""
+    name = cfg["name"]
+    policy = cfg["options"]["on_error"]
     ep = system.endpoint
     arena = ep.arena
     receive = actor.receive
@@ -191,7 +250,11 @@ async def _serve(system: System, actor, name: str) -> None:
 
     def on_tell_error(rec, exc):
         log.error("actor %r failed handling a message from %s", name, ep.describe(rec[2]), exc_info=exc)
+        _apply_error_policy(ep, cfg, exc, journal)
 
+    ep.on_handler_error = lambda exc: _apply_error_policy(ep, cfg, exc, journal)
+    if journal is not None:
+        _persist_hooks(ep, actor, cfg, journal)
     ep.handle = handle
     if system.deserialize is None:
         ep.fast_tell = receive
@@ -204,6 +267,91 @@ async def _failed(ep, name, kind, src, call, exc) -> None:
         await _reply(ep, src, mb.ERROR, error_payload(exc), call, flush=False)
     else:
         log.error("actor %r failed handling a message from %s", name, ep.describe(src), exc_info=exc)
+    if ep.on_handler_error is not None and not isinstance(exc, DecodeError):
+        ep.on_handler_error(exc)
+
+
+def _apply_error_policy(ep: mb.Endpoint, cfg: dict, exc: BaseException, journal) -> None:
+    """A handler raised: "resume" goes on; "restart" ends the process as failed (its supervisor decides);
+    "stop" stops the actor for good."""
+    policy = cfg["options"]["on_error"]
+    if policy == "resume":
+        return
+    reason = f"{type(exc).__qualname__}: {exc}"
+    if policy == "stop":
+        ep.post_nowait(0, mb.SYSTEM_TELL, ("stopping", cfg["id"], reason))
+        ep.flush_all()
+        ep.stop_receiving()
+        return
+    try:
+        ep.post_nowait(0, mb.SYSTEM_TELL, ("failure", cfg["id"], reason))
+        ep.flush_all()
+    except Exception:
+        pass
+    if journal is not None:
+        journal.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(70)
+
+
+def _persist_hooks(ep: mb.Endpoint, actor, cfg: dict, journal) -> None:
+    """Journal each batch before it is handled (dropping what was already journaled), ack it once durable, and
+    snapshot the state every `snapshot_every` messages."""
+    arena = ep.arena
+    opts = cfg["options"]
+    every = opts["snapshot_every"]
+    policy = opts["fsync"]
+    pending_acks: dict[int, int] = {}
+
+    def journal_batch(batch, epoch):
+        keep = []
+        ack = 0
+        for rec in batch:
+            off, kind, src, call = rec
+            if kind == mb.STOP:
+                keep.append(rec)
+                continue
+            if kind == mb.TELL and epoch and call:
+                ack = max(ack, call)
+                if journal.is_duplicate(epoch, call):
+                    arena.decref_id(off)            # resent after a restart, and journaled before it
+                    continue
+                journal.append(epoch, call, kind, arena.message_bytes(off))
+            else:
+                journal.append(0, 0, kind, arena.message_bytes(off))
+            keep.append(rec)
+        if policy == "interval":
+            journal.flush()
+            if ack:
+                pending_acks[batch[0][2]] = ack
+            return keep, 0
+        journal.sync()
+        return keep, ack
+
+    def after_batch():
+        if journal.since_snapshot >= every:
+            try:
+                journal.write_snapshot(_state_of(actor))
+            except Exception as exc:
+                log.error("actor %r: cannot write a snapshot (the journal keeps everything): %s",
+                          cfg["name"], exc)
+                journal.since_snapshot = 0
+
+    async def sync_every_interval():
+        while True:
+            await trio.sleep(opts["fsync_interval"])
+            if pending_acks:
+                journal.sync()
+                for src, seq in list(pending_acks.items()):
+                    ep.send_ack(src, seq)
+                pending_acks.clear()
+                ep.flush_all()
+
+    ep.journal_batch = journal_batch
+    ep.after_batch = after_batch
+    if policy == "interval":
+        ep.nursery.start_soon(sync_every_interval)
 
 
 _FAILED = object()

@@ -1,0 +1,255 @@
+"""Persistence of actor state: a write-ahead journal of received messages, and snapshots.
+
+Files, in the resilience directory, per persistent actor (by name):
+
+    <name>.journal.<first sequence number>   journal segments; a new one starts at every snapshot
+    <name>.snapshot, <name>.snapshot.prev    the latest snapshot and the one before it
+
+A journal record is   u32 length | u32 crc32(body) | body
+with body             u64 seq | u64 sender epoch | u64 sender seq | u32 kind | u32 reserved | message bytes
+where the message bytes are the message exactly as the codec encoded it into shared memory: the journal uses the
+same codec as messages (the fast codec, or the app's own serialize/deserialize, whose bytes it carries).
+
+A snapshot is         magic | u32 crc32(body) | u64 length | body, body = the codec's encoding of
+                      {"seq": last journaled seq it covers, "state": the actor's state, "seen": {epoch: seq}}
+
+Recovery loads the newest snapshot that checks out (warning about a damaged one and falling back to the previous),
+then replays the journal records after it, up to the last good record: a torn or corrupted record at the end is
+reported with its file and offset, and the file is cut there. Nothing damaged is ever loaded silently.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+
+from _fastser import _codec
+from actors._exceptions import ActorsError
+
+log = logging.getLogger("actors")
+
+HEAD = struct.Struct("<II")            # length, crc32
+BODY = struct.Struct("<QQQII")         # seq, sender epoch, sender seq, kind, reserved
+SNAP_MAGIC = b"ACTSNAP1"
+SNAP_HEAD = struct.Struct("<8sIQ")     # magic, crc32, length
+FSYNC_POLICIES = ("always", "group", "interval")
+
+
+class PersistenceError(ActorsError):
+    """A persistent actor's state cannot be stored or recovered."""
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _safe(name: str) -> str:
+    if not name or "/" in name or name.startswith("."):
+        raise PersistenceError(f"cannot persist actor {name!r}: its name must be a plain file name")
+    return name
+
+
+class Journal:
+    """The write-ahead journal of one persistent actor, and its snapshots."""
+
+    def __init__(self, directory: str, name: str, *, fsync: str = "group", interval: float = 0.05,
+                 serialize=None, deserialize=None):
+        if fsync not in FSYNC_POLICIES:
+            raise PersistenceError(f"unknown fsync policy {fsync!r}; use one of {', '.join(FSYNC_POLICIES)}")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.dir = directory
+        self.name = _safe(name)
+        self.fsync_policy = fsync
+        self.interval = interval
+        self.serialize = serialize
+        self.deserialize = deserialize
+        self.seq = 0                    # last journaled sequence number
+        self.seen: dict[int, int] = {}  # sender epoch -> last sender seq journaled (duplicates are dropped)
+        self.file = None
+        self.dirty = False
+        self.since_snapshot = 0
+
+    # -- paths -----------------------------------------------------------------------------------------------------
+
+    def _path(self, suffix: str) -> str:
+        return os.path.join(self.dir, f"{self.name}.{suffix}")
+
+    def _segments(self) -> list[tuple[int, str]]:
+        prefix = f"{self.name}.journal."
+        out = []
+        for entry in os.listdir(self.dir):
+            if entry.startswith(prefix) and entry[len(prefix):].isdigit():
+                out.append((int(entry[len(prefix):]), os.path.join(self.dir, entry)))
+        return sorted(out)
+
+    # -- snapshots -------------------------------------------------------------------------------------------------
+
+    def _encode(self, obj) -> bytes:
+        return _codec.dumps(obj) if self.serialize is None else _codec.dumps(self.serialize(obj))
+
+    def _decode(self, data):
+        obj = _codec.loads(data)
+        return obj if self.deserialize is None else self.deserialize(obj)
+
+    def write_snapshot(self, state) -> None:
+        """Store `state` as covering every record journaled so far, then start a new journal segment."""
+        body = self._encode({"seq": self.seq, "state": state, "seen": dict(self.seen)})
+        tmp = self._path("snapshot.tmp")
+        with open(tmp, "wb") as f:
+            f.write(SNAP_HEAD.pack(SNAP_MAGIC, zlib.crc32(body), len(body)))
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        current = self._path("snapshot")
+        if os.path.exists(current):
+            os.replace(current, self._path("snapshot.prev"))
+        os.replace(tmp, current)
+        _fsync_dir(self.dir)
+        # the segments older than the previous snapshot can no longer be needed
+        prev_seq = self._snapshot_seq(self._path("snapshot.prev"))
+        self._open_segment(self.seq + 1)
+        for start, path in self._segments():
+            if prev_seq is not None and start <= prev_seq and path != self.file.name:
+                nxt = [s for s, _ in self._segments() if s > start]
+                if nxt and nxt[0] <= prev_seq + 1:
+                    os.unlink(path)
+        self.since_snapshot = 0
+
+    def _snapshot_seq(self, path: str):
+        loaded = self._read_snapshot(path, quiet=True)
+        return None if loaded is None else loaded["seq"]
+
+    def _read_snapshot(self, path: str, quiet: bool = False):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        problem = None
+        if len(data) < SNAP_HEAD.size:
+            problem = "it is truncated"
+        else:
+            magic, crc, length = SNAP_HEAD.unpack_from(data)
+            body = data[SNAP_HEAD.size:SNAP_HEAD.size + length]
+            if magic != SNAP_MAGIC:
+                problem = "it is not a snapshot (bad magic)"
+            elif len(body) != length or zlib.crc32(body) != crc:
+                problem = "its checksum does not match (torn or corrupted)"
+            else:
+                try:
+                    snap = self._decode(body)
+                    if not isinstance(snap, dict) or not {"seq", "state", "seen"} <= set(snap):
+                        raise ValueError("unexpected contents")
+                    return snap
+                except Exception as exc:
+                    problem = f"it does not decode ({exc})"
+        if not quiet:
+            log.warning("snapshot %s is damaged: %s; ignoring it", path, problem)
+        return None
+
+    # -- journal ---------------------------------------------------------------------------------------------------
+
+    def _open_segment(self, start: int) -> None:
+        if self.file is not None:
+            self.sync()
+            self.file.close()
+        self.file = open(self._path(f"journal.{start}"), "ab")
+        _fsync_dir(self.dir)
+
+    def append(self, epoch: int, sender_seq: int, kind: int, message: bytes) -> int:
+        """Journal one received message; its sequence number. Not durable until `sync`."""
+        self.seq += 1
+        body = BODY.pack(self.seq, epoch, sender_seq, kind, 0) + message
+        self.file.write(HEAD.pack(len(body), zlib.crc32(body)) + body)
+        if epoch:
+            self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
+        self.dirty = True
+        self.since_snapshot += 1
+        if self.fsync_policy == "always":
+            self.sync()
+        return self.seq
+
+    def is_duplicate(self, epoch: int, sender_seq: int) -> bool:
+        return bool(epoch) and sender_seq <= self.seen.get(epoch, 0)
+
+    def sync(self) -> None:
+        """Make every appended record durable (flush and fsync)."""
+        if self.dirty and self.file is not None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.dirty = False
+
+    def flush(self) -> None:
+        """Hand appended records to the OS without waiting for the disk (the "interval" policy syncs later)."""
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.sync()
+            self.file.close()
+            self.file = None
+
+    # -- recovery --------------------------------------------------------------------------------------------------
+
+    def recover(self):
+        """(snapshot state or None, [(kind, message bytes), ...] to replay). Opens the journal for appending."""
+        state = None
+        snap = None
+        for path in (self._path("snapshot"), self._path("snapshot.prev")):
+            snap = self._read_snapshot(path)
+            if snap is not None:
+                break
+        if snap is not None:
+            self.seq = snap["seq"]
+            self.seen = dict(snap["seen"])
+            state = snap["state"]
+        replay = []
+        last_start = None
+        for start, path in self._segments():
+            last_start = start
+            for seq, epoch, sender_seq, kind, message in self._read_segment(path):
+                if seq <= self.seq:
+                    continue
+                if seq != self.seq + 1:
+                    log.warning("journal %s: records %d to %d are missing; recovered up to %d", path,
+                                self.seq + 1, seq - 1, self.seq)
+                    break
+                self.seq = seq
+                if epoch:
+                    self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
+                replay.append((kind, message))
+        self._open_segment(last_start if last_start is not None and last_start > (snap or {}).get("seq", 0)
+                           else self.seq + 1)
+        return (snap is not None), state, replay
+
+    def _read_segment(self, path: str):
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            problem = None
+            if len(data) - pos < HEAD.size:
+                problem = "a torn record header"
+            else:
+                length, crc = HEAD.unpack_from(data, pos)
+                body = data[pos + HEAD.size:pos + HEAD.size + length]
+                if length < BODY.size or len(body) != length:
+                    problem = "a torn record"
+                elif zlib.crc32(body) != crc:
+                    problem = "a corrupted record (checksum mismatch)"
+            if problem:
+                log.warning("journal %s: %s at offset %d; recovered up to there and cut the rest", path, problem,
+                            pos)
+                with open(path, "r+b") as f:
+                    f.truncate(pos)
+                    os.fsync(f.fileno())
+                return
+            seq, epoch, sender_seq, kind, _ = BODY.unpack_from(body)
+            yield seq, epoch, sender_seq, kind, body[BODY.size:]
+            pos += HEAD.size + length
