@@ -89,6 +89,7 @@ def layout(uint64_t capacity):
 
 # The refs met while encoding one message: the message holds a count on each for as long as it lives.
 cdef list _collecting = None
+cdef object _putting_into = None
 
 
 cdef class Arena:
@@ -244,11 +245,12 @@ cdef class Arena:
 
     cpdef tuple prepare(self, object obj):
         """Encode `obj` for a put: (encoder, size of the block it needs, refs it holds). Pass it to `commit`."""
-        global _collecting
+        global _collecting, _putting_into
         cdef Encoder enc = self._encoders.pop() if self._encoders else Encoder()
         cdef list refs = []
         cdef Py_ssize_t n
         _collecting = refs
+        _putting_into = self
         try:
             n = enc.prepare_c(obj)
         except BaseException:
@@ -256,6 +258,7 @@ cdef class Arena:
             raise
         finally:
             _collecting = None
+            _putting_into = None
         return (enc, OBJ_HEADER + ((n + 7) & ~7) + 16 * len(refs), n, refs)
 
     cpdef object commit(self, tuple prepared):
@@ -307,7 +310,7 @@ cdef class Arena:
                                  uint64_t call) except -2:
         """The mailbox's hot path in one call: encode `obj` into a new block and append its 24-byte record
         (offset, kind, src, call) to `out`. The block's size, or -1 when the store is full (nothing was done)."""
-        global _collecting
+        global _collecting, _putting_into
         cdef Encoder enc = self._encoders.pop() if self._encoders else Encoder()
         cdef list refs = []
         cdef Py_ssize_t n, size, at
@@ -318,6 +321,7 @@ cdef class Arena:
         cdef ObjectRef r
         cdef char* rec
         _collecting = refs
+        _putting_into = self
         try:
             n = enc.prepare_c(obj)
         except BaseException:
@@ -325,6 +329,7 @@ cdef class Arena:
             raise
         finally:
             _collecting = None
+            _putting_into = None
         size = OBJ_HEADER + ((n + 7) & ~7) + 16 * len(refs)
         off = self._alloc(size, &generation)
         if off < 0:
@@ -546,6 +551,9 @@ def ref_to_wire(ObjectRef ref):
     """The codec serializer of ObjectRef: while a message is being put, it records the ref so the message holds a
     count on it."""
     if _collecting is not None:
+        if _putting_into is not None and ref.arena is not _putting_into:
+            raise ValueError(f"{ref!r} belongs to another store ({ref.arena.name}); a ref can travel only in "
+                             f"messages of its own store: get() the object and send it instead")
         _collecting.append(ref)
     return (ref.arena.name, ref.offset, ref.generation)
 

@@ -60,8 +60,8 @@ class ActorRef:
         `SerializationError` (and sends nothing) if the message cannot be encoded."""
         system = _system
         ep = system.endpoint
-        if self.persistent:
-            ep.persistent.add(self.id)
+        if self.id not in ep.links:
+            _first_contact(ep, self)
         if system.serialize is not None:
             message = system.serialize(message)
         try:
@@ -74,6 +74,8 @@ class ActorRef:
     def tell_nowait(self, message) -> None:
         """Send `message` without waiting; raises `MailboxFullError` if the mailbox is full."""
         system = _system
+        if self.id not in system.endpoint.links:
+            _first_contact(system.endpoint, self)
         system.endpoint.post_nowait(self.id, mb.TELL, system.outgoing(message))
 
     async def ask(self, message, *, timeout: float | None = None):
@@ -116,6 +118,14 @@ class _Proxy:
 
         call.__name__ = method
         return call
+
+
+def _first_contact(ep, ref: ActorRef) -> None:
+    # what the endpoint needs to know of a peer before it first connects: its name (for errors) and whether it
+    # journals what it receives
+    ep.names[ref.id] = ref.name
+    if ref.persistent:
+        ep.persistent.add(ref.id)
 
 
 def _ref_to_wire(ref: ActorRef):

@@ -10,6 +10,8 @@ def _cleanup(args) -> int:
     removed = _store.cleanup()
     for name in removed:
         print(f"removed {name}")
+    for path in _store.cleanup_rundirs():
+        print(f"removed {path}")
     live = [n for n in _store.our_segments() if _store.owner_alive(n)]
     print(f"{len(removed)} stale segment(s) removed; {len(live)} in use by running systems")
     return 0

@@ -34,6 +34,13 @@ def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sys.argv = [args.app, *args.args]
     try:
+        if args.store_capacity is not None:
+            from actors._store import _parse_size
+            try:
+                _parse_size(args.store_capacity)
+            except ValueError:
+                raise ActorsError(f"--store-capacity {args.store_capacity!r} is not a size; write it like 512M "
+                                  f"or 4G") from None
         module, app = load_app(args.app)
     except ActorsError as exc:
         print(f"actors: {exc}", file=sys.stderr)

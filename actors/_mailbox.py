@@ -307,6 +307,14 @@ class Endpoint:
         finally:
             self.busy = False
 
+    def forget(self, peer: int) -> None:
+        """`peer` has stopped for good: its link is dead, so the next message to it raises at once."""
+        link = self.links.get(peer)
+        if link is not None and not link.dead:
+            link.persistent = False
+            self._died(link)
+            link.sock.close()
+
     def _release(self, batch) -> None:
         for off, _kind, _src, _call in batch:
             self.arena.decref_id(off)
@@ -394,7 +402,7 @@ class Endpoint:
         if not link.draining:
             link.draining = True
             self.dirty.append(link)
-            if not (flush or self.busy):      # a handler's batch, or the caller, flushes; else the flusher
+            if not flush:   # the flusher writes it as soon as this task yields (a batch's end flushes sooner)
                 self.wake.set()
         return link
 
@@ -522,6 +530,9 @@ class Endpoint:
             self.post(peer, kind, obj, call)
         except StoreFull as full:
             self.arena.abandon(full.prepared)
+            if full.prepared[1] > self.arena.capacity:
+                raise StoreFullError(f"cannot send a message of {full.prepared[1]} bytes: it is larger than the "
+                                     f"whole store ({self.arena.capacity} bytes)") from None
             raise StoreFullError("cannot send: the shared-memory store is full; use `await tell(...)` to "
                                  "wait for room") from None
 
@@ -535,6 +546,11 @@ class Endpoint:
             await self.room(link)
 
     async def post_when_room(self, peer, kind, prepared, call):
+        if prepared[1] > self.arena.capacity:
+            self.arena.abandon(prepared)
+            raise StoreFullError(f"cannot send a message of {prepared[1]} bytes: it is larger than the whole "
+                                 f"store ({self.arena.capacity} bytes); start the system with a larger "
+                                 f"store_capacity")
         delay = 0.0005
         with trio.move_on_after(30) as scope:
             while True:

@@ -74,6 +74,19 @@ def cleanup(*, all_owners_dead_only: bool = True) -> list[str]:
     return removed
 
 
+def cleanup_rundirs() -> list[str]:
+    """Remove the socket directories (actors.<pid>.<start time>.*) of systems whose driver is dead."""
+    import shutil
+    import tempfile
+    removed = []
+    base = tempfile.gettempdir()
+    for entry in os.listdir(base):
+        if entry.startswith(PREFIX) and os.path.isdir(os.path.join(base, entry)) and not owner_alive(entry):
+            shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
+            removed.append(os.path.join(base, entry))
+    return removed
+
+
 def _parse_size(text: str) -> int:
     text = text.strip().upper().removesuffix("B").removesuffix("I")
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)

@@ -26,6 +26,7 @@ from actors import _actor, _forkserver, _store
 from actors import _mailbox as mb
 from actors._actor import ActorRef
 from actors._exceptions import (
+    UnknownClassError,
     ActorNotFoundError,
     ActorsError,
     ActorStoppedError,
@@ -114,13 +115,17 @@ class System:
     async def ask(self, ref: ActorRef, kind: int, payload, timeout):
         ep = self.endpoint
         if ref.id not in ep.links:
-            ep.names[ref.id] = ref.name
-            if ref.persistent:
-                ep.persistent.add(ref.id)
+            _actor._first_contact(ep, ref)
         reply_kind, off = await ep.request(ref.id, kind, payload, timeout)
         if reply_kind is None:
             raise AskTimeoutError(f"actor {ref.name!r} did not answer within {timeout:g} s")
-        result = ep.arena.read(off, True)
+        try:
+            result = ep.arena.read(off, True)
+        except UnknownClassError as exc:
+            if not await self.pull_class(exc.code):
+                ep.arena.decref_id(off)
+                raise
+            result = ep.arena.read(off, True)
         if reply_kind == mb.ERROR:
             raise _actor.remote_error(ref.name, result)
         return self.incoming(result) if kind == mb.ASK else result
@@ -190,6 +195,7 @@ class _ActorInfo:
         self.returncode = None
         self.stopping = False
         self.restarts: list[float] = []
+        self.started = False            # its on_start finished: an exit now is a failure, not a failed spawn
         self.last_failure = None
         self.watchers: dict[int, str] = {}
 
@@ -208,7 +214,9 @@ class Driver(System):
         self.mailbox_size = mailbox_size
         self.stop_timeout = stop_timeout
         self.app = app
-        self.rundir = tempfile.mkdtemp(prefix="actors-")       # 0700: only we can reach the sockets
+        # 0700: only we can reach the sockets. Named after its owner, for `actors cleanup` after a crash.
+        _store.cleanup_rundirs()
+        self.rundir = tempfile.mkdtemp(prefix=f"actors.{os.getpid()}.{_store._start_time(os.getpid())}.")
         self.actors: dict[int, _ActorInfo] = {}
         self.by_name: dict[str, int] = {}
         self.by_pid: dict[int, _ActorInfo] = {}
@@ -275,9 +283,9 @@ class Driver(System):
         how = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
         reason = f"{info.last_failure} ({how})" if info.last_failure else how
         policy = info.options["restart"]
-        restart = not info.stopping and info.error is None and info.pid and (
+        restart = not info.stopping and info.started and info.pid and (
             policy == "always" or (policy == "on-failure" and code != 0))
-        if not info.stopping:
+        if not info.stopping and info.error is None and info.ready.is_set() and info.started:
             log.error("actor %r (pid %d) %s: %s", info.name, pid,
                       "failed" if code else "ended", reason)
         for watcher_id, watcher_name in list(info.watchers.items()):
@@ -407,6 +415,7 @@ class Driver(System):
             detail = (f"{info.error[0]}: {info.error[1]}\n\nremote traceback:\n{info.error[2]}" if info.error
                       else f"its process exited with code {info.returncode}")
             raise SpawnError(f"actor {name!r} ({cls.__qualname__}) failed to start: {detail}")
+        info.started = True
 
     async def _op_ready(self, actor_id: int, error) -> None:
         info = self.actors.get(actor_id)
@@ -450,10 +459,13 @@ class Driver(System):
         except ActorStoppedError:
             pass
         await self._wait_or_kill(info, timeout)
+        self.endpoint.forget(actor_id)
 
     async def _wait_or_kill(self, info: _ActorInfo, timeout: float) -> None:
         with trio.move_on_after(timeout):
             await info.exited.wait()
+            return
+        if info.pid <= 0:
             return
         log.warning("actor %r did not stop within %g s; killing it", info.name, timeout)
         try:
@@ -547,6 +559,8 @@ async def _driver_main(main, options: dict):
                 driver.main_scope = main_scope
                 try:
                     result = await main(driver)
+                except trio.Cancelled:
+                    raise                           # ours (SIGTERM, or a fatal supervision error)
                 except BaseException as exc:       # raised as itself below, not inside an ExceptionGroup
                     failure = exc
             with trio.CancelScope(shield=True):

@@ -226,6 +226,7 @@ async def _serve(system: System, actor, cfg: dict, journal) -> None:
         except UnknownClassError as exc:
             msg = await _read_after_pull(system, off, exc)
             if msg is _FAILED:
+                await _failed(ep, name, kind, src, call, exc)
                 return False
         except DecodeError as exc:
             arena.decref_id(off)

@@ -69,7 +69,10 @@ static inline uint8_t *arena_table(arena_header *h) { return (uint8_t *)h + h->t
 
 static int arena_lock(arena_header *h) {
     int rc = pthread_mutex_lock(&h->lock);
-    if (rc == EOWNERDEAD) {           /* its holder died; the lists were left between two whole operations */
+    if (rc == EOWNERDEAD) {
+        /* Its holder died inside a critical section. The section is a few dozen instructions, so this is rare,
+         * but a free-list update it left half done is not repaired: at worst some memory is lost to the arena
+         * until the store is recreated. */
         pthread_mutex_consistent(&h->lock);
         rc = 0;
     }
