@@ -14,7 +14,7 @@ from cpython.ref cimport Py_INCREF, PyObject
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
@@ -76,6 +76,33 @@ cdef enum:
     DEFER_MAX = 256             # deferred frees held at most
 
 
+cdef uint32_t _crc_table[256]
+
+cdef void _crc_init() noexcept:
+    cdef uint32_t c, n, k
+    for n in range(256):
+        c = n
+        for k in range(8):
+            c = ((<uint32_t>0xEDB88320U) ^ (c >> 1)) if (c & 1) else (c >> 1)
+        _crc_table[n] = c
+
+_crc_init()
+
+cdef inline uint32_t _crc32(const uint8_t* p, size_t n, uint32_t crc) noexcept nogil:
+    # the same value as zlib.crc32(data, crc)
+    cdef size_t i
+    crc = ~crc
+    for i in range(n):
+        crc = _crc_table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8)
+    return ~crc
+
+
+def crc32(data, uint32_t crc=0):
+    """zlib.crc32, as the journal computes it (exposed for tests)."""
+    cdef const uint8_t[:] view = data
+    return _crc32(&view[0] if view.shape[0] else NULL, view.shape[0], crc)
+
+
 class StaleRefError(ActorsError, LookupError):
     """A ref names an object that was released, or that never existed (a forged or corrupted ref)."""
 
@@ -105,6 +132,7 @@ cdef class Arena:
     cdef uint64_t* deferred       # blocks whose last count was dropped, to free under one lock acquisition
     cdef Py_ssize_t ndeferred
     cdef public bint defer_frees  # set by a mailbox, which calls flush_frees() after each batch
+    cdef public uint64_t last_offset  # the block of the last post_record
     cdef object _shm           # the posix_ipc object (keeps the fd)
 
     def __cinit__(self):
@@ -307,9 +335,11 @@ cdef class Arena:
         return (block.offset, block.generation)
 
     cpdef Py_ssize_t post_record(self, object obj, bytearray out, uint32_t kind, uint32_t src,
-                                 uint64_t call) except -2:
+                                 uint64_t call, bint hold=False) except -2:
         """The mailbox's hot path in one call: encode `obj` into a new block and append its 24-byte record
-        (offset, kind, src, call) to `out`. The block's size, or -1 when the store is full (nothing was done)."""
+        (offset, kind, src, call) to `out`. The block's size, or -1 when the store is full (nothing was done).
+        With `hold`, the block gets a second count, for the sender to keep it (until a persistent receiver
+        acks it); its offset is in `last_offset`."""
         global _collecting, _putting_into
         cdef Encoder enc = self._encoders.pop() if self._encoders else Encoder()
         cdef list refs = []
@@ -360,6 +390,9 @@ cdef class Arena:
             r.arena.incref(r.offset)
             slots[2 * i] = r.offset
             slots[2 * i + 1] = r.generation
+        if hold:
+            o.refcount = 2
+        self.last_offset = <uint64_t>off
         at = PyByteArray_GET_SIZE(out)
         PyByteArray_Resize(out, at + 24)
         rec = PyByteArray_AS_STRING(out) + at
@@ -457,6 +490,55 @@ cdef class Arena:
         (<SharedBlock>block).generation = generation
         (<SharedBlock>block).data = <uint8_t*>o + OBJ_HEADER + data_at
         return _make_writable_array(block, dtype, shape, (<SharedBlock>block).data)
+
+    def journal_records(self, list batch, uint64_t epoch, uint64_t last_seen, uint64_t seq, bytearray out):
+        """Frame a batch of received records for a persistent actor's journal, in one call.
+
+        Appends to `out` one journal record per message (u32 length | u32 crc32 | u64 seq | u64 epoch |
+        u64 sender seq | u32 kind | u32 0 | message bytes), numbering them from `seq` + 1. A tell whose sender
+        seq is at most `last_seen` (journaled before a restart, and resent) is released and left out.
+        Returns (records to handle, last seq used, highest sender seq of the batch's tells)."""
+        cdef list keep = []
+        cdef uint64_t off, call, ack = 0, zero = 0
+        cdef uint32_t kind, length, crc
+        cdef object_header* o
+        cdef Py_ssize_t at
+        cdef char* p
+        cdef uint8_t body[40]
+        for rec in batch:
+            off = rec[0]
+            kind = rec[1]
+            call = rec[3]
+            if kind == 9:                           # STOP: not a message
+                keep.append(rec)
+                continue
+            if kind == 1 and epoch and call:        # a numbered tell
+                if call > ack:
+                    ack = call
+                if call <= last_seen:
+                    self.decref(off)
+                    continue
+            else:
+                call = 0
+            seq += 1
+            o = <object_header*>(self.base + off)
+            memcpy(body, &seq, 8)
+            memcpy(body + 8, &epoch if call else &zero, 8)
+            memcpy(body + 16, &call, 8)
+            memcpy(body + 24, &kind, 4)
+            memset(body + 28, 0, 4)
+            length = <uint32_t>(32 + o.size)
+            crc = _crc32(body, 32, 0)
+            crc = _crc32(<uint8_t*>o + OBJ_HEADER, o.size, crc)
+            at = PyByteArray_GET_SIZE(out)
+            PyByteArray_Resize(out, at + 8 + length)
+            p = PyByteArray_AS_STRING(out) + at
+            memcpy(p, &length, 4)
+            memcpy(p + 4, &crc, 4)
+            memcpy(p + 8, body, 32)
+            memcpy(p + 40, <uint8_t*>o + OBJ_HEADER, o.size)
+            keep.append(rec)
+        return keep, seq, ack
 
     def message_bytes(self, uint64_t off):
         """A copy of the encoded message at `off` (the caller holds a count): what a journal stores."""

@@ -88,8 +88,8 @@ class Link:
         self.out = bytearray()
         self.unsent_bytes = 0           # payload bytes behind the records not yet written
         self.flush_mark = FLUSH_RECORDS * RECORD_SIZE   # outbox size at which to write without waiting
-        # To a persistent actor: the tells it has not yet journaled, (seq, offset, record), each holding a count
-        # on its payload, resent if the actor restarts.
+        # To a persistent actor: the tells it has not yet journaled, (seq, offset), each holding a count on its
+        # payload, resent if the actor restarts.
         self.persistent = False
         self.unacked: collections.deque = collections.deque()
         self.draining = False
@@ -407,18 +407,15 @@ class Endpoint:
         return link
 
     def _post_unacked(self, link: Link, obj) -> Link:
-        # A tell to a persistent actor: numbered, and its payload held (one more count) until the actor acks
-        # having journaled it.
+        # A tell to a persistent actor: numbered, and its payload held (a second count) until the actor acks
+        # having journaled it. Only (seq, offset) is kept: the record is rebuilt to resend it.
         seq = next(self.calls)
-        rec = bytearray()
-        size = self.arena.post_record(obj, rec, TELL, self.id, seq)
+        out = link.out if not link.dead else bytearray()
+        size = self.arena.post_record(obj, out, TELL, self.id, seq, True)
         if size < 0:
             raise StoreFull(self.arena.prepare(obj))
-        off = RECORD.unpack_from(rec)[0]
-        self.arena.incref_id(off)
-        link.unacked.append((seq, off, bytes(rec)))
+        link.unacked.append((seq, self.arena.last_offset))
         if not link.dead:
-            link.out += rec
             link.unsent_bytes += size
             if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
                 self._flush(link)
@@ -426,8 +423,7 @@ class Endpoint:
             if not link.draining:
                 link.draining = True
                 self.dirty.append(link)
-                if not self.busy:
-                    self.wake.set()
+                self.wake.set()
         return link
 
     async def _acker(self, link: Link) -> None:
@@ -500,9 +496,9 @@ class Endpoint:
                 link.fileno = sock.fileno()
                 link.have = 0
                 link.out = bytearray(RECORD.pack(0, HELLO, self.id, self.epoch))
-                for _seq, off, rec in link.unacked:
+                for seq, off in link.unacked:
                     self.arena.incref_id(off)          # the new receiver's count: the old one died with it
-                    link.out += rec
+                    link.out += RECORD.pack(off, TELL, self.id, seq)
                 link.dead = False
                 link.room.set()
                 self.nursery.start_soon(self._acker, link)

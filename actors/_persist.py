@@ -174,6 +174,19 @@ class Journal:
             self.sync()
         return self.seq
 
+    def append_framed(self, framed: bytearray, seq: int, epoch: int, sender_seq: int, count: int) -> None:
+        """Journal records framed by Arena.journal_records (one write for the batch); not durable until `sync`."""
+        if not count:
+            return
+        self.file.write(framed)
+        self.seq = seq
+        if epoch and sender_seq:
+            self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
+        self.dirty = True
+        self.since_snapshot += count
+        if self.fsync_policy == "always":
+            self.sync()
+
     def is_duplicate(self, epoch: int, sender_seq: int) -> bool:
         return bool(epoch) and sender_seq <= self.seen.get(epoch, 0)
 

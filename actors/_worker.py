@@ -305,23 +305,13 @@ def _persist_hooks(ep: mb.Endpoint, actor, cfg: dict, journal) -> None:
     policy = opts["fsync"]
     pending_acks: dict[int, int] = {}
 
+    framed = bytearray()
+
     def journal_batch(batch, epoch):
-        keep = []
-        ack = 0
-        for rec in batch:
-            off, kind, src, call = rec
-            if kind == mb.STOP:
-                keep.append(rec)
-                continue
-            if kind == mb.TELL and epoch and call:
-                ack = max(ack, call)
-                if journal.is_duplicate(epoch, call):
-                    arena.decref_id(off)            # resent after a restart, and journaled before it
-                    continue
-                journal.append(epoch, call, kind, arena.message_bytes(off))
-            else:
-                journal.append(0, 0, kind, arena.message_bytes(off))
-            keep.append(rec)
+        framed.clear()
+        keep, seq, ack = arena.journal_records(batch, epoch, journal.seen.get(epoch, 0) if epoch else 0,
+                                               journal.seq, framed)
+        journal.append_framed(framed, seq, epoch, ack, seq - journal.seq)
         if policy == "interval":
             journal.flush()
             if ack:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -31,6 +32,13 @@ class Sink(actors.Actor):
 
     async def total(self):
         return self.count
+
+
+class PersistentSink(Sink):
+    """The same sink, journaling every message (group commit) and snapshotting its state."""
+    persistent = True
+    fsync = "group"
+    snapshot_every = 100_000
 
 
 class Source(actors.Actor):
@@ -95,7 +103,18 @@ def run_actors(args) -> dict:
             out["numpy-shared"] = min([await source.proxy.send_shared(sink, args.arrays, nbytes)
                                        for _ in range(args.repeat)]) / args.arrays
 
-    actors.run(main, store_capacity=max(1 << 30, 4 * (args.array_mb << 20) * 2))
+        if "persistent" in args.cases:
+            psink = await system.spawn(PersistentSink, name="persistent-sink")
+            await source.proxy.send(psink, min(args.count, 10_000), MESSAGE)
+            out["persistent"] = min([await source.proxy.send(psink, args.count, MESSAGE)
+                                     for _ in range(args.repeat)]) / args.count
+            if "one-way" not in out:
+                out["one-way"] = min([await source.proxy.send(sink, args.count, MESSAGE)
+                                      for _ in range(args.repeat)]) / args.count
+
+    with tempfile.TemporaryDirectory(prefix="bench-resilience-") as resilience_dir:
+        actors.run(main, store_capacity=max(1 << 30, 4 * (args.array_mb << 20) * 2),
+                   resilience_dir=resilience_dir)
     return out
 
 
@@ -120,7 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--senders", type=int, default=4, help="senders in the fan-in case (default 4)")
     parser.add_argument("--array-mb", type=int, default=100, help="array size in MiB (default 100)")
     parser.add_argument("--arrays", type=int, default=10, help="arrays per run (default 10)")
-    parser.add_argument("--cases", default="one-way,fan-in,numpy", help="comma-separated subset")
+    parser.add_argument("--cases", default="one-way,fan-in,numpy,persistent",
+                        help="comma-separated subset of one-way,fan-in,numpy,persistent")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.set_defaults(repeat=3)
     args = parser.parse_args(argv)
@@ -167,7 +187,18 @@ def main(argv=None) -> int:
         rf = pipe["fan-in"] / ours["fan-in"]
         checks.append((f"fan-in ratio not below the 1:1 ratio (measured {rf:.2f}x vs {r1:.2f}x; absolute "
                        f"{1 / ours['fan-in']:,.0f} vs {1 / ours['one-way']:,.0f} msg/s)", rf >= r1))
-    _harness.print_targets(checks, "targets (ratio to multiprocessing.Pipe in this run):")
+    if "persistent" in args.cases:
+        label = "small message, 1 -> 1 persistent actor"
+        results.append(_harness.Result("throughput", label, "actors, not persistent", ours["one-way"]))
+        results.append(_harness.Result("throughput", label, "actors, persistent (journal, group commit)",
+                                       ours["persistent"]))
+        _harness.add_ratios([r for r in results if r.payload == label], "actors, not persistent")
+        _harness.print_table(label, [r for r in results if r.payload == label], baseline_label="vs plain")
+        rp = ours["one-way"] / ours["persistent"]
+        print(f"    persistent: {1 / ours['persistent']:,.0f} msg/s, not persistent {1 / ours['one-way']:,.0f} msg/s")
+        checks.append((f"persistent actor >= 0.5x the same actor without persistence (measured {rp:.2f}x)",
+                       rp >= 0.5))
+    _harness.print_targets(checks, "targets (ratio to multiprocessing.Pipe, or to the plain actor, in this run):")
     if args.json:
         _harness.write_json(args.json, results, targets=dict(checks))
     return 0
