@@ -26,10 +26,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="actors", description="Shared-memory actors for Python.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an app: import it and call its `async def main(system)`")
-    run.add_argument("app", help="path to the app's .py file")
+    run.add_argument("app", help="path to the app's .py file (options go before it)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the app (sys.argv[1:] inside it)")
     run.add_argument("--store-capacity", default=None, help="shared-memory store size, e.g. 512M or 4G")
-    run.add_argument("--resilience-dir", default=None, help="directory for persistent actors' journals")
+    run.add_argument("--resilience-dir", default=None,
+                     help="directory where persistent actors keep their journals and snapshots; run again with "
+                          "the same directory to recover them")
     run.add_argument("--stop-timeout", type=float, default=5.0,
                      help="seconds to wait for actors to stop gracefully before killing them (default 5)")
     run.set_defaults(func=_run)
