@@ -224,7 +224,12 @@ class Journal:
             state = snap["state"]
         replay = []
         last_start = None
+        gap = False
         for start, path in self._segments():
+            if gap:
+                os.replace(path, path + ".orphaned")    # beyond a gap: never replayed, never renumbered over
+                log.warning("journal %s follows missing records; set aside as %s.orphaned", path, path)
+                continue
             last_start = start
             for seq, epoch, sender_seq, kind, message in self._read_segment(path):
                 if seq <= self.seq:
@@ -232,13 +237,21 @@ class Journal:
                 if seq != self.seq + 1:
                     log.warning("journal %s: records %d to %d are missing; recovered up to %d", path,
                                 self.seq + 1, seq - 1, self.seq)
+                    gap = True
                     break
                 self.seq = seq
                 if epoch:
                     self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
                 replay.append((kind, message))
-        self._open_segment(last_start if last_start is not None and last_start > (snap or {}).get("seq", 0)
-                           else self.seq + 1)
+        if gap:
+            self._open_segment(self.seq + 1)
+            if last_start is not None and last_start != self.seq + 1:
+                current = self._path(f"journal.{last_start}")
+                # records past the gap in the last good segment are already cut; keep the segment as it is
+        else:
+            self._open_segment(last_start if last_start is not None and last_start > (snap or {}).get("seq", 0)
+                               else self.seq + 1)
+        self.since_snapshot = len(replay)       # replayed messages count towards the next snapshot
         return (snap is not None), state, replay
 
     def _read_segment(self, path: str):

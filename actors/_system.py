@@ -223,6 +223,7 @@ class Driver(System):
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
         self._spawned: dict[int, list] = {}
+        self._early_exits: dict[int, int] = {}
         self._forkserver = None
         self._ctl = None
         store = _store.ObjectStore(store_capacity)
@@ -271,12 +272,29 @@ class Driver(System):
                     self._spawned[msg[1]].append(msg[2])
                     self._spawned[msg[1]][0].set()
                 elif msg[0] == "exit":
-                    self._on_exit(msg[1], msg[2])
+                    if msg[1] in self.by_pid:
+                        self._on_exit(msg[1], msg[2])
+                    else:
+                        self._early_exits[msg[1]] = msg[2]      # before we handled its "spawned": see _start
 
     def _on_exit(self, pid: int, code: int) -> None:
         info = self.by_pid.pop(pid, None)
         if info is None:
             return
+        self.endpoint.forget(info.id)       # its connection went with it; a restart gets a fresh one
+        if info.started and self.endpoint.nursery is not None:
+            self.endpoint.nursery.start_soon(self._after_exit, info, pid, code)
+        else:
+            self._decide(info, pid, code)
+
+    async def _after_exit(self, info: _ActorInfo, pid: int, code: int) -> None:
+        # Read what the actor sent before it died (a failure or stopping report) before deciding.
+        with trio.move_on_after(1.0):
+            await self.endpoint.closed_by.setdefault(info.id, trio.Event()).wait()
+        self.endpoint.closed_by.pop(info.id, None)
+        self._decide(info, pid, code)
+
+    def _decide(self, info: _ActorInfo, pid: int, code: int) -> None:
         info.returncode = code
         info.exited.set()
         info.ready.set()
@@ -294,8 +312,19 @@ class Driver(System):
             info.last_failure = None
             self.endpoint.nursery.start_soon(self._restart, info, reason)
             return
+        self._gone(info)
+
+    def _gone(self, info: _ActorInfo) -> None:
+        """The actor ended for good: forget it, and tell reconnecting senders not to wait for it."""
         self.by_name.pop(info.name, None)
         self.actors.pop(info.id, None)
+        path = mb.socket_path(self.rundir, info.id)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        with open(path + ".gone", "w"):
+            pass
 
     def _notify(self, watcher_id: int, watcher_name: str, message) -> None:
         try:
@@ -310,8 +339,7 @@ class Driver(System):
         now = trio.current_time()
         info.restarts = [t for t in info.restarts if now - t < opts["restart_window"]]
         if len(info.restarts) >= opts["max_restarts"]:
-            self.by_name.pop(info.name, None)
-            self.actors.pop(info.id, None)
+            self._gone(info)
             self.fail(SupervisionError(
                 f"actor {info.name!r} failed {len(info.restarts) + 1} times within {opts['restart_window']:g} s, "
                 f"more than its restart intensity allows ({opts['max_restarts']}); the system stops. Its last "
@@ -353,7 +381,9 @@ class Driver(System):
             log.error("system: cannot decode a request from %s: %s", ep.describe(src), exc)
             ep.arena.decref_id(off)
             return False
-        if kind in (mb.SYSTEM, mb.SYSTEM_TELL):
+        if kind == mb.SYSTEM_TELL and msg[0] in ("failure", "stopping", "ready"):
+            getattr(self, "_note_" + msg[0])(*msg[1:])      # in order, before any exit report is decided
+        elif kind in (mb.SYSTEM, mb.SYSTEM_TELL):
             ep.nursery.start_soon(self._answer, src, kind, call, msg)
         else:
             log.warning("the driver is not an actor: dropped a message from %s", ep.describe(src))
@@ -406,6 +436,8 @@ class Driver(System):
         if not info.pid:
             raise SpawnError(f"actor {name!r} ({cls.__qualname__}) cannot start: the fork server exited")
         self.by_pid[info.pid] = info
+        if info.pid in self._early_exits:
+            self._on_exit(info.pid, self._early_exits.pop(info.pid))
         await info.ready.wait()
         if info.error is not None or info.returncode is not None:
             self.by_name.pop(name, None)
@@ -413,9 +445,27 @@ class Driver(System):
                 await self._wait_or_kill(info, self.stop_timeout)
             self.actors.pop(info.id, None)
             detail = (f"{info.error[0]}: {info.error[1]}\n\nremote traceback:\n{info.error[2]}" if info.error
-                      else f"its process exited with code {info.returncode}")
+                      else f"its process exited with code {info.returncode} before it could report why (its "
+                           f"error output, above, says)")
             raise SpawnError(f"actor {name!r} ({cls.__qualname__}) failed to start: {detail}")
         info.started = True
+
+    def _note_ready(self, actor_id: int, error) -> None:
+        info = self.actors.get(actor_id)
+        if info is not None:
+            info.error = error
+            info.ready.set()
+
+    def _note_failure(self, actor_id: int, reason: str) -> None:
+        info = self.actors.get(actor_id)
+        if info is not None:
+            info.last_failure = reason
+
+    def _note_stopping(self, actor_id: int, reason: str) -> None:
+        info = self.actors.get(actor_id)
+        if info is not None:
+            info.stopping = True
+            info.last_failure = reason
 
     async def _op_ready(self, actor_id: int, error) -> None:
         info = self.actors.get(actor_id)

@@ -277,8 +277,8 @@ class ExitInInit(actors.Actor):
 
 
 class Blocker(actors.Actor):
-    """"block" makes the handler await a trio.Event, set once the file `gate` exists; every other message is
-    recorded."""
+    """"block" makes the handler await a trio.Event, set once the file `gate` exists (it writes `gate`.blocked
+    first); every other message is recorded."""
 
     def __init__(self, gate):
         self.gate_path = gate
@@ -296,10 +296,13 @@ class Blocker(actors.Actor):
 
     async def receive(self, msg):
         if msg == "block":
+            write_file(self.gate_path + ".blocked", "")     # the handler is parked: it reads nothing more
             await self.gate.wait()
             return "unblocked"
         if msg == "get":
             return self.got
+        if msg == "count":
+            return len(self.got)
         self.got.append(msg)
 
 
@@ -317,3 +320,13 @@ class LateAsker(actors.Actor):
         except Exception as exc:
             return type(exc).__name__, str(exc)
         return type(thing) is LateThing, thing.value
+
+
+class Spammer(actors.Actor):
+    """Tells `n` numbered messages to `target` and returns at once."""
+
+    async def receive(self, msg):
+        target, n = msg
+        for i in range(n):
+            await target.tell((self.ref.name, i))
+        return n
