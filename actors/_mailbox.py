@@ -239,9 +239,9 @@ class Endpoint:
                 have -= usable
                 if not work:
                     continue
-                if self.busy or self.queue or self.stopped.is_set():
+                if self.busy or self.queue or self.stopped.is_set() or self.handle is None:
                     await self._enqueue((work, epoch))
-                    if not self.busy and self.queue and not self.stopped.is_set():
+                    if not self.busy and self.queue and not self.stopped.is_set() and self.handle is not None:
                         # the handlers went idle while we waited for room: nobody else will run the queue
                         work, epoch = self.queue.popleft()
                         self.queue_room.set()
@@ -324,6 +324,18 @@ class Endpoint:
             self._died(link)
             link.sock.close()
 
+    def install(self, handle) -> None:
+        """Start handling messages with `handle` (what arrived before waits in the queue until now)."""
+        self.handle = handle
+        if self.queue and not self.busy:
+            self.nursery.start_soon(self._run_queued)
+
+    async def _run_queued(self) -> None:
+        if self.queue and not self.busy and not self.stopped.is_set():
+            batch, epoch = self.queue.popleft()
+            self.queue_room.set()
+            await self._run(batch, epoch)
+
     def _release(self, batch) -> None:
         for off, _kind, _src, _call in batch:
             self.arena.decref_id(off)
@@ -355,7 +367,8 @@ class Endpoint:
             if not link.dead:
                 return link
             if link.persistent:
-                raise ActorStoppedError(f"cannot send to {self.describe(peer)} now: it is restarting")
+                raise ActorStoppedError(f"cannot send to {self.describe(peer)} now: it is restarting, or has "
+                                        f"stopped")
             del self.links[peer]        # it may have been restarted: try a fresh connection
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -523,8 +536,9 @@ class Endpoint:
         dropped = len(link.unacked)
         while link.unacked:
             self.arena.decref_id(link.unacked.popleft()[1])
-        log.warning("%d message(s) to %s were not delivered: it stopped for good (dead letters)",
-                    dropped, self.describe(link.peer))
+        if dropped:
+            log.warning("%d message(s) to %s were not delivered: it stopped for good (dead letters)",
+                        dropped, self.describe(link.peer))
         link.persistent = False
         link.room.set()
 
@@ -686,7 +700,9 @@ class Endpoint:
 
     def _drop_outbox(self, link: Link) -> int:
         n = 0
-        for off, _kind, _src, _call in RECORD.iter_unpack(link.out[:len(link.out) - len(link.out) % RECORD_SIZE]):
+        for off, kind, _src, _call in RECORD.iter_unpack(link.out[:len(link.out) - len(link.out) % RECORD_SIZE]):
+            if kind == HELLO or kind == ACK:
+                continue                    # no payload behind these
             self.arena.decref_id(off)
             n += 1
         link.out.clear()

@@ -329,7 +329,7 @@ class Driver(System):
     def _notify(self, watcher_id: int, watcher_name: str, message) -> None:
         try:
             self.endpoint.names.setdefault(watcher_id, watcher_name)
-            self.endpoint.post(watcher_id, mb.TELL, message)
+            self.endpoint.post(watcher_id, mb.TELL, self.outgoing(message))
         except Exception as exc:
             log.warning("could not tell %r that an actor it watches ended: %s", watcher_name, exc)
 

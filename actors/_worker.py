@@ -256,10 +256,10 @@ async def _serve(system: System, actor, cfg: dict, journal) -> None:
     ep.on_handler_error = lambda exc: _apply_error_policy(ep, cfg, exc, journal)
     if journal is not None:
         _persist_hooks(ep, actor, cfg, journal)
-    ep.handle = handle
     if system.deserialize is None:
         ep.fast_tell = receive
         ep.on_tell_error = on_tell_error
+    ep.install(handle)
     await ep.stopped.wait()
 
 
@@ -303,20 +303,29 @@ def _persist_hooks(ep: mb.Endpoint, actor, cfg: dict, journal) -> None:
     opts = cfg["options"]
     every = opts["snapshot_every"]
     policy = opts["fsync"]
-    pending_acks: dict[int, int] = {}
 
     framed = bytearray()
 
     def journal_batch(batch, epoch):
+        if policy == "always":          # each message durable on its own, before the next is journaled
+            keep = []
+            ack = 0
+            for rec in batch:
+                framed.clear()
+                kept, seq, acked = arena.journal_records([rec], epoch, journal.seen.get(epoch, 0) if epoch else 0,
+                                                         journal.seq, framed)
+                journal.append_framed(framed, seq, epoch, acked, seq - journal.seq)
+                journal.sync()
+                keep += kept
+                ack = max(ack, acked)
+            return keep, ack
         framed.clear()
         keep, seq, ack = arena.journal_records(batch, epoch, journal.seen.get(epoch, 0) if epoch else 0,
                                                journal.seq, framed)
         journal.append_framed(framed, seq, epoch, ack, seq - journal.seq)
         if policy == "interval":
-            journal.flush()
-            if ack:
-                pending_acks[batch[0][2]] = ack
-            return keep, 0
+            journal.flush()             # in the OS: safe from a process crash; fsynced every interval
+            return keep, ack
         journal.sync()
         return keep, ack
 
@@ -332,12 +341,7 @@ def _persist_hooks(ep: mb.Endpoint, actor, cfg: dict, journal) -> None:
     async def sync_every_interval():
         while True:
             await trio.sleep(opts["fsync_interval"])
-            if pending_acks:
-                journal.sync()
-                for src, seq in list(pending_acks.items()):
-                    ep.send_ack(src, seq)
-                pending_acks.clear()
-                ep.flush_all()
+            journal.sync()
 
     ep.journal_batch = journal_batch
     ep.after_batch = after_batch

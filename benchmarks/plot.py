@@ -14,6 +14,7 @@ The SVG is written by hand: no plotting library is needed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -21,11 +22,14 @@ import sys
 from xml.sax.saxutils import escape
 
 # layout, in pixels
-WIDTH = 980
+WIDTH = 1160
 LABEL_X = 12            # the group's label
-IMPL_X = 250            # the implementation's label
-PLOT_LEFT = 470
-PLOT_RIGHT = 880
+IMPL_X = 240            # the implementation's label
+PLOT_LEFT = 500
+PLOT_RIGHT = 980
+LABEL_CHARS = 30        # what fits in the label columns at 11 px
+IMPL_CHARS = 42
+MAX_RATIO = 1000.0      # the axis ends here: a zero-copy decode can be 100,000x, and would squash the rest
 ROW = 18
 BAR = 12
 GROUP_GAP = 8
@@ -108,12 +112,12 @@ def targets_of(doc: dict) -> list:
     return out
 
 
-def axis_range(ratios: list) -> tuple:
-    """Powers of ten around every ratio and 1.0."""
-    lo = min([1.0, *ratios])
-    hi = max([1.0, *ratios])
-    lo_exp = math.floor(math.log10(lo) - 1e-9) if lo < 1 else -1
-    hi_exp = math.ceil(math.log10(hi) + 1e-9) if hi > 1 else 1
+def axis_range(ratios: list, max_ratio: float = MAX_RATIO) -> tuple:
+    """Powers of ten around every ratio and 1.0, up to `max_ratio` (and down to its inverse)."""
+    lo = max(min([1.0, *ratios]), 1 / max_ratio)
+    hi = min(max([1.0, *ratios]), max_ratio)
+    lo_exp = math.floor(math.log10(lo) + 1e-9) if lo < 1 else -1
+    hi_exp = math.ceil(math.log10(hi) - 1e-9) if hi > 1 else 1
     return 10.0 ** lo_exp, 10.0 ** hi_exp
 
 
@@ -126,11 +130,27 @@ def ticks(lo: float, hi: float) -> list:
 
 
 def tick_label(value: float) -> str:
-    if value >= 1000:
-        return f"{value:,.0f}x"
-    if value >= 1:
-        return f"{value:g}x"
-    return f"{value:g}x"
+    return f"{value:,.0f}x" if value >= 1000 else f"{value:g}x"
+
+
+def wrap(line: str, width: int) -> list:
+    """`line` in pieces of at most `width` characters, broken at spaces where it can be."""
+    out, current = [], ""
+    for word in line.split(" "):
+        while len(word) > width:
+            if current:
+                out.append(current)
+                current = ""
+            out.append(word[:width])
+            word = word[width:]
+        if current and len(current) + 1 + len(word) > width:
+            out.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    if current:
+        out.append(current)
+    return out
 
 
 def ratio_label(ratio: float, lower: bool, baseline: str) -> str:
@@ -143,13 +163,14 @@ def text(x, y, content, *, size=12, anchor="start", weight="normal", fill="#222"
             f'fill="{fill}" {FONT}{extra}>{escape(str(content))}</text>')
 
 
-def render(sections: list, title: str) -> str:
-    """The SVG document for `sections`: [(name, machine, groups, targets)]."""
+def render(sections: list, title: str, max_ratio: float = MAX_RATIO) -> str:
+    """The SVG document for `sections`: [(name, machine, groups, targets)]. A bar beyond `max_ratio` ends at the
+    axis's edge with a break mark, and its label gives the figure."""
     ratios = [r["ratio_vs_baseline"] for _, _, groups, _ in sections for g in groups for r in g[4]
               if r.get("ratio_vs_baseline")]
     if not ratios:
         raise PlotError("no row has a ratio to its baseline: nothing to plot")
-    lo, hi = axis_range(ratios)
+    lo, hi = axis_range(ratios, max_ratio)
     span = math.log10(hi) - math.log10(lo)
 
     def x_of(value: float) -> float:
@@ -157,7 +178,7 @@ def render(sections: list, title: str) -> str:
         return PLOT_LEFT + (math.log10(value) - math.log10(lo)) / span * (PLOT_RIGHT - PLOT_LEFT)
 
     colors: dict = {}
-    peers = iter(PEER_COLORS * 4)
+    peers = itertools.cycle(PEER_COLORS)
 
     def color(impl: str) -> str:
         if impl not in colors:
@@ -188,15 +209,18 @@ def render(sections: list, title: str) -> str:
         y += 22
         for benchmark, payload, baseline, lower, members in groups:
             label = f"{benchmark}: {payload}" if benchmark != payload else benchmark
-            body.append(text(LABEL_X, y + ROW - 5, label, size=11, weight="bold"))
-            sub = f"vs {baseline}" + (", lower is better" if lower else "") if baseline else ""
-            if sub:
-                body.append(text(LABEL_X, y + 2 * ROW - 5, sub, size=10, fill="#666"))
-            rows_here = max(len(members), 2 if sub else 1)
+            lines = [(line, 11, "bold", "#222") for line in wrap(label, LABEL_CHARS)]
+            if baseline:
+                sub = f"vs {baseline}" + (", lower is better" if lower else "")
+                lines += [(line, 10, "normal", "#666") for line in wrap(sub, LABEL_CHARS + 8)]
+            for i, (line, size, weight, fill) in enumerate(lines):
+                body.append(text(LABEL_X, y + (i + 1) * ROW - 5, line, size=size, weight=weight, fill=fill))
+            rows_here = max(len(members), len(lines))
             for i, row in enumerate(members):
                 top = y + i * ROW
                 impl = row["impl"]
-                body.append(text(IMPL_X, top + ROW - 5, impl if len(impl) <= 36 else impl[:35] + "…", size=11))
+                body.append(text(IMPL_X, top + ROW - 5, impl if len(impl) <= IMPL_CHARS else
+                                 impl[:IMPL_CHARS - 1] + "…", size=11))
                 ratio = row.get("ratio_vs_baseline")
                 if ratio is None:
                     note = row.get("note") or "n/a"
@@ -208,6 +232,11 @@ def render(sections: list, title: str) -> str:
                 body.append(f'<rect x="{x0:.1f}" y="{top + (ROW - BAR) / 2:.1f}" width="{max(x1 - x0, 1):.1f}" '
                             f'height="{BAR}" fill="{color(impl)}"><title>{escape(impl)}: '
                             f'{escape(ratio_label(ratio, lower, baseline or "the baseline"))}</title></rect>')
+                if ratio > hi or ratio < lo:       # off the scale: a white zigzag across the bar's end
+                    bx = x1 - 10 if ratio > hi else x0 + 4
+                    by = top + (ROW - BAR) / 2
+                    body.append(f'<polyline points="{bx:.1f},{by - 1:.1f} {bx + 4:.1f},{by + BAR / 2:.1f} '
+                                f'{bx:.1f},{by + BAR + 1:.1f}" fill="none" stroke="#fff" stroke-width="2"/>')
                 if ratio >= 1:
                     body.append(text(x1 + 4, top + ROW - 5, ratio_label(ratio, lower, baseline or "baseline"),
                                      size=10, fill="#333"))
@@ -234,11 +263,12 @@ def render(sections: list, title: str) -> str:
         grid.append(f'<line x1="{gx:.1f}" y1="{grid_start:.1f}" x2="{gx:.1f}" y2="{grid_end:.1f}" '
                     f'stroke="{"#d8d8d8" if major else "#eeeeee"}" stroke-width="1"/>')
         grid.append(text(gx, axis_top - 4, tick_label(mark), size=10, anchor="middle", fill="#666"))
+        grid.append(text(gx, grid_end + 12, tick_label(mark), size=10, anchor="middle", fill="#666"))
     base_x = x_of(1.0)
     grid.append(f'<line x1="{base_x:.1f}" y1="{grid_start:.1f}" x2="{base_x:.1f}" y2="{grid_end:.1f}" '
                 f'stroke="#000" stroke-width="1.2" stroke-dasharray="4 3"/>')
 
-    height = y + 10
+    height = y + 22
     return "\n".join([
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
@@ -257,6 +287,8 @@ def main(argv=None) -> int:
                         help="files written by `python -m benchmarks.bench_<topic> --json PATH`")
     parser.add_argument("-o", "--output", default="benchmarks.svg", metavar="SVG",
                         help="where to write the chart (default: %(default)s)")
+    parser.add_argument("--max-ratio", type=float, default=MAX_RATIO, metavar="X",
+                        help="where the axis ends; longer bars are cut, with their figure (default: %(default)g)")
     parser.add_argument("--title", default="actors benchmarks: ratio to the baseline of the same run",
                         help="the chart's title")
     args = parser.parse_args(argv)
@@ -266,13 +298,14 @@ def main(argv=None) -> int:
             doc = load(path)
             rows = [r for r in doc["results"] if isinstance(r, dict) and {"benchmark", "payload", "impl"} <= set(r)]
             sections.append((section_name(path, doc), doc.get("machine"), groups_of(rows), targets_of(doc)))
-        svg = render(sections, args.title)
+        svg = render(sections, args.title, args.max_ratio)
     except PlotError as exc:
         parser.error(str(exc))
     with open(args.output, "w", encoding="utf-8") as f:
         f.write(svg)
-    bars = sum(len(g[4]) for _, _, groups, _ in sections for g in groups)
-    print(f"wrote {args.output}: {bars} bars from {len(sections)} file(s)")
+    rows = [r for _, _, groups, _ in sections for g in groups for r in g[4]]
+    drawn = sum(1 for r in rows if r.get("ratio_vs_baseline") is not None)
+    print(f"wrote {args.output}: {drawn} bars and {len(rows) - drawn} n/a rows from {len(sections)} file(s)")
     return 0
 
 
