@@ -212,7 +212,8 @@ class Journal:
     # -- recovery --------------------------------------------------------------------------------------------------
 
     def recover(self):
-        """(snapshot state or None, [(kind, message bytes), ...] to replay). Opens the journal for appending."""
+        """(restored from a snapshot?, its state or None, [(kind, message bytes), ...] to replay). Opens the journal
+        for appending."""
         state = None
         snap = None
         for path in (self._path("snapshot"), self._path("snapshot.prev")):

@@ -281,7 +281,10 @@ class Driver(System):
         info = self.by_pid.pop(pid, None)
         if info is None:
             return
-        self.endpoint.forget(info.id)       # its connection went with it; a restart gets a fresh one
+        if not info.options["persistent"]:
+            # its connection went with it; a restart gets a fresh one. (A persistent actor's link is kept: its
+            # acker sees the end, reconnects to the restarted actor and resends the tells it holds.)
+            self.endpoint.forget(info.id)
         if info.started and self.endpoint.nursery is not None:
             self.endpoint.nursery.start_soon(self._after_exit, info, pid, code)
         else:

@@ -1,0 +1,1156 @@
+"""Persistent actors: the journal and snapshots (actors._persist.Journal, unit level), recovery after kill -9 of an
+actor (chaos) and of the whole launcher, damaged journals and snapshots, the fsync policies, the errors of a
+misconfigured persistent actor, and state through __getstate__/__setstate__.
+
+The end-to-end tests run apps as a user does, `python -m actors run --resilience-dir DIR app.py ...` in a
+subprocess (apps written to tmp_path), and kill real processes with SIGKILL. The journal format is checked against
+its documentation (actors/_persist.py), with structs defined here.
+"""
+import glob
+import json
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import zlib
+
+import pytest
+import trio
+
+import actors
+from _fastser import _codec
+from actors import ActorNotFoundError, ActorsError, SpawnError, _store
+from actors import _mailbox as mb
+from actors._persist import Journal, PersistenceError
+
+TIMEOUT = 180           # seconds for one subprocess run; the machine is shared and loaded: be generous
+
+# The documented formats (actors/_persist.py), spelled out independently of the module's own structs.
+HEAD = struct.Struct("<II")             # u32 length | u32 crc32(body)
+BODY = struct.Struct("<QQQII")          # u64 seq | u64 sender epoch | u64 sender seq | u32 kind | u32 reserved
+SNAP_HEAD = struct.Struct("<8sIQ")      # magic | u32 crc32(body) | u64 length
+TELL, CALL = mb.TELL, mb.CALL
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------------
+
+def env():
+    return dict(os.environ, PYTHONUNBUFFERED="1", ACTORS_STORE_CAPACITY="64M")
+
+
+def write_app(tmp_path, source, name):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def run_app(app, resilience_dir, *args, timeout=TIMEOUT):
+    """`python -m actors run --resilience-dir DIR app.py args...`; the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "actors", "run", "--resilience-dir", str(resilience_dir),
+                           str(app), *map(str, args)], cwd=app.parent, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def record(seq, message, *, epoch=0, sender_seq=0, kind=TELL):
+    """One journal record, framed as documented."""
+    body = BODY.pack(seq, epoch, sender_seq, kind, 0) + message
+    return HEAD.pack(len(body), zlib.crc32(body)) + body
+
+
+def records(path):
+    """[(offset, seq, epoch, sender seq, kind, message bytes)] of a journal segment; every record must check out."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out = []
+    pos = 0
+    while pos < len(data):
+        assert len(data) - pos >= HEAD.size, f"{path}: torn header at {pos}"
+        length, crc = HEAD.unpack_from(data, pos)
+        body = data[pos + HEAD.size:pos + HEAD.size + length]
+        assert len(body) == length >= BODY.size and zlib.crc32(body) == crc, f"{path}: bad record at {pos}"
+        seq, epoch, sender_seq, kind, reserved = BODY.unpack_from(body)
+        assert reserved == 0
+        out.append((pos, seq, epoch, sender_seq, kind, body[BODY.size:]))
+        pos += HEAD.size + length
+    return out
+
+
+def segments(directory, name):
+    """The journal segments of actor `name`, oldest first: [(first seq, path)]."""
+    prefix = f"{name}.journal."
+    found = [(int(e[len(prefix):]), os.path.join(directory, e)) for e in os.listdir(directory)
+             if e.startswith(prefix) and e[len(prefix):].isdigit()]
+    return sorted(found)
+
+
+def snapshot_seq(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    magic, crc, length = SNAP_HEAD.unpack_from(data)
+    body = data[SNAP_HEAD.size:]
+    assert magic == b"ACTSNAP1" and len(body) == length and zlib.crc32(body) == crc
+    snap = _codec.loads(body)
+    return snap["seq"], snap["state"], snap["seen"]
+
+
+def lines_with(text, output):
+    return [line for line in output.splitlines() if text in line]
+
+
+def dead_segments():
+    return [n for n in _store.our_segments() if not _store.owner_alive(n)]
+
+
+def children_of(pid):
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def alive(pid):
+    """Is `pid` a live process (not gone, not a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
+
+
+def wait_gone(pids, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not [p for p in pids if alive(p)]:
+            return []
+        time.sleep(0.02)
+    return [p for p in pids if alive(p)]
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class Launched:
+    """`python -m actors run ...` in the background; a thread collects its stdout lines."""
+
+    def __init__(self, app, resilience_dir, *args):
+        self.stderr_path = str(app.parent / f"stderr-{time.monotonic_ns()}.txt")
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "actors", "run", "--resilience-dir", str(resilience_dir), str(app),
+             *map(str, args)], cwd=app.parent, env=env(), text=True, stdout=subprocess.PIPE, stderr=self._stderr)
+        self.lines = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, predicate, what, timeout=TIMEOUT):
+        """The first stdout line for which `predicate(line)` holds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if predicate(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no line with {what} from the app; stdout: {self.lines[-20:]}; "
+                                         f"stderr: {self.stderr()[-3000:]}")
+                self._changed.wait(min(left, 0.2))
+
+    def wait(self, timeout=TIMEOUT):
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code
+
+    def stderr(self):
+        self._stderr.flush()
+        with open(self.stderr_path) as f:
+            return f.read()
+
+    def tree(self):
+        """The launcher's descendants: the fork server and the actors it forked."""
+        out = []
+        todo = [self.proc.pid]
+        while todo:
+            kids = children_of(todo.pop())
+            out += kids
+            todo += kids
+        return out
+
+    def kill(self):
+        if self.proc.poll() is None:
+            tree = self.tree()
+            _kill(self.proc.pid)
+            for pid in tree:
+                _kill(pid)
+            self.proc.wait(30)
+        self._stderr.close()
+
+
+@pytest.fixture
+def launched():
+    started = []
+
+    def launch(*args):
+        p = Launched(*args)
+        started.append(p)
+        return p
+
+    yield launch
+    for p in started:           # a failed test must not leave a system running
+        p.kill()
+    _store.cleanup()            # the segments of killed launchers (their owners are dead)
+    _store.cleanup_rundirs()
+
+
+# -- the journal, unit level ------------------------------------------------------------------------------------------
+
+def dumps(obj):
+    return _codec.dumps(obj)
+
+
+def replayed(replay):
+    return [(kind, _codec.loads(message)) for kind, message in replay]
+
+
+def test_journal_append_sync_and_recover(tmp_path):
+    j = Journal(str(tmp_path), "unit")
+    assert j.recover() == (False, None, [])
+    for i in range(20):
+        assert j.append(0, 0, TELL, dumps(i)) == i + 1
+    assert j.append(0, 0, CALL, dumps(("get", (), {}))) == 21
+    j.sync()
+    # synced: on disk exactly as documented, before any close
+    [(first, path)] = segments(tmp_path, "unit")
+    assert first == 1
+    recs = records(path)
+    assert [r[1] for r in recs] == list(range(1, 22))
+    assert [(r[4], _codec.loads(r[5])) for r in recs] == [(TELL, i) for i in range(20)] + [(CALL, ("get", (), {}))]
+    with open(path, "rb") as f:
+        assert f.read(len(record(1, dumps(0)))) == record(1, dumps(0))
+    j.close()
+
+    again = Journal(str(tmp_path), "unit")
+    restored, state, replay = again.recover()
+    assert (restored, state) == (False, None)
+    assert replayed(replay) == [(TELL, i) for i in range(20)] + [(CALL, ("get", (), {}))]
+    assert again.seq == 21
+    assert again.append(0, 0, TELL, dumps(20)) == 22        # numbering goes on after recovery
+    again.close()
+    third = Journal(str(tmp_path), "unit")
+    assert replayed(third.recover()[2])[-1] == (TELL, 20)
+    third.close()
+
+
+def test_journal_sync_policies(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    def appends(policy):
+        j = Journal(str(tmp_path / policy), "unit", fsync=policy)
+        j.recover()
+        synced.clear()
+        for i in range(5):
+            j.append(0, 0, TELL, dumps(i))
+        during = len(synced)
+        j.flush()
+        flushed = len(synced)
+        j.sync()
+        after = len(synced)
+        j.close()
+        return during, flushed, after
+
+    assert appends("always") == (5, 5, 5)       # every append is durable at once
+    assert appends("group") == (0, 0, 1)        # the batch is made durable by one sync
+    assert appends("interval") == (0, 0, 1)     # flush hands records to the OS without syncing
+    with pytest.raises(PersistenceError, match="unknown fsync policy 'sometimes'"):
+        Journal(str(tmp_path), "unit", fsync="sometimes")
+
+
+@pytest.mark.parametrize("name", ["", "a/b", ".hidden"])
+def test_journal_names_must_be_plain_file_names(tmp_path, name):
+    with pytest.raises(PersistenceError, match="plain file name"):
+        Journal(str(tmp_path), name)
+
+
+def test_write_snapshot_rotates_snapshots_and_segments(tmp_path):
+    d = str(tmp_path)
+    j = Journal(d, "rot")
+    j.recover()
+    for i in range(5):
+        j.append(0, 0, TELL, dumps(i))
+    j.write_snapshot({"upto": 5})
+    assert os.path.exists(tmp_path / "rot.snapshot") and not os.path.exists(tmp_path / "rot.snapshot.prev")
+    assert [s for s, _ in segments(d, "rot")] == [1, 6]
+    assert j.since_snapshot == 0
+    for i in range(5, 10):
+        j.append(0, 0, TELL, dumps(i))
+    j.write_snapshot({"upto": 10})
+    assert snapshot_seq(tmp_path / "rot.snapshot")[:2] == (10, {"upto": 10})
+    assert snapshot_seq(tmp_path / "rot.snapshot.prev")[:2] == (5, {"upto": 5})
+    # records 1-5 are covered by both snapshots: their segment is gone; 6-10 are kept for the previous one
+    assert [s for s, _ in segments(d, "rot")] == [6, 11]
+    for i in range(10, 13):
+        j.append(0, 0, TELL, dumps(i))
+    j.close()
+    assert not os.path.exists(tmp_path / "rot.snapshot.tmp")
+
+    again = Journal(d, "rot")
+    restored, state, replay = again.recover()
+    assert restored and state == {"upto": 10}
+    assert replayed(replay) == [(TELL, i) for i in range(10, 13)]
+    assert again.seq == 13
+    again.write_snapshot({"upto": 13})
+    assert [s for s, _ in segments(d, "rot")] == [11, 14]
+    assert snapshot_seq(tmp_path / "rot.snapshot.prev")[0] == 10
+    again.close()
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "bad magic", "truncated", "empty", "short body"])
+def test_a_damaged_snapshot_falls_back_to_the_previous_one_and_the_journal(tmp_path, caplog, damage):
+    d = str(tmp_path)
+    j = Journal(d, "snap")
+    j.recover()
+    for i in range(8):
+        j.append(0, 0, TELL, dumps(i))
+        if i in (2, 5):
+            j.write_snapshot({"items": list(range(i + 1))})
+    j.close()
+    path = tmp_path / "snap.snapshot"
+    data = bytearray(path.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2 + SNAP_HEAD.size // 2] ^= 0xFF
+    elif damage == "bad magic":
+        data[:8] = b"NOTASNAP"
+    elif damage == "truncated":
+        data = data[:10]
+    elif damage == "empty":
+        data = b""
+    else:
+        data = data[:-3]
+    path.write_bytes(bytes(data))
+    expected_problem = {"flipped byte": "its checksum does not match (torn or corrupted)",
+                        "bad magic": "it is not a snapshot (bad magic)", "truncated": "it is truncated",
+                        "empty": "it is truncated", "short body": "its checksum does not match (torn or corrupted)"}
+
+    again = Journal(d, "snap")
+    restored, state, replay = again.recover()
+    again.close()
+    assert restored and state == {"items": [0, 1, 2]}        # the previous snapshot ...
+    assert replayed(replay) == [(TELL, i) for i in range(3, 8)]     # ... and the journal after it
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"snapshot {path} is damaged: {expected_problem[damage]}; ignoring it"], warnings
+
+
+def _journal_with(tmp_path, items, name="torn"):
+    j = Journal(str(tmp_path), name)
+    j.recover()
+    for i in items:
+        j.append(0, 0, TELL, dumps(i))
+    j.close()
+    [(_, path)] = segments(tmp_path, name)
+    return path
+
+
+def test_a_torn_last_record_at_every_length_recovers_the_good_prefix(tmp_path, caplog):
+    items = [0, "a somewhat longer message", {"k": [1, 2, 3]}, "last one, torn " * 3]
+    path = _journal_with(tmp_path, items)
+    with open(path, "rb") as f:
+        whole = f.read()
+    last_at = records(path)[-1][0]
+    good, last = whole[:last_at], whole[last_at:]
+    assert len(last) > HEAD.size + BODY.size
+    for cut in range(1, len(last)):
+        with open(path, "wb") as f:
+            f.write(good + last[:cut])
+        caplog.clear()
+        j = Journal(str(tmp_path), "torn")
+        restored, state, replay = j.recover()
+        assert replayed(replay) == [(TELL, i) for i in items[:-1]], cut
+        assert j.seq == len(items) - 1
+        kind = "a torn record header" if cut < HEAD.size else "a torn record"
+        assert [r.getMessage() for r in caplog.records] == [
+            f"journal {path}: {kind} at offset {last_at}; recovered up to there and cut the rest"], cut
+        # the torn bytes are cut, and the journal goes on from the good prefix
+        assert j.append(0, 0, TELL, dumps("again")) == len(items)
+        j.close()
+        assert [r[1] for r in records(path)] == list(range(1, len(items) + 1)), cut
+    # the whole record again: no warning, everything back
+    with open(path, "wb") as f:
+        f.write(whole)
+    caplog.clear()
+    j = Journal(str(tmp_path), "torn")
+    assert replayed(j.recover()[2]) == [(TELL, i) for i in items]
+    j.close()
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("where", ["body", "crc", "length"])
+def test_a_corrupted_record_recovers_the_records_before_it(tmp_path, caplog, where):
+    items = list(range(10))
+    path = _journal_with(tmp_path, items, name="corrupt")
+    at = records(path)[6][0]
+    data = bytearray(open(path, "rb").read())
+    if where == "body":
+        data[at + HEAD.size + BODY.size] ^= 0x40        # the message
+    elif where == "crc":
+        data[at + 4] ^= 0x01
+    else:
+        struct.pack_into("<I", data, at, 3)             # shorter than a record body can be
+    open(path, "wb").write(bytes(data))
+    j = Journal(str(tmp_path), "corrupt")
+    assert replayed(j.recover()[2]) == [(TELL, i) for i in range(6)]
+    j.close()
+    problem = "a torn record" if where == "length" else "a corrupted record (checksum mismatch)"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"journal {path}: {problem} at offset {at}; recovered up to there and cut the rest"]
+    assert os.path.getsize(path) == at
+
+
+def test_duplicates_are_detected_by_sender_epoch_and_seq(tmp_path):
+    d = str(tmp_path)
+    a, b = 0xA11CE, 0xB0B
+    j = Journal(d, "dup")
+    j.recover()
+    for seq in range(1, 6):
+        j.append(a, seq, TELL, dumps(("a", seq)))
+    j.append(b, 100, TELL, dumps(("b", 100)))
+    j.append(0, 0, CALL, dumps(("get", (), {})))
+    assert j.is_duplicate(a, 1) and j.is_duplicate(a, 5)
+    assert not j.is_duplicate(a, 6)
+    assert j.is_duplicate(b, 100) and j.is_duplicate(b, 7) and not j.is_duplicate(b, 101)
+    assert not j.is_duplicate(0xC, 1)               # another sender (epoch) numbers its tells apart
+    assert not j.is_duplicate(0, 0) and not j.is_duplicate(0, 1)   # unnumbered records are never duplicates
+    j.close()
+
+    again = Journal(d, "dup")                       # the journal remembers what it has seen ...
+    again.recover()
+    assert again.is_duplicate(a, 5) and not again.is_duplicate(a, 6) and again.is_duplicate(b, 100)
+    again.write_snapshot({"n": 7})
+    again.close()
+    for segment in segments(d, "dup")[:-1]:          # ... and so do its snapshots, once the journal is gone
+        os.unlink(segment[1])
+    third = Journal(d, "dup")
+    restored, state, replay = third.recover()
+    assert restored and state == {"n": 7} and replay == []
+    assert third.is_duplicate(a, 5) and not third.is_duplicate(a, 6) and third.is_duplicate(b, 99)
+    assert snapshot_seq(tmp_path / "dup.snapshot")[2] == {a: 5, b: 100}
+    third.close()
+
+
+def test_the_actors_batch_framing_matches_the_journal_format(tmp_path, store):
+    """A persistent actor journals a batch with Arena.journal_records (Cython): same bytes as Journal.append, and
+    tells already journaled (sender seq at most the last seen for that epoch) are dropped and released."""
+    arena = store._arena
+    epoch = 77
+    out = bytearray()
+    messages = [("tell", i) for i in range(6)]
+    for seq, msg in enumerate(messages, 1):
+        assert arena.post_record(msg, out, TELL, 3, seq) > 0
+    assert arena.post_record(("get", (), {}), out, CALL, 3, 99) > 0
+    batch = [mb.RECORD.unpack_from(out, i * mb.RECORD_SIZE) for i in range(len(out) // mb.RECORD_SIZE)]
+    before = store.stats()["objects"]
+    framed = bytearray()
+    keep, last, ack = arena.journal_records(batch, epoch, 2, 40, framed)   # tells 1 and 2 were journaled
+    assert keep == batch[2:]
+    assert (last, ack) == (45, 6)
+    assert store.stats()["objects"] == before - 2           # the duplicates were released
+    expected = b"".join(record(40 + i, _codec.dumps(messages[i + 1]), epoch=epoch, sender_seq=i + 2)
+                        for i in range(1, 5))
+    expected += record(45, _codec.dumps(("get", (), {})), kind=CALL)
+    assert bytes(framed) == expected
+    for off, *_ in keep:
+        arena.decref_id(off)
+
+    j = Journal(str(tmp_path), "framed")
+    j.recover()
+    j.seq = 40
+    j.append_framed(framed, last, epoch, ack, last - 40)
+    assert j.is_duplicate(epoch, 6) and not j.is_duplicate(epoch, 7)
+    j.close()
+    [(_, path)] = segments(tmp_path, "framed")
+    assert open(path, "rb").read() == expected
+
+
+# -- apps -------------------------------------------------------------------------------------------------------------
+
+COUNTER_APP = """
+    import os, random, signal, sys, time
+    import trio
+    import actors
+
+    N, KILLS, SEED, FSYNC = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    PACE, MAX_DELAY, SENDER, BUSY = int(sys.argv[5]), float(sys.argv[6]), sys.argv[7], float(sys.argv[8])
+
+
+    PIDFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "counter.pid")
+    noted = False
+
+
+    class Counter(actors.Actor):
+        persistent = True
+        restart = "always"
+        max_restarts = 1000
+        restart_backoff = 0.001         # doubles with each restart within the window: keep a dozen of them quick
+        snapshot_every = 2000
+
+        def __init__(self):
+            self.count = 0
+
+        async def receive(self, n):
+            global noted
+            if not noted:               # this process handles messages: started, and a target for the next kill
+                noted = True
+                with open(PIDFILE + ".tmp", "w") as f:
+                    f.write(str(os.getpid()))
+                os.replace(PIDFILE + ".tmp", PIDFILE)
+            self.count += n
+
+        async def get(self):
+            return self.count
+
+        async def pid(self):
+            return os.getpid()
+
+
+    async def retry(call, timeout=60):
+        # asks fail while the counter restarts: try again
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    return await call()
+                except actors.ActorsError:
+                    await trio.sleep(0.02)
+
+
+    async def produce(counter, n):
+        for i in range(n):
+            await counter.tell(1)
+            if i % PACE == PACE - 1:
+                await trio.sleep(0.001)
+        # asked after the tells on the same connection: answered once every one of them is handled
+        return await retry(lambda: counter.proxy.get(timeout=10))
+
+
+    class Producer(actors.Actor):
+        async def run(self, counter, n):
+            return await produce(counter, n)
+
+
+    async def main(system):
+        counter = await system.spawn(Counter, name="counter", options={"fsync": FSYNC})
+        producer = await system.spawn(Producer, name="producer")
+        rng = random.Random(SEED)
+        done = trio.Event()
+        seen = []
+        kills = during = 0
+        pid = None
+
+        async def next_target(last):
+            # the counter process that handles messages now, once it is not the one killed last (an ask would
+            # wait behind every message already queued for the counter: the kill would land late)
+            with trio.fail_after(60):
+                while True:
+                    try:
+                        with open(PIDFILE) as f:
+                            noted = int(f.read())
+                    except FileNotFoundError:
+                        noted = None
+                    if noted is not None and noted != last:
+                        return noted
+                    if done.is_set():       # nothing left to handle: ask it
+                        return await retry(lambda: counter.proxy.pid(timeout=10))
+                    await trio.sleep(0.002)
+
+        with trio.fail_after(150):
+            async with trio.open_nursery() as nursery:
+                async def sender():
+                    if SENDER == "actor":
+                        seen.append(await producer.proxy.run(counter, N))
+                    else:           # the driver itself tells
+                        seen.append(await produce(counter, N))
+                    done.set()
+
+                nursery.start_soon(sender)
+                while kills < KILLS:
+                    pid = await next_target(pid)
+                    await trio.sleep(rng.uniform(0.005, MAX_DELAY))
+                    sending = not done.is_set()
+                    os.kill(pid, signal.SIGKILL)
+                    time.sleep(BUSY)        # the driver's loop does not run meanwhile (a loaded machine)
+                    kills += 1
+                    during += sending
+                    print(f"kill {kills}: pid {pid}{' while sending' if sending else ''}", flush=True)
+                await done.wait()
+            final = await retry(lambda: counter.proxy.get(timeout=10))
+            await trio.sleep(0.3)
+            again = await retry(lambda: counter.proxy.get(timeout=10))
+        print(f"producer saw {seen[0]}", flush=True)
+        print(f"kills {kills}, while sending {during}", flush=True)
+        print(f"final count {final} of {N}", flush=True)
+        return 0 if seen[0] == final == again == N else 1
+"""
+
+
+def run_chaos(tmp_path, n, kills, fsync, pace, max_delay, sender="actor", busy=0.0):
+    app = write_app(tmp_path, COUNTER_APP, "chaos_app.py")
+    seed = random.randrange(1 << 30)
+    res = tmp_path / "resilience"
+    t0 = time.monotonic()
+    proc = run_app(app, res, n, kills, seed, fsync, pace, max_delay, sender, busy)
+    took = time.monotonic() - t0
+    context = f"seed {seed}, {took:.1f} s\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    return proc, res, context
+
+
+def check_chaos(proc, res, context, n, kills):
+    assert proc.returncode == 0, context
+    out = proc.stdout.splitlines()
+    assert f"final count {n} of {n}" in out, context
+    assert f"producer saw {n}" in out, context
+    killed = [line for line in out if line.startswith("kill ")]
+    assert len(killed) == kills, context
+    [summary] = [line for line in out if line.startswith("kills ")]
+    during = int(summary.rsplit(" ", 1)[1])
+    assert during >= 1, "no kill landed while the producer was sending; " + context
+    # each kill was noticed and the counter restarted from its journal
+    assert len(lines_with("actor 'counter' restarted", proc.stderr)) == kills, context
+    assert len(lines_with("failed: killed by SIGKILL", proc.stderr)) == kills, context
+    assert lines_with("[counter] INFO actors: actor 'counter' recovered", proc.stderr), context
+    assert "Traceback" not in proc.stderr, context
+    return during
+
+
+def test_chaos_kill_9_a_persistent_counter_during_100000_tells_loses_and_duplicates_nothing(tmp_path):
+    n, kills = 100_000, 6
+    proc, res, context = run_chaos(tmp_path, n, kills, "group", pace=400, max_delay=0.15)
+    during = check_chaos(proc, res, context, n, kills)
+    print(f"{kills} kills, {during} while sending; {context.splitlines()[0]}")
+
+
+def test_chaos_with_the_driver_telling_and_busy_while_the_counter_dies(tmp_path):
+    """The driver itself tells the counter, and its loop does not run for a moment after each kill (a loaded
+    machine): the end of its connection to the counter and the news of the counter's exit then reach it together,
+    in either order (trio runs a batch of ready tasks in either order). Its tells must still be held and resent."""
+    n, kills = 50_000, 10
+    proc, res, context = run_chaos(tmp_path, n, kills, "group", pace=10, max_delay=0.05, sender="driver", busy=0.25)
+    during = check_chaos(proc, res, context, n, kills)
+    assert during >= 8, context
+
+
+@pytest.mark.parametrize("fsync", ["always", "group", "interval"])
+def test_every_fsync_policy_recovers_after_kill_9(tmp_path, fsync):
+    n, kills = 5_000, 3
+    proc, res, context = run_chaos(tmp_path, n, kills, fsync, pace=25, max_delay=0.08)
+    check_chaos(proc, res, context, n, kills)
+
+
+LAUNCHER_APP = """
+    import sys
+    import actors
+
+    TOTAL = int(sys.argv[1])
+
+
+    class Counter(actors.Actor):
+        persistent = True
+        snapshot_every = 5000
+
+        def __init__(self):
+            self.count = 0
+
+        async def receive(self, n):
+            self.count += n
+
+        async def get(self):
+            return self.count
+
+
+    async def main(system):
+        counter = await system.spawn(Counter, name="counter")
+        recovered = await counter.proxy.get(timeout=60)
+        print(f"recovered {recovered}", flush=True)
+        for i in range(TOTAL - recovered):
+            await counter.tell(1)
+            if i % 10_000 == 0:
+                print(f"sent {i}", flush=True)
+        final = await counter.proxy.get(timeout=60)
+        print(f"final count {final} of {TOTAL}", flush=True)
+        return 0 if final == TOTAL else 1
+"""
+
+
+def test_kill_9_of_the_launcher_while_it_sends_then_restart_reaches_the_exact_total(tmp_path, launched):
+    total, kills = 400_000, 3
+    app = write_app(tmp_path, LAUNCHER_APP, "launcher_app.py")
+    res = tmp_path / "resilience"
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    recovered = []
+    killed_launchers = []
+    for run in range(kills + 1):
+        p = launched(app, res, total)
+        line = p.wait_for(lambda s: s.startswith("recovered "), "'recovered'")
+        recovered.append(int(line.split()[1]))
+        # the stale segments and socket directory of the launcher killed before were removed by this start
+        for pid in killed_launchers:
+            assert not [n for n in _store.our_segments() if n.startswith(f"{_store.PREFIX}{pid}.")], seed
+        if run == kills:
+            break
+        # kill it at a random moment while it sends: after a random number of progress lines, plus a little
+        mark = f"sent {rng.randrange(2, 10) * 10_000}"
+        p.wait_for(lambda s: s == mark, repr(mark))
+        time.sleep(rng.uniform(0, 0.02))
+        tree = p.tree()
+        assert len(tree) >= 2, tree                 # the fork server and the counter (at least)
+        os.kill(p.proc.pid, signal.SIGKILL)
+        assert p.wait(30) == -signal.SIGKILL
+        assert not any(line.startswith("final count") for line in p.lines), (seed, p.lines[-5:])
+        # the fork server takes the actors with it: nothing of that system is left running
+        assert wait_gone(tree) == [], (seed, tree)
+        killed_launchers.append(p.proc.pid)
+
+    code = p.wait()
+    context = f"seed {seed}, recovered {recovered}, stdout {p.lines[-5:]}, stderr {p.stderr()[-3000:]}"
+    assert code == 0, context
+    assert f"final count {total} of {total}" in p.lines, context
+    assert recovered[0] == 0, context
+    assert all(0 < c < total for c in recovered[1:]), context
+    assert recovered == sorted(recovered), context  # nothing journaled is ever lost
+    assert "Traceback" not in p.stderr(), context
+    print(f"recovered counts {recovered} of {total}; seed {seed}")
+
+    cleanup = subprocess.run([sys.executable, "-m", "actors", "cleanup"], env=env(), capture_output=True,
+                             text=True, timeout=TIMEOUT)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert dead_segments() == [], cleanup.stdout
+    for pid in killed_launchers:
+        assert not glob.glob(os.path.join(tempfile.gettempdir(), f"{_store.PREFIX}{pid}.*")), pid
+
+
+LOG_APP = """
+    import json, sys
+    import actors
+
+    COUNT, SNAPSHOT_EVERY = int(sys.argv[1]), int(sys.argv[2])
+
+
+    class Log(actors.Actor):
+        persistent = True
+
+        def __init__(self):
+            self.items = []
+
+        async def receive(self, item):
+            self.items.append(item)
+
+        async def get(self):
+            return self.items
+
+
+    async def main(system):
+        log = await system.spawn(Log, name="log", options={"snapshot_every": SNAPSHOT_EVERY})
+        items = await log.proxy.get(timeout=60)
+        print("recovered " + json.dumps(items), flush=True)
+        for i in range(len(items), len(items) + COUNT):
+            await log.tell(i)
+            if i % 25 == 24:
+                await log.proxy.get(timeout=60)     # a round trip: small batches, so snapshots come often
+        print("final " + json.dumps(await log.proxy.get(timeout=60)), flush=True)
+"""
+
+
+def _logged(proc, prefix):
+    [line] = [line for line in proc.stdout.splitlines() if line.startswith(prefix + " ")]
+    return json.loads(line[len(prefix) + 1:])
+
+
+def _log_run(app, res, count, snapshot_every=100):
+    proc = run_app(app, res, count, snapshot_every)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _log_with_snapshots(tmp_path):
+    """A stopped persistent actor with 250 items: two snapshots and the journal after them."""
+    app = write_app(tmp_path, LOG_APP, "log_app.py")
+    res = tmp_path / "resilience"
+    first = _log_run(app, res, 250)
+    assert _logged(first, "recovered") == [] and _logged(first, "final") == list(range(250))
+    assert os.path.exists(res / "log.snapshot") and os.path.exists(res / "log.snapshot.prev")
+    return app, res
+
+
+@pytest.mark.parametrize("tail", ["half a record", "garbage"])
+def test_a_torn_journal_tail_recovers_up_to_the_last_good_record_with_a_warning(tmp_path, tail):
+    app, res = _log_with_snapshots(tmp_path)
+    _, path = segments(res, "log")[-1]
+    good = open(path, "rb").read()
+    last_seq = records(path)[-1][1]
+    if tail == "half a record":
+        torn = record(last_seq + 1, _codec.dumps(12345))
+        damage = torn[:len(torn) // 2]
+    else:
+        damage = b"\xde\xad\xbe\xef" * 7
+    with open(path, "ab") as f:
+        f.write(damage)
+
+    second = _log_run(app, res, 0)
+    assert _logged(second, "recovered") == list(range(250)), second.stderr
+    warning = (f"[log] WARNING actors: journal {path}: a torn record at offset {len(good)}; recovered up to there "
+               f"and cut the rest")
+    assert warning in second.stderr.splitlines(), second.stderr
+    # the damage is gone from the file; what was journaled after it follows the good records
+    now = open(path, "rb").read()
+    assert now.startswith(good) and damage not in now[len(good):]
+    assert [r[1] for r in records(path)] == list(range(records(path)[0][1], records(path)[-1][1] + 1))
+
+    if tail == "garbage":
+        # and the next start finds a clean journal: no warning, the same items, and it goes on
+        third = _log_run(app, res, 10)
+        assert _logged(third, "recovered") == list(range(250))
+        assert _logged(third, "final") == list(range(260))
+        assert "WARNING" not in third.stderr, third.stderr
+
+
+def test_a_corrupted_journal_record_recovers_the_records_before_it_with_a_warning(tmp_path):
+    app, res = _log_with_snapshots(tmp_path)
+    _, path = segments(res, "log")[-1]
+    tells = [r for r in records(path) if r[4] == TELL]
+    assert len(tells) >= 10
+    at, _seq, _e, _s, _k, message = tells[len(tells) // 2]
+    item = _codec.loads(message)
+    data = bytearray(open(path, "rb").read())
+    data[at + HEAD.size + BODY.size] ^= 0x20
+    open(path, "wb").write(bytes(data))
+
+    second = _log_run(app, res, 0)
+    assert _logged(second, "recovered") == list(range(item)), second.stderr
+    warning = (f"[log] WARNING actors: journal {path}: a corrupted record (checksum mismatch) at offset {at}; "
+               f"recovered up to there and cut the rest")
+    assert warning in second.stderr.splitlines(), second.stderr
+
+
+def test_a_corrupted_latest_snapshot_falls_back_to_the_previous_snapshot_and_the_journal(tmp_path):
+    app, res = _log_with_snapshots(tmp_path)
+    snap = res / "log.snapshot"
+    prev_seq, prev_state, _ = snapshot_seq(res / "log.snapshot.prev")
+    latest_seq, latest_state, _ = snapshot_seq(snap)
+    assert prev_seq < latest_seq and set(prev_state) == {"items"}   # the state is the actor's own attributes
+    last_seq = records(segments(res, "log")[-1][1])[-1][1]
+    data = bytearray(snap.read_bytes())
+    for i in range(SNAP_HEAD.size + 5, len(data), 7):
+        data[i] ^= 0x5A
+    snap.write_bytes(bytes(data))
+
+    second = _log_run(app, res, 0)
+    assert _logged(second, "recovered") == list(range(250)), second.stderr
+    warning = (f"[log] WARNING actors: snapshot {snap} is damaged: its checksum does not match (torn or "
+               f"corrupted); ignoring it")
+    assert warning in second.stderr.splitlines(), second.stderr
+    # it replayed everything journaled after the previous snapshot
+    assert (f"[log] INFO actors: actor 'log' recovered: from its snapshot, {last_seq - prev_seq} journaled "
+            f"message(s) replayed") in second.stderr.splitlines(), second.stderr
+
+
+def test_both_snapshots_damaged_is_reported_and_nothing_is_loaded_silently(tmp_path):
+    app, res = _log_with_snapshots(tmp_path)
+    for name in ("log.snapshot", "log.snapshot.prev"):
+        data = bytearray((res / name).read_bytes())
+        data[SNAP_HEAD.size + 3] ^= 0xFF
+        (res / name).write_bytes(bytes(data))
+    first_segment = segments(res, "log")[0]
+    second = _log_run(app, res, 5)
+    warnings = lines_with("WARNING", second.stderr)
+    assert f"[log] WARNING actors: snapshot {res / 'log.snapshot'} is damaged: its checksum does not match (torn or " \
+           f"corrupted); ignoring it" in warnings, second.stderr
+    assert f"[log] WARNING actors: snapshot {res / 'log.snapshot.prev'} is damaged: its checksum does not match " \
+           f"(torn or corrupted); ignoring it" in warnings, second.stderr
+    # the journal no longer reaches back to the start: the missing records are named, nothing is half-loaded
+    assert (f"[log] WARNING actors: journal {first_segment[1]}: records 1 to {first_segment[0] - 1} are missing; "
+            f"recovered up to 0") in warnings, second.stderr
+    assert _logged(second, "recovered") == []
+    assert _logged(second, "final") == list(range(5))
+
+
+def test_what_is_journaled_after_a_recovery_with_missing_records_survives_the_next_recovery(tmp_path):
+    app, res = _log_with_snapshots(tmp_path)
+    for name in ("log.snapshot", "log.snapshot.prev"):
+        data = bytearray((res / name).read_bytes())
+        data[SNAP_HEAD.size + 3] ^= 0xFF
+        (res / name).write_bytes(bytes(data))
+    second = _log_run(app, res, 5)
+    assert _logged(second, "final") == list(range(5))          # the state it goes on from, after the warnings
+    third = _log_run(app, res, 0)
+    assert _logged(third, "recovered") == list(range(5)), third.stderr
+
+
+# -- a misconfigured persistent actor ---------------------------------------------------------------------------------
+
+class Keeper(actors.Actor):
+    persistent = True
+
+    def __init__(self):
+        self.n = 0
+
+    async def receive(self, delta):
+        self.n += delta
+        return self.n
+
+
+def run(main, *, timeout=60, **options):
+    async def guarded(system):
+        with trio.fail_after(timeout):
+            return await main(system)
+
+    options.setdefault("store_capacity", "64M")
+    return actors.run(guarded, **options)
+
+
+def test_a_persistent_actor_without_a_resilience_dir_is_a_spawn_error_that_says_what_to_pass():
+    async def main(system):
+        with pytest.raises(SpawnError) as info:
+            await system.spawn(Keeper, name="keeper")
+        message = str(info.value)
+        assert "actor 'keeper'" in message, message
+        assert "persistent but the system has no resilience directory" in message, message
+        assert "--resilience-dir" in message and "resilience_dir=" in message, message
+        with pytest.raises(ActorNotFoundError):
+            await system.lookup("keeper")
+        # the system goes on: the same class, not persistent for this actor, starts under the same name
+        ref = await system.spawn(Keeper, name="keeper", options={"persistent": False})
+        assert await ref.ask(2, timeout=10) == 2
+        return "ok"
+
+    assert run(main) == "ok"
+
+
+def test_a_persistent_actor_without_a_name_is_an_error(tmp_path):
+    async def main(system):
+        with pytest.raises(ActorsError) as info:
+            await system.spawn(Keeper)
+        message = str(info.value)
+        assert message == ("cannot spawn persistent Keeper without a name: its state is stored under its name, to "
+                           "be found again after a restart; pass name="), message
+        with pytest.raises(ActorsError, match="without a name"):
+            await system.spawn(Keeper, options={"persistent": True})
+        with pytest.raises(SpawnError, match="plain file name"):
+            await system.spawn(Keeper, name=".hidden")
+        with pytest.raises(ActorsError, match=r"fsync='sometimes' is not one of 'always', 'group', 'interval'"):
+            await system.spawn(Keeper, name="keeper", options={"fsync": "sometimes"})
+        with pytest.raises(ActorsError, match="unknown actor option 'persist'"):
+            await system.spawn(Keeper, name="keeper", options={"persist": True})
+        ref = await system.spawn(Keeper, name="keeper")          # a name is all it needed
+        assert await ref.ask(3, timeout=10) == 3
+        return "ok"
+
+    assert run(main, resilience_dir=str(tmp_path / "res")) == "ok"
+    assert os.path.exists(tmp_path / "res" / "keeper.journal.1")
+
+
+class Tally(actors.Actor):
+    persistent = True
+    restart = "always"
+    max_restarts = 10
+    restart_backoff = 0.01
+    snapshot_every = 100
+
+    def __init__(self):
+        self.n = 0
+
+    async def receive(self, msg):
+        self.n += 1
+
+    async def get(self):
+        return self.n
+
+    async def pid(self):
+        return os.getpid()
+
+
+async def retry(call, *, timeout=30.0):
+    """`await call()` until it does not raise ActorsError (the actor restarting); TooSlowError after `timeout`."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                return await call()
+            except ActorsError:
+                await trio.sleep(0.02)
+
+
+def test_messages_replayed_at_recovery_count_towards_the_next_snapshot(tmp_path):
+    res = tmp_path / "res"
+
+    async def main(system):
+        ref = await system.spawn(Tally, name="tally")
+        for rounds in range(1, 5):
+            for _ in range(60):
+                await ref.tell(1)
+            assert await retry(lambda: ref.proxy.get(timeout=10)) == 60 * rounds
+            os.kill(await ref.proxy.pid(timeout=10), signal.SIGKILL)
+            assert await retry(lambda: ref.proxy.get(timeout=10)) == 60 * rounds     # recovered
+        return "ok"
+
+    assert run(main, resilience_dir=str(res)) == "ok"
+    journaled = sum(len(records(path)) for _, path in segments(res, "tally"))
+    assert os.path.exists(res / "tally.snapshot"), (
+        f"{journaled} messages journaled with snapshot_every=100, and no snapshot")
+
+
+class Mortal(actors.Actor):
+    """Persistent, and (by default) never restarted."""
+    persistent = True
+
+    async def receive(self, msg):
+        return msg
+
+    async def pid(self):
+        return os.getpid()
+
+
+def test_messages_to_a_dead_persistent_actor_that_will_not_restart_fail_clearly(tmp_path):
+    async def main(system):
+        ref = await system.spawn(Mortal, name="mortal")
+        assert Mortal.restart == "never"
+        pid = await ref.proxy.pid(timeout=10)
+        os.kill(pid, signal.SIGKILL)
+        with trio.fail_after(10):
+            while True:
+                try:
+                    await system.lookup("mortal")
+                except ActorNotFoundError:
+                    break
+                await trio.sleep(0.02)
+        await trio.sleep(0.2)
+        with pytest.raises(actors.ActorStoppedError) as info:
+            await ref.ask("hello", timeout=5)
+        assert "restarting" not in str(info.value), str(info.value)
+        with pytest.raises(actors.ActorStoppedError):
+            with trio.fail_after(5):
+                for _ in range(10_000):
+                    await ref.tell("lost?")
+        return "ok"
+
+    assert run(main, resilience_dir=str(tmp_path / "res")) == "ok"
+
+
+# -- state through __getstate__ / __setstate__ -------------------------------------------------------------------------
+
+STATE_APP = """
+    import json, sys, threading
+    import actors
+
+    COUNT, KIND = int(sys.argv[1]), sys.argv[2]
+
+
+    class PlainAccount(actors.Actor):
+        # no __getstate__: its state is its attributes, and the lock cannot be encoded
+        persistent = True
+        snapshot_every = 10
+
+        def __init__(self):
+            self.balance = 0
+            self.history = []
+            self.lock = threading.Lock()
+            self.how = "__init__"
+
+        async def receive(self, amount):
+            with self.lock:
+                self.balance += amount
+                self.history.append(amount)
+
+        async def get(self):
+            return {"balance": self.balance, "history": self.history, "how": self.how}
+
+
+    class Account(PlainAccount):
+        def __getstate__(self):
+            return {"balance": self.balance, "history": self.history}       # the lock is left out
+
+        def __setstate__(self, state):
+            self.balance = state["balance"]
+            self.history = state["history"]
+            self.lock = threading.Lock()
+            self.how = "__setstate__"
+
+
+    async def main(system):
+        cls = Account if KIND == "getstate" else PlainAccount
+        account = await system.spawn(cls, name="account")
+        print("recovered " + json.dumps(await account.proxy.get(timeout=60)), flush=True)
+        for i in range(COUNT):
+            await account.tell(i)
+            if i % 5 == 4:
+                await account.proxy.get(timeout=60)
+        print("final " + json.dumps(await account.proxy.get(timeout=60)), flush=True)
+"""
+
+
+def test_snapshots_use_getstate_and_recovery_uses_setstate(tmp_path):
+    app = write_app(tmp_path, STATE_APP, "state_app.py")
+    res = tmp_path / "resilience"
+    first = run_app(app, res, 37, "getstate")
+    assert first.returncode == 0, first.stderr
+    assert _logged(first, "recovered") == {"balance": 0, "history": [], "how": "__init__"}
+    assert _logged(first, "final") == {"balance": sum(range(37)), "history": list(range(37)), "how": "__init__"}
+    assert "cannot write a snapshot" not in first.stderr, first.stderr
+    seq, state, _ = snapshot_seq(res / "account.snapshot")
+    assert set(state) == {"balance", "history"}, state          # exactly what __getstate__ returned
+    assert state["history"] == list(range(len(state["history"]))) and len(state["history"]) >= 30
+    assert state["balance"] == sum(state["history"])
+
+    second = run_app(app, res, 3, "getstate")
+    assert second.returncode == 0, second.stderr
+    assert _logged(second, "recovered") == {"balance": sum(range(37)), "history": list(range(37)),
+                                            "how": "__setstate__"}
+    assert _logged(second, "final")["history"] == list(range(37)) + [0, 1, 2]
+    assert "[account] INFO actors: actor 'account' recovered: from its snapshot" in second.stderr, second.stderr
+
+
+def test_a_state_that_cannot_be_snapshotted_is_logged_and_the_journal_keeps_everything(tmp_path):
+    app = write_app(tmp_path, STATE_APP, "state_app.py")
+    res = tmp_path / "resilience"
+    first = run_app(app, res, 23, "plain")
+    assert first.returncode == 0, first.stderr
+    assert _logged(first, "final")["history"] == list(range(23))
+    errors = lines_with("cannot write a snapshot", first.stderr)
+    assert errors and all(line.startswith("[account] ERROR actors: actor 'account': cannot write a snapshot (the "
+                                          "journal keeps everything): ") for line in errors), first.stderr
+    assert "lock" in errors[0], errors[0]          # it names what could not be encoded
+    assert not os.path.exists(res / "account.snapshot")
+
+    second = run_app(app, res, 2, "plain")
+    assert second.returncode == 0, second.stderr
+    assert _logged(second, "recovered") == {"balance": sum(range(23)), "history": list(range(23)),
+                                            "how": "__init__"}
+    assert "[account] INFO actors: actor 'account' recovered: with no snapshot" in second.stderr, second.stderr
+    assert _logged(second, "final")["history"] == list(range(23)) + [0, 1]
