@@ -198,6 +198,7 @@ class _ActorInfo:
         self.started = False            # its on_start finished: an exit now is a failure, not a failed spawn
         self.last_failure = None
         self.watchers: dict[int, str] = {}
+        self.restarting = False
 
     def ref(self) -> ActorRef:
         return ActorRef(self.id, self.name, self.options["persistent"])
@@ -282,8 +283,8 @@ class Driver(System):
         if info is None:
             return
         if not info.options["persistent"]:
-            # its connection went with it; a restart gets a fresh one. (A persistent actor's link is kept: its
-            # acker sees the end, reconnects to the restarted actor and resends the tells it holds.)
+            # its connection went with it; a restart gets a fresh one. (A persistent actor's link is left to its
+            # acker, which holds the unacked tells and resends them once the actor is back.)
             self.endpoint.forget(info.id)
         if info.started and self.endpoint.nursery is not None:
             self.endpoint.nursery.start_soon(self._after_exit, info, pid, code)
@@ -301,6 +302,8 @@ class Driver(System):
         info.returncode = code
         info.exited.set()
         info.ready.set()
+        if info.restarting and not info.started:
+            return                      # this restart failed: _restart counts it and decides
         how = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
         reason = f"{info.last_failure} ({how})" if info.last_failure else how
         policy = info.options["restart"]
@@ -339,26 +342,32 @@ class Driver(System):
     async def _restart(self, info: _ActorInfo, reason: str) -> None:
         """Start a failed actor again, same id and name (refs to it stay valid), within its restart intensity."""
         opts = info.options
-        now = trio.current_time()
-        info.restarts = [t for t in info.restarts if now - t < opts["restart_window"]]
-        if len(info.restarts) >= opts["max_restarts"]:
-            self._gone(info)
-            self.fail(SupervisionError(
-                f"actor {info.name!r} failed {len(info.restarts) + 1} times within {opts['restart_window']:g} s, "
-                f"more than its restart intensity allows ({opts['max_restarts']}); the system stops. Its last "
-                f"failure: {reason}"))
-            return
-        await trio.sleep(opts["restart_backoff"] * (2 ** len(info.restarts)))
-        info.restarts.append(trio.current_time())
-        info.ready = trio.Event()
-        info.exited = trio.Event()
-        info.returncode = None
-        info.error = None
-        try:
-            await self._start(info)
-        except Exception as exc:
-            self.fail(SupervisionError(f"actor {info.name!r} could not be restarted: {exc}"))
-            return
+        while True:
+            now = trio.current_time()
+            info.restarts = [t for t in info.restarts if now - t < opts["restart_window"]]
+            if len(info.restarts) >= opts["max_restarts"]:
+                self._gone(info)
+                self.fail(SupervisionError(
+                    f"actor {info.name!r} failed {len(info.restarts) + 1} times within "
+                    f"{opts['restart_window']:g} s, more than its restart intensity allows "
+                    f"({opts['max_restarts']}); the system stops. Its last failure: {reason}"))
+                return
+            await trio.sleep(opts["restart_backoff"] * (2 ** len(info.restarts)))
+            info.restarts.append(trio.current_time())
+            info.ready = trio.Event()
+            info.exited = trio.Event()
+            info.returncode = None
+            info.error = None
+            info.started = False        # until this start's on_start has finished
+            info.restarting = True
+            try:
+                await self._start(info)
+            except SpawnError as exc:
+                reason = str(exc)       # a failed restart is a failure like any other: within the intensity
+                continue
+            finally:
+                info.restarting = False
+            break
         log.warning("actor %r restarted (restart %d within %g s)", info.name, len(info.restarts),
                     opts["restart_window"])
 
@@ -443,6 +452,11 @@ class Driver(System):
             self._on_exit(info.pid, self._early_exits.pop(info.pid))
         await info.ready.wait()
         if info.error is not None or info.returncode is not None:
+            if info.restarting:         # keep its name and id for the next try
+                if info.returncode is None:
+                    await self._wait_or_kill(info, self.stop_timeout)
+                raise SpawnError(f"actor {name!r} ({cls.__qualname__}) failed to restart: " + (
+                    f"{info.error[0]}: {info.error[1]}" if info.error else f"exit code {info.returncode}"))
             self.by_name.pop(name, None)
             if info.returncode is None:
                 await self._wait_or_kill(info, self.stop_timeout)

@@ -339,9 +339,6 @@ class SlowRestart(actors.Actor):
         return os.getpid()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a failure while the actor is being restarted (before its on_start "
-                                       "finished) makes Driver._restart stop the whole system with 'could not be "
-                                       "restarted', whatever max_restarts allows")
 def test_a_crash_during_a_restart_counts_towards_the_intensity_instead_of_stopping_the_system(tmp_path):
     async def main(system):
         ref = await system.spawn(SlowRestart, str(tmp_path), name="slow", options={
