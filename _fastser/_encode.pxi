@@ -273,50 +273,18 @@ cdef class Encoder:
     # -- the walk ------------------------------------------------------------------------------------------------
 
     cdef int _enc(self, object obj, Py_ssize_t depth) except -1:
-        cdef type t = type(obj)
-        cdef long long iv
-        cdef int overflow = 0
+        cdef type t
         cdef Py_ssize_t n, i, ppos
         cdef PyObject* k
         cdef PyObject* v
         cdef object key, val
-        if t is str:
-            if PyUnicode_IS_COMPACT_ASCII(obj):
-                n = PyUnicode_GET_LENGTH(obj)
-                if n >= OOB_MIN:
-                    return self._enc_str_slow(obj, depth)
-                _reserve(self, 5 + n)
-                _put_u8(self, T_STR)
-                _put_u32(self, <uint32_t>n)
-                memcpy(self.buf + self.pos, PyUnicode_DATA(obj), n)
-                self.pos += n
-                return 0
+        if _enc_leaf(self, <PyObject*>obj):
+            return 0
+        t = type(obj)
+        if t is str:                # not ASCII, or long enough to go out of band
             return self._enc_str_slow(obj, depth)
-        if t is int:
-            iv = PyLong_AsLongLongAndOverflow(obj, &overflow)
-            if overflow:
-                return self._enc_int_big(obj, depth)
-            _reserve(self, 9)
-            if -128 <= iv <= 127:
-                _put_u8(self, T_INT8)
-                _put_u8(self, <unsigned char>(<signed char>iv))
-            else:
-                _put_u8(self, T_INT64)
-                _put_u64(self, <uint64_t>iv)
-            return 0
-        if t is float:
-            _reserve(self, 9)
-            _put_u8(self, T_FLOAT)
-            _put_f64(self, PyFloat_AS_DOUBLE(obj))
-            return 0
-        if obj is None:
-            _reserve(self, 1)
-            _put_u8(self, T_NONE)
-            return 0
-        if t is bool:
-            _reserve(self, 1)
-            _put_u8(self, T_TRUE if obj is True else T_FALSE)
-            return 0
+        if t is int:                # beyond 64 bits
+            return self._enc_int_big(obj, depth)
         if t is dict:
             self._enter(obj, depth, K_DICT)
             n = PyDict_Size(obj)

@@ -103,6 +103,10 @@ def crc32(data, uint32_t crc=0):
     return _crc32(&view[0] if view.shape[0] else NULL, view.shape[0], crc)
 
 
+_SHM_EXHAUSTED = ("shared memory is exhausted: /dev/shm has no space left for the store; free space in /dev/shm "
+                  "or give the machine (container) more")
+
+
 class StaleRefError(ActorsError, LookupError):
     """A ref names an object that was released, or that never existed (a forged or corrupted ref)."""
 
@@ -271,43 +275,42 @@ cdef class Arena:
 
     # -- put and get ---------------------------------------------------------------------------------------------
 
-    cpdef tuple prepare(self, object obj):
-        """Encode `obj` for a put: (encoder, size of the block it needs, refs it holds). Pass it to `commit`."""
+    cdef Encoder _encode(self, object obj, list refs):
+        """Encode `obj` with an encoder from the pool, collecting into `refs` the ObjectRefs it holds; the
+        encoder, prepared (its `total` is the message's size)."""
         global _collecting, _putting_into
         cdef Encoder enc = self._encoders.pop() if self._encoders else Encoder()
-        cdef list refs = []
-        cdef Py_ssize_t n
         _collecting = refs
         _putting_into = self
         try:
-            n = enc.prepare_c(obj)
+            enc.prepare_c(obj)
         except BaseException:
             self._encoders.append(enc)
             raise
         finally:
             _collecting = None
             _putting_into = None
-        return (enc, OBJ_HEADER + ((n + 7) & ~7) + 16 * len(refs), n, refs)
+        return enc
 
-    cpdef object commit(self, tuple prepared):
-        """Allocate and write a prepared message; its (offset, generation) with one count, or None when full."""
-        cdef Encoder enc = prepared[0]
-        cdef uint64_t size = prepared[1]
-        cdef uint64_t n = prepared[2]
-        cdef list refs = prepared[3]
-        cdef uint64_t generation = 0, i
-        cdef int64_t off = self._alloc(size, &generation)
+    cpdef tuple prepare(self, object obj):
+        """Encode `obj` for a put: (encoder, size of the block it needs, message size, refs it holds). Pass it to
+        `commit`."""
+        cdef list refs = []
+        cdef Encoder enc = self._encode(obj, refs)
+        return (enc, OBJ_HEADER + ((enc.total + 7) & ~7) + 16 * len(refs), enc.total, refs)
+
+    cdef int64_t _place(self, Encoder enc, uint64_t n, list refs, bint hold, uint64_t* generation) except -3:
+        """Allocate a block for a prepared message, write it and the refs it holds; its offset. -1 or -2 (store or
+        /dev/shm full) when there was no room, with the encoder left prepared for the caller to retry or release."""
+        cdef uint64_t i
+        cdef int64_t off = self._alloc(OBJ_HEADER + ((n + 7) & ~7) + 16 * len(refs), generation)
         cdef object_header* o
         cdef uint64_t* slots
         cdef ObjectRef r
-        if off == -2:
-            self.abandon(prepared)
-            raise ActorsError("shared memory is exhausted: /dev/shm has no space left for the store; free "
-                              "space in /dev/shm or give the machine (container) more")
         if off < 0:
-            return None
+            return off
         o = <object_header*>(self.base + off)
-        o.generation = generation
+        o.generation = generation[0]
         o.refcount = 1
         o.size = n
         o.nrefs = len(refs)
@@ -324,9 +327,22 @@ cdef class Arena:
         slots = <uint64_t*>(<uint8_t*>o + o.refs_at)
         for i in range(o.nrefs):
             r = <ObjectRef>refs[i]
-            r.arena.incref(r.offset)      # r is alive (we hold it), so its count is above zero
+            r.arena.incref(r.offset)      # r is alive (the caller holds it), so its count is above zero
             slots[2 * i] = r.offset
             slots[2 * i + 1] = r.generation
+        if hold:
+            o.refcount = 2
+        return off
+
+    cpdef object commit(self, tuple prepared):
+        """Allocate and write a prepared message; its (offset, generation) with one count, or None when full."""
+        cdef uint64_t generation = 0
+        cdef int64_t off = self._place(prepared[0], prepared[2], prepared[3], False, &generation)
+        if off == -2:
+            self.abandon(prepared)
+            raise ActorsError(_SHM_EXHAUSTED)
+        if off < 0:
+            return None
         return (off, generation)
 
     def put_shared(self, SharedBlock block):
@@ -340,58 +356,20 @@ cdef class Arena:
         (offset, kind, src, call) to `out`. The block's size, or -1 when the store is full (nothing was done).
         With `hold`, the block gets a second count, for the sender to keep it (until a persistent receiver
         acks it); its offset is in `last_offset`."""
-        global _collecting, _putting_into
-        cdef Encoder enc = self._encoders.pop() if self._encoders else Encoder()
         cdef list refs = []
-        cdef Py_ssize_t n, size, at
-        cdef uint64_t generation = 0, i
+        cdef Encoder enc = self._encode(obj, refs)
+        cdef Py_ssize_t n = enc.total, size, at
+        cdef uint64_t generation = 0
         cdef int64_t off
-        cdef object_header* o
-        cdef uint64_t* slots
-        cdef ObjectRef r
         cdef char* rec
-        _collecting = refs
-        _putting_into = self
-        try:
-            n = enc.prepare_c(obj)
-        except BaseException:
-            self._encoders.append(enc)
-            raise
-        finally:
-            _collecting = None
-            _putting_into = None
         size = OBJ_HEADER + ((n + 7) & ~7) + 16 * len(refs)
-        off = self._alloc(size, &generation)
+        off = self._place(enc, n, refs, hold, &generation)
         if off < 0:
             enc.release()
             self._encoders.append(enc)
             if off == -2:
-                raise ActorsError("shared memory is exhausted: /dev/shm has no space left for the store; free "
-                                  "space in /dev/shm or give the machine (container) more")
+                raise ActorsError(_SHM_EXHAUSTED)
             return -1
-        o = <object_header*>(self.base + off)
-        o.generation = generation
-        o.refcount = 1
-        o.size = n
-        o.nrefs = len(refs)
-        o.refs_at = OBJ_HEADER + ((n + 7) & ~7)
-        o.magic = OBJECT_MAGIC
-        try:
-            enc.write_to(<char*>o + OBJ_HEADER)
-        except BaseException:
-            o.nrefs = 0
-            self.decref(<uint64_t>off)
-            self._encoders.append(enc)
-            raise
-        self._encoders.append(enc)
-        slots = <uint64_t*>(<uint8_t*>o + o.refs_at)
-        for i in range(o.nrefs):
-            r = <ObjectRef>refs[i]
-            r.arena.incref(r.offset)
-            slots[2 * i] = r.offset
-            slots[2 * i + 1] = r.generation
-        if hold:
-            o.refcount = 2
         self.last_offset = <uint64_t>off
         at = PyByteArray_GET_SIZE(out)
         PyByteArray_Resize(out, at + 24)

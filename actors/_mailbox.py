@@ -346,11 +346,7 @@ class Endpoint:
         if link is None or link.dead:
             return
         link.out += RECORD.pack(0, ACK, self.id, seq)
-        if not link.draining:
-            link.draining = True
-            self.dirty.append(link)
-            if not self.busy:
-                self.wake.set()
+        self._dirty(link, wake=not self.busy)
 
     def stop_receiving(self) -> None:
         """Release whatever is queued; later records are released on arrival (dead letters)."""
@@ -415,12 +411,9 @@ class Endpoint:
             size = arena.post_record(obj, link.out, kind, self.id, call)
             if size < 0:
                 raise StoreFull(arena.prepare(obj))
+        # What _queued does, inline: this runs for every message, and a call costs it 5%.
         link.unsent_bytes += size
         if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
-            # Stream rather than burst: a few hundred records per write keep a busy receiver fed (and on its
-            # own CPU) for a syscall per few hundred messages. Large payloads go out at once: batching them
-            # would hold many blocks of fresh, cold memory, where a prompt send lets the receiver release each
-            # one for the next to reuse, warm.
             self._flush(link)
             link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
         if not link.draining:
@@ -429,6 +422,26 @@ class Endpoint:
             if not flush:   # the flusher writes it as soon as this task yields (a batch's end flushes sooner)
                 self.wake.set()
         return link
+
+    def _queued(self, link: Link, size: int, wake: bool) -> None:
+        """Account for a record just appended to `link.out`, with `size` payload bytes behind it."""
+        link.unsent_bytes += size
+        if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
+            # Stream rather than burst: a few hundred records per write keep a busy receiver fed (and on its
+            # own CPU) for a syscall per few hundred messages. Large payloads go out at once: batching them
+            # would hold many blocks of fresh, cold memory, where a prompt send lets the receiver release each
+            # one for the next to reuse, warm.
+            self._flush(link)
+            link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
+        self._dirty(link, wake)
+
+    def _dirty(self, link: Link, wake: bool) -> None:
+        """`link` has records to write: list it for the next flush, and wake the flusher if asked."""
+        if not link.draining:
+            link.draining = True
+            self.dirty.append(link)
+            if wake:
+                self.wake.set()
 
     def _post_unacked(self, link: Link, obj) -> Link:
         # A tell to a persistent actor: numbered, and its payload held (a second count) until the actor acks
@@ -440,14 +453,7 @@ class Endpoint:
             raise StoreFull(self.arena.prepare(obj))
         link.unacked.append((seq, self.arena.last_offset))
         if not link.dead:
-            link.unsent_bytes += size
-            if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
-                self._flush(link)
-                link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
-            if not link.draining:
-                link.draining = True
-                self.dirty.append(link)
-                self.wake.set()
+            self._queued(link, size, wake=True)
         return link
 
     async def _acker(self, link: Link) -> None:
@@ -528,9 +534,7 @@ class Endpoint:
                 link.dead = False
                 link.room.set()
                 self.nursery.start_soon(self._acker, link)
-                if not link.draining:
-                    link.draining = True
-                    self.dirty.append(link)
+                self._dirty(link, wake=False)
                 self.wake.set()
                 return
         dropped = len(link.unacked)
@@ -603,10 +607,7 @@ class Endpoint:
         link = self._link(peer)
         link.out += RECORD.pack(placed[0], kind, self.id, call)
         self._flush(link)
-        if not link.draining:
-            link.draining = True
-            self.dirty.append(link)
-            self.wake.set()
+        self._dirty(link, wake=True)
         return link
 
     def full(self, link: Link) -> bool:

@@ -63,19 +63,17 @@ from actors import (
     SerializationError,
     SpawnError,
 )
+from _process_helpers import run as _run  # noqa: E402
+
 
 TIMEOUT = 90            # seconds for one system's `main`; the machine is shared and loaded: be generous
-SUBPROCESS_TIMEOUT = 120
 
 
 def run(main, *, timeout=TIMEOUT, **options):
-    """`actors.run(main)` with a deadline on `main`, so that no test can hang."""
-    async def guarded(system):
-        with trio.fail_after(timeout):
-            return await main(system)
+    return _run(main, timeout=timeout, **options)
 
-    options.setdefault("store_capacity", "64M")
-    return actors.run(guarded, **options)
+
+SUBPROCESS_TIMEOUT = 120
 
 
 @pytest.fixture(autouse=True)

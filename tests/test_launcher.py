@@ -13,6 +13,8 @@ import posix_ipc
 import pytest
 
 from actors import _store
+from _process_helpers import alive, children_of, wait_gone  # noqa: E402
+
 
 TIMEOUT = 120           # seconds for one launcher run; the machine is shared and loaded: be generous
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "actors")
@@ -38,42 +40,6 @@ def run_cli(*args, cwd=None, timeout=TIMEOUT):
 
 def segments_of(pid):
     return [n for n in _store.our_segments() if n.startswith(f"{_store.PREFIX}{pid}.")]
-
-
-def children_of(pid):
-    """The pids whose parent is `pid` (from /proc)."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
-            kids.append(int(entry))
-    return kids
-
-
-def alive(pid):
-    """Is `pid` a live process (not gone, not a zombie)?"""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
-
-
-def wait_gone(pids, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if alive(p)]
-        if not left:
-            return []
-        time.sleep(0.05)
-    return [p for p in pids if alive(p)]
 
 
 class Launched:

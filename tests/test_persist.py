@@ -28,6 +28,13 @@ from _fastser import _codec
 from actors import ActorNotFoundError, ActorsError, SpawnError, _store
 from actors import _mailbox as mb
 from actors._persist import Journal, PersistenceError
+from _process_helpers import children_of, wait_gone  # noqa: E402
+from _process_helpers import run as _run  # noqa: E402
+
+
+def run(main, *, timeout=60, **options):
+    return _run(main, timeout=timeout, **options)
+
 
 TIMEOUT = 180           # seconds for one subprocess run; the machine is shared and loaded: be generous
 
@@ -105,40 +112,6 @@ def lines_with(text, output):
 
 def dead_segments():
     return [n for n in _store.our_segments() if not _store.owner_alive(n)]
-
-
-def children_of(pid):
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
-            kids.append(int(entry))
-    return kids
-
-
-def alive(pid):
-    """Is `pid` a live process (not gone, not a zombie)?"""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
-
-
-def wait_gone(pids, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not [p for p in pids if alive(p)]:
-            return []
-        time.sleep(0.02)
-    return [p for p in pids if alive(p)]
 
 
 def _kill(pid):
@@ -925,15 +898,6 @@ class Keeper(actors.Actor):
     async def receive(self, delta):
         self.n += delta
         return self.n
-
-
-def run(main, *, timeout=60, **options):
-    async def guarded(system):
-        with trio.fail_after(timeout):
-            return await main(system)
-
-    options.setdefault("store_capacity", "64M")
-    return actors.run(guarded, **options)
 
 
 def test_a_persistent_actor_without_a_resilience_dir_is_a_spawn_error_that_says_what_to_pass():

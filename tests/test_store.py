@@ -144,13 +144,6 @@ def test_full_store_waits_then_raises_and_keeps_what_is_stored(store):
     assert store.get(store.put(np.zeros(500_000), timeout=1)).shape == (500_000,)
 
 
-def _drop_later(name, ref, delay):
-    import time
-    store = actors.ObjectStore.attach(name)
-    time.sleep(delay)
-    del ref
-
-
 def test_put_waits_for_space_freed_by_another_process(store):
     filler = [store.put(np.zeros(1_000_000)) for _ in range(7)]
     fn, args = filler[0].__reduce__()

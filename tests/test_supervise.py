@@ -24,33 +24,22 @@ from actors import (
     Terminated,
 )
 from actors import _store
+from _process_helpers import alive  # noqa: E402
+from _process_helpers import run as _run  # noqa: E402
+
 
 TIMEOUT = 60            # seconds for one system's `main`; the machine is shared and loaded: be generous
-FAST = {"restart_backoff": 0.01}
 
 
 def run(main, *, timeout=TIMEOUT, **options):
-    """`actors.run(main)` with a deadline on `main`, so that no test can hang."""
-    async def guarded(system):
-        with trio.fail_after(timeout):
-            return await main(system)
+    return _run(main, timeout=timeout, **options)
 
-    options.setdefault("store_capacity", "64M")
-    return actors.run(guarded, **options)
+
+FAST = {"restart_backoff": 0.01}
 
 
 def my_segments():
     return [n for n in _store.our_segments() if n.startswith(f"{_store.PREFIX}{os.getpid()}.")]
-
-
-def alive(pid):
-    """Is `pid` a live process (not gone, not a zombie)?"""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
 
 
 async def retry(call, *, timeout=20.0, errors=(ActorsError,)):

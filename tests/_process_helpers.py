@@ -1,0 +1,55 @@
+"""Shared by the runtime tests: a deadline around a system's `main`, and the state of processes (from /proc)."""
+import time
+
+import trio
+
+import actors
+
+
+def run(main, *, timeout: float, **options):
+    """`actors.run(main)` with a deadline on `main`, so that no test can hang."""
+    async def guarded(system):
+        with trio.fail_after(timeout):
+            return await main(system)
+
+    options.setdefault("store_capacity", "64M")
+    return actors.run(guarded, **options)
+
+
+def _stat(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.rindex(b")") + 2:].split()
+
+
+def children_of(pid):
+    """The pids whose parent is `pid`."""
+    import os
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if int(_stat(entry)[1]) == pid:
+                kids.append(int(entry))
+        except OSError:
+            continue
+    return kids
+
+
+def alive(pid):
+    """Is `pid` a live process (not gone, not a zombie)?"""
+    try:
+        return _stat(pid)[0] != b"Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pids, timeout=20.0):
+    """Wait until none of `pids` is alive; those still alive at the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not [p for p in pids if alive(p)]:
+            return []
+        time.sleep(0.02)
+    return [p for p in pids if alive(p)]
