@@ -32,7 +32,7 @@ from actors._exceptions import (
     SpawnError as SpawnError,
     UnknownClassError as UnknownClassError,
 )
-from actors._persist import PersistenceError as PersistenceError
+from actors._exceptions import PersistenceError as PersistenceError
 from actors._system import (
     SupervisionError as SupervisionError,
     System as System,

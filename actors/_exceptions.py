@@ -47,3 +47,7 @@ class SpawnError(ActorsError):
 
 class StoreFullError(ActorsError):
     """A put found no room in the store before its timeout, or the object is larger than the whole store."""
+
+
+class PersistenceError(ActorsError):
+    """A persistent actor's state cannot be stored or recovered, or the resilience directory is unsafe or in use."""

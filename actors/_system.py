@@ -22,7 +22,7 @@ import cloudpickle
 import trio
 
 from _fastser import _codec
-from actors import _actor, _forkserver, _store
+from actors import _actor, _forkserver, _persist, _store
 from actors import _mailbox as mb
 from actors._actor import ActorRef
 from actors._exceptions import (
@@ -210,6 +210,8 @@ class Driver(System):
     def __init__(self, *, store_capacity=None, mailbox_size: int = 4096, serialize=None, deserialize=None,
                  stop_timeout: float = 5.0, app: tuple[str, str] | None = None, resilience_dir=None):
         self.resilience_dir = os.path.abspath(resilience_dir) if resilience_dir else None
+        # first: a second system on the directory fails here, before it has made anything
+        self.dir_lock = _persist.DirectoryLock(self.resilience_dir) if self.resilience_dir else None
         self.fatal: BaseException | None = None
         self.main_scope = None
         self.mailbox_size = mailbox_size
@@ -585,6 +587,8 @@ class Driver(System):
         _store.set_current_store(None)
         self.store.close()
         shutil.rmtree(self.rundir, ignore_errors=True)
+        if self.dir_lock is not None:
+            self.dir_lock.release()     # last: no actor of ours writes to the directory any more
 
 
 async def _reply(ep: mb.Endpoint, dest: int, kind: int, payload, call: int, flush: bool = True) -> None:

@@ -53,3 +53,49 @@ def wait_gone(pids, timeout=20.0):
             return []
         time.sleep(0.02)
     return [p for p in pids if alive(p)]
+
+
+def as_other_user(fn, *, uid=65534, timeout=60.0):
+    """fn() run in a forked child as another user (root only); its result, or its exception re-raised here.
+
+    A fork, not an exec: the interpreter and this checkout may not be readable by that user."""
+    import os
+    import pickle
+    import select
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            try:
+                outcome = ("ok", fn())
+            except BaseException as exc:
+                outcome = ("raised", exc)
+            os.write(write, pickle.dumps(outcome))
+        finally:
+            os._exit(0)
+    os.close(write)
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read], [], [], left)[0]:
+                os.kill(pid, 9)
+                raise AssertionError(f"the child running as uid {uid} did not finish in {timeout} s")
+            chunk = os.read(read, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert data, f"the child running as uid {uid} died before reporting"
+    how, value = pickle.loads(data)
+    if how == "raised":
+        raise value
+    return value

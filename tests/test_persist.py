@@ -10,7 +10,10 @@ import glob
 import json
 import os
 import random
+import re
+import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -28,7 +31,7 @@ from _fastser import _codec
 from actors import ActorNotFoundError, ActorsError, SpawnError, _store
 from actors import _mailbox as mb
 from actors._persist import Journal, PersistenceError
-from _process_helpers import children_of, wait_gone  # noqa: E402
+from _process_helpers import as_other_user, children_of, wait_gone  # noqa: E402
 from _process_helpers import run as _run  # noqa: E402
 
 
@@ -124,12 +127,13 @@ def _kill(pid):
 class Launched:
     """`python -m actors run ...` in the background; a thread collects its stdout lines."""
 
-    def __init__(self, app, resilience_dir, *args):
+    def __init__(self, app, resilience_dir, *args, stdin=None):
         self.stderr_path = str(app.parent / f"stderr-{time.monotonic_ns()}.txt")
         self._stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "actors", "run", "--resilience-dir", str(resilience_dir), str(app),
-             *map(str, args)], cwd=app.parent, env=env(), text=True, stdout=subprocess.PIPE, stderr=self._stderr)
+             *map(str, args)], cwd=app.parent, env=env(), text=True, stdin=stdin, stdout=subprocess.PIPE,
+            stderr=self._stderr)
         self.lines = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -191,8 +195,8 @@ class Launched:
 def launched():
     started = []
 
-    def launch(*args):
-        p = Launched(*args)
+    def launch(*args, **kwargs):
+        p = Launched(*args, **kwargs)
         started.append(p)
         return p
 
@@ -1118,3 +1122,228 @@ def test_a_state_that_cannot_be_snapshotted_is_logged_and_the_journal_keeps_ever
                                             "how": "__init__"}
     assert "[account] INFO actors: actor 'account' recovered: with no snapshot" in second.stderr, second.stderr
     assert _logged(second, "final")["history"] == list(range(23)) + [0, 1]
+
+
+# -- the resilience directory: owner-only files, no links followed, one system at a time ------------------------------
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes files of, or runs as, another user")
+
+
+def mode(path):
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def fill(journal):
+    """Give `journal` a segment, a snapshot and a previous snapshot."""
+    journal.recover()
+    journal.append(0, 0, TELL, b"one")
+    journal.write_snapshot({"n": 1})
+    journal.append(0, 0, TELL, b"two")
+    journal.write_snapshot({"n": 2})
+    journal.sync()
+
+
+def test_resilience_files_are_0600_and_a_new_directory_0700_whatever_the_umask(tmp_path):
+    res = tmp_path / "new" / "resilience"
+    old = os.umask(0)
+    try:
+        j = Journal(str(res), "a")
+        fill(j)
+        j.close()
+    finally:
+        os.umask(old)
+    assert mode(res) == 0o700
+    files = sorted(os.listdir(res))
+    assert files == ["a.journal.2", "a.journal.3", "a.snapshot", "a.snapshot.prev"]
+    assert {f: mode(res / f) for f in files} == {f: 0o600 for f in files}
+
+
+def test_a_file_left_wider_than_0600_is_narrowed_when_recovery_opens_it(tmp_path):
+    j = Journal(str(tmp_path), "a")
+    fill(j)
+    j.close()
+    opened = ["a.journal.2", "a.journal.3", "a.snapshot"]       # not a.snapshot.prev: the latest checks out
+    for entry in opened:
+        os.chmod(tmp_path / entry, 0o644)
+    j = Journal(str(tmp_path), "a")
+    j.recover()
+    j.close()
+    assert {f: mode(tmp_path / f) for f in opened} == {f: 0o600 for f in opened}
+
+
+@pytest.mark.parametrize("planted", ["journal segment", "snapshot", "snapshot being written"])
+def test_a_planted_symbolic_link_is_never_followed(tmp_path, planted):
+    res = tmp_path / "resilience"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious bytes that must stay as they are")
+    link = {"journal segment": "a.journal.1", "snapshot": "a.snapshot",
+            "snapshot being written": "a.snapshot.tmp"}[planted]
+    res.mkdir(mode=0o700)
+    os.symlink(victim, res / link)
+    j = Journal(str(res), "a")
+    with pytest.raises(PersistenceError) as raised:
+        j.recover()
+        j.append(0, 0, TELL, b"x")
+        j.write_snapshot({"n": 1})
+    j.close()
+    assert str(raised.value) == (f"{res / link} is a symbolic link: resilience files are never opened through links "
+                                 f"(one planted there would redirect the actor's writes to its target); remove it")
+    assert victim.read_bytes() == b"precious bytes that must stay as they are"
+    assert os.path.islink(res / link)
+
+
+@pytest.mark.parametrize("bits", [0o770, 0o707, 0o1777])
+def test_a_directory_that_group_or_others_can_write_is_refused(tmp_path, bits):
+    res = tmp_path / "resilience"
+    res.mkdir()
+    os.chmod(res, bits)
+    expected = (f"resilience directory {res} can be written by group or others (mode {bits:04o}): they could plant "
+                f"files or links in it; run `chmod go-w {res}` or use a directory of your own")
+    with pytest.raises(PersistenceError) as raised:
+        Journal(str(res), "a")
+    assert str(raised.value) == expected
+    ran = []
+
+    async def main(system):
+        ran.append(True)
+
+    with pytest.raises(PersistenceError) as raised:
+        run(main, resilience_dir=str(res))
+    assert str(raised.value) == expected
+    assert ran == [] and os.listdir(res) == []
+
+
+@root_only
+def test_a_directory_another_user_owns_is_refused(tmp_path):
+    res = tmp_path / "resilience"
+    res.mkdir(mode=0o700)
+    os.chown(res, 65534, 65534)
+    with pytest.raises(PersistenceError) as raised:
+        Journal(str(res), "a")
+    assert str(raised.value) == (
+        f"resilience directory {res} belongs to uid 65534, not to this user (uid 0): its owner could read the "
+        f"actors' state or plant links that redirect writes; use a directory of your own")
+    assert os.listdir(res) == []
+
+
+@root_only
+def test_another_user_cannot_read_the_files_even_in_a_directory_they_can_enter():
+    # a directory the user made readable (0755), under a parent everyone can enter: only the files' modes protect
+    base = tempfile.mkdtemp()
+    try:
+        os.chmod(base, 0o755)
+        res = os.path.join(base, "resilience")
+        os.mkdir(res, 0o755)
+        os.chmod(res, 0o755)
+        j = Journal(res, "a")
+        fill(j)
+        j.close()
+        lock = actors._persist.DirectoryLock(res)
+        lock.release()
+        files = sorted(os.listdir(res))
+        assert files == [".lock", "a.journal.2", "a.journal.3", "a.snapshot", "a.snapshot.prev"]
+
+        def read_each():
+            refused = []
+            for name in files:
+                try:
+                    with open(os.path.join(res, name), "rb"):
+                        pass
+                except PermissionError:
+                    refused.append(name)
+            return refused
+
+        assert as_other_user(read_each) == files
+    finally:
+        shutil.rmtree(base)
+
+
+SECOND_SYSTEM_APP = """
+    import sys
+    import trio
+    import actors
+
+
+    class Counter(actors.Actor):
+        persistent = True
+
+        def __init__(self):
+            self.count = 0
+
+        async def receive(self, n):
+            self.count += n
+
+        async def get(self):
+            return self.count
+
+
+    async def main(system):
+        counter = await system.spawn(Counter, name="counter")
+        await counter.tell(1)
+        print("ready", await counter.proxy.get(timeout=60), flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)       # until the test says go on
+        await counter.tell(1)
+        print("count", await counter.proxy.get(timeout=60), flush=True)
+"""
+
+
+def test_a_second_system_on_the_same_directory_fails_at_start_while_the_first_keeps_running(tmp_path, launched):
+    app = write_app(tmp_path, SECOND_SYSTEM_APP, "second_app.py")
+    res = tmp_path / "resilience"
+    first = launched(app, res, stdin=subprocess.PIPE)
+    first.wait_for(lambda s: s == "ready 1", "'ready 1'")
+    assert mode(res / ".lock") == 0o600
+    ran = []
+
+    async def main(system):
+        ran.append(True)
+
+    with pytest.raises(PersistenceError) as raised:
+        run(main, resilience_dir=str(res))
+    assert str(raised.value) == (
+        f"resilience directory {res} is in use by another system (driver pid {first.proc.pid}): two systems on one "
+        f"directory would lose each other's acknowledged tells; stop that system, or give this one another directory")
+    assert ran == []
+    cli = run_app(app, res)
+    assert cli.returncode != 0 and "is in use by another system" in cli.stderr, cli.stderr[-3000:]
+    assert "ready" not in cli.stdout
+
+    first.proc.stdin.write("go on\n")
+    first.proc.stdin.close()
+    first.wait_for(lambda s: s.startswith("count "), "'count'")
+    assert first.wait() == 0, first.stderr()[-3000:]
+    assert first.lines[-1] == "count 2", first.lines
+    for entry in os.listdir(res):
+        assert mode(res / entry) == 0o600, entry
+    run(main, resilience_dir=str(res))          # the first one's lock ended with it
+    assert ran == [True]
+
+
+def test_a_process_forked_by_the_driver_does_not_keep_the_lock_after_the_driver_is_done(tmp_path):
+    res = str(tmp_path / "resilience")
+    hold_read, hold_write = os.pipe()
+    children = []
+
+    async def main(system):
+        pid = os.fork()
+        if pid == 0:                    # lives on, blocked, until the test closes the pipe
+            os.close(hold_write)
+            os.read(hold_read, 1)
+            os._exit(0)
+        children.append(pid)
+
+    try:
+        run(main, resilience_dir=res)
+        os.close(hold_read)
+        assert children and os.waitpid(children[0], os.WNOHANG) == (0, 0)    # still running
+        ran = []
+
+        async def again(system):
+            ran.append(True)
+
+        run(again, resilience_dir=res)
+        assert ran == [True]
+    finally:
+        os.close(hold_write)
+        for pid in children:
+            os.waitpid(pid, 0)
