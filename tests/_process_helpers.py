@@ -16,6 +16,16 @@ def run(main, *, timeout: float, **options):
     return actors.run(guarded, **options)
 
 
+def leftover_segments():
+    """The segments of this test run (tagged by tests/conftest.py) that a test can have left: made by this process,
+    or by one of the run's processes that has since died. Another run's, or this run's live systems', are not."""
+    import os
+    from actors import _store
+    me = f"{_store.PREFIX}{os.getpid()}."
+    mark = f".{_store.segment_tag()}"
+    return {n for n in _store.our_segments() if mark in n and (n.startswith(me) or not _store.owner_alive(n))}
+
+
 def _stat(pid):
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
