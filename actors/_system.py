@@ -22,7 +22,7 @@ import cloudpickle
 import trio
 
 from _fastser import _codec
-from actors import _actor, _forkserver, _persist, _store
+from actors import _actor, _forkserver, _output, _persist, _store
 from actors import _mailbox as mb
 from actors._actor import ActorRef
 from actors._exceptions import (
@@ -662,4 +662,5 @@ def run(main, *, store_capacity: int | str | None = None, mailbox_size: int = 40
         raise ActorsError("serialize and deserialize go together: pass both or neither")
     options = dict(store_capacity=store_capacity, mailbox_size=mailbox_size, serialize=serialize,
                    deserialize=deserialize, stop_timeout=stop_timeout, app=_app, resilience_dir=resilience_dir)
-    return trio.run(_driver_main, main, options)
+    with _output.whole_lines():     # an actor's line never lands inside one of ours
+        return trio.run(_driver_main, main, options)

@@ -11,7 +11,7 @@ import cloudpickle
 import trio
 
 from _fastser import _codec
-from actors import _actor, _store
+from actors import _actor, _output, _store
 from actors import _codec as _public_codec
 from actors import _mailbox as mb
 from actors._exceptions import DecodeError, UnknownClassError
@@ -42,10 +42,9 @@ def _prefix_output(name: str) -> list[threading.Thread]:
                         break
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
-                    if lines:
-                        os.write(target, b"".join(prefix + line + b"\n" for line in lines))
+                    _output.write_lines(target, [prefix + line + b"\n" for line in lines])
                 if pending:
-                    os.write(target, prefix + pending + b"\n")
+                    _output.write_lines(target, [prefix + pending + b"\n"])
 
         thread = threading.Thread(target=pump, name=f"output-{fd}", daemon=True)
         thread.start()

@@ -444,3 +444,78 @@ def test_cleanup_leaves_live_segments_alone():
         assert store.name in _store.our_segments()
         assert f"removed {store.name}" not in proc.stdout
         assert "in use by running systems" in proc.stdout
+
+
+# -- output ------------------------------------------------------------------------------------------------------------
+
+FLOOD_APP = """
+    import sys
+    import trio
+    import actors
+
+    LINES = int(sys.argv[1])
+
+
+    def flood(who):
+        for j in range(LINES):
+            print(f"{who} line {j} " + "x" * (j % 300))
+        # one print of many lines, more than a pipe takes in one piece
+        print("\\n".join(f"{who} block {j} " + "y" * 60 for j in range(200)))
+
+
+    class Printer(actors.Actor):
+        async def flood(self, who):
+            flood(who)
+
+
+    async def main(system):
+        printers = [await system.spawn(Printer, name=f"p{i}") for i in range(3)]
+
+        async def go(printer, i):
+            await printer.proxy.flood(f"actor {i}", timeout=120)
+
+        async with trio.open_nursery() as nursery:
+            for i, printer in enumerate(printers):
+                nursery.start_soon(go, printer, i)
+            await trio.sleep(0)
+            flood("driver")
+"""
+
+
+def test_lines_from_the_driver_and_actors_flooding_at_once_never_splice(tmp_path):
+    lines = 3000
+    app = write_app(tmp_path, FLOOD_APP)
+    out = run_cli("run", str(app), str(lines), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    expected = []
+    for who, prefix in [("driver", "")] + [(f"actor {i}", f"[p{i}] ") for i in range(3)]:
+        expected += [f"{prefix}{who} line {j} " + "x" * (j % 300) for j in range(lines)]
+        expected += [f"{prefix}{who} block {j} " + "y" * 60 for j in range(200)]
+    got = out.stdout.splitlines()
+    spliced = [line for line in got if line not in set(expected)]
+    assert spliced == [], f"{len(spliced)} spliced lines, the first: {spliced[:3]}"
+    assert sorted(got) == sorted(expected)
+
+
+def test_the_drivers_stream_holds_a_partial_line_until_its_end_or_a_flush():
+    from actors import _output
+    read, write = os.pipe()
+    try:
+        with os.fdopen(write, "w", closefd=False) as raw:
+            stream = _output.WholeLines(raw)
+            stream.write("par")
+            stream.write("tial")
+            os.set_blocking(read, False)
+            with pytest.raises(BlockingIOError):
+                os.read(read, 100)                  # nothing yet: no line has ended
+            stream.write(" line\nnext")
+            assert os.read(read, 100) == b"partial line\n"
+            stream.flush()
+            assert os.read(read, 100) == b"next"
+    finally:
+        os.close(read)
+        os.close(write)
+    saved = sys.stdout, sys.stderr
+    with _output.whole_lines():
+        assert isinstance(sys.stdout, _output.WholeLines) and sys.stdout.stream is saved[0]
+    assert (sys.stdout, sys.stderr) == saved
