@@ -42,8 +42,6 @@ BODY = struct.Struct("<QQQII")         # seq, sender epoch, sender seq, kind, re
 SNAP_MAGIC = b"ACTSNAP1"
 SNAP_HEAD = struct.Struct("<8sIQ")     # magic, crc32, length
 FSYNC_POLICIES = ("always", "group", "interval")
-
-
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 LOCK_FILE = ".lock"     # a name no actor's files can have (`_safe` refuses names starting with a dot)
