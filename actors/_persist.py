@@ -84,15 +84,18 @@ def _open(path: str, flags: int) -> int:
 
 
 class DirectoryLock:
-    """An exclusive `flock` on the resilience directory's lock file, held by the driver for the system's lifetime.
+    """An exclusive `flock` on the resilience directory's lock file, held by the driver for the system's lifetime
+    (for a system without a directory, `DirectoryLock(None)` holds nothing).
 
     A flock belongs to the open file description: it lasts until every descriptor sharing it is closed. The
     descriptor is close-on-exec (the fork server and everything exec'd never share it), and a process forked from
     the driver closes its copy at once, so the lock ends with the driver, however the driver ends.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str | None):
         self.fd = None
+        if directory is None:
+            return                      # a system without a resilience directory: nothing to lock
         check_directory(directory)
         fd = _open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT)
         try:

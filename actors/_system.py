@@ -211,7 +211,7 @@ class Driver(System):
                  stop_timeout: float = 5.0, app: tuple[str, str] | None = None, resilience_dir=None):
         self.resilience_dir = os.path.abspath(resilience_dir) if resilience_dir else None
         # first: a second system on the directory fails here, before it has made anything
-        self.dir_lock = _persist.DirectoryLock(self.resilience_dir) if self.resilience_dir else None
+        self.dir_lock = _persist.DirectoryLock(self.resilience_dir)
         self.fatal: BaseException | None = None
         self.main_scope = None
         self.mailbox_size = mailbox_size
@@ -229,12 +229,17 @@ class Driver(System):
         self._early_exits: dict[int, int] = {}
         self._forkserver = None
         self._ctl = None
-        store = _store.ObjectStore(store_capacity)
+        try:
+            store = _store.ObjectStore(store_capacity)
+        except BaseException:
+            self.dir_lock.release()         # now, not whenever the garbage collector gets to it
+            raise
         _store.set_current_store(store)
         try:
             endpoint = mb.Endpoint(0, self.rundir, store._arena, mailbox_size=mailbox_size)
         except BaseException:
             store.close()
+            self.dir_lock.release()
             raise
         super().__init__(endpoint, store, serialize, deserialize)
 
@@ -587,8 +592,7 @@ class Driver(System):
         _store.set_current_store(None)
         self.store.close()
         shutil.rmtree(self.rundir, ignore_errors=True)
-        if self.dir_lock is not None:
-            self.dir_lock.release()     # last: no actor of ours writes to the directory any more
+        self.dir_lock.release()         # last: no actor of ours writes to the directory any more
 
 
 async def _reply(ep: mb.Endpoint, dest: int, kind: int, payload, call: int, flush: bool = True) -> None:

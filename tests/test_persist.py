@@ -1347,3 +1347,16 @@ def test_a_process_forked_by_the_driver_does_not_keep_the_lock_after_the_driver_
         os.close(hold_write)
         for pid in children:
             os.waitpid(pid, 0)
+
+
+def test_a_system_that_fails_to_start_does_not_keep_the_lock(tmp_path):
+    res = str(tmp_path / "resilience")
+    ran = []
+
+    async def main(system):
+        ran.append(True)
+
+    with pytest.raises(ActorsError, match="is more than /dev/shm has free") as failed:
+        run(main, resilience_dir=res, store_capacity=1 << 50)
+    run(main, resilience_dir=res)       # while `failed` still holds the first attempt's traceback
+    assert ran == [True] and failed.value is not None
