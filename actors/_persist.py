@@ -25,7 +25,7 @@ import struct
 import zlib
 
 from _fastser import _codec
-from actors._exceptions import ActorsError
+from actors._exceptions import PersistenceError
 
 log = logging.getLogger("actors")
 
@@ -34,10 +34,6 @@ BODY = struct.Struct("<QQQII")         # seq, sender epoch, sender seq, kind, re
 SNAP_MAGIC = b"ACTSNAP1"
 SNAP_HEAD = struct.Struct("<8sIQ")     # magic, crc32, length
 FSYNC_POLICIES = ("always", "group", "interval")
-
-
-class PersistenceError(ActorsError):
-    """A persistent actor's state cannot be stored or recovered."""
 
 
 def _fsync_dir(path: str) -> None:
@@ -187,6 +183,32 @@ class Journal:
         self.since_snapshot += count
         if self.fsync_policy == "always":
             self.sync()
+
+    def journal_batch(self, arena, batch: list, epoch: int, framed: bytearray) -> tuple:
+        """Journal a received batch of records from the sender of `epoch` before it is handled, dropping what is
+        journaled already (resent after a restart), and make it as durable as the fsync policy says: each message
+        ("always"), the batch ("group"), or handed to the OS and synced every interval ("interval").
+        (records to handle, highest sender seq to ack). `framed` is a scratch buffer the caller keeps."""
+        if self.fsync_policy == "always":       # each message durable on its own, before the next is journaled
+            keep = []
+            ack = 0
+            for rec in batch:
+                framed.clear()
+                kept, seq, acked = arena.journal_records([rec], epoch, self.seen.get(epoch, 0) if epoch else 0,
+                                                         self.seq, framed)
+                self.append_framed(framed, seq, epoch, acked, seq - self.seq)     # syncs
+                keep += kept
+                ack = max(ack, acked)
+            return keep, ack
+        framed.clear()
+        keep, seq, ack = arena.journal_records(batch, epoch, self.seen.get(epoch, 0) if epoch else 0, self.seq,
+                                               framed)
+        self.append_framed(framed, seq, epoch, ack, seq - self.seq)
+        if self.fsync_policy == "interval":
+            self.flush()                # in the OS: safe from a process crash; fsynced every interval
+        else:
+            self.sync()
+        return keep, ack
 
     def is_duplicate(self, epoch: int, sender_seq: int) -> bool:
         return bool(epoch) and sender_seq <= self.seen.get(epoch, 0)

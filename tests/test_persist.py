@@ -26,7 +26,7 @@ import trio
 import actors
 from _fastser import _codec
 from actors import ActorNotFoundError, ActorsError, SpawnError, _store
-from actors import _mailbox as mb
+from actors._wire import protocol as mb
 from actors._persist import Journal, PersistenceError
 from _process_helpers import children_of, wait_gone  # noqa: E402
 from _process_helpers import run as _run  # noqa: E402
