@@ -2,18 +2,16 @@
 
 A reply travels back on the connection its ask went out on, where the asking task itself reads it (one asker per
 link reads at a time, for all of them; the others park until their reply arrives or the reading is handed over),
-so an actor awaiting an ask inside a handler still gets its reply. On a link to a persistent receiver the same
-loop, run for good by one task, also reads the receiver's acks.
+so an actor awaiting an ask inside a handler still gets its reply. The reading is the endpoint's one record-reading
+loop (`Inbox._read_link`); on a link to a persistent receiver one task runs it for good, and it also takes the acks.
 """
 from __future__ import annotations
 
 import os
-import time
 
 import trio
 
 from actors._exceptions import ActorStoppedError
-from actors._wire.protocol import ACK, RECORD, RECORD_SIZE
 
 # How long an asker (or a reader) spins for more before sleeping in epoll (ACTORS_SPIN_US; 0 turns it off).
 SPIN = float(os.environ.get("ACTORS_SPIN_US", "100")) * 1e-6
@@ -81,56 +79,10 @@ class Asks:
                 continue
             link.reading = True
             try:
-                if not await self._read_link(link, waiter):
+                if not await self._read_link(link, waiter, SPIN):
                     self._died(link)
             finally:
                 link.reading = False
                 if link.handover is not None:
                     link.handover.set()
                     link.handover = None
-
-    async def _read_link(self, link, waiter: Pending | None) -> bool:
-        """Read what arrives on one of our outgoing links: replies to our asks, and a persistent receiver's acks.
-        An asker reads until its own reply is in (`waiter`); a persistent link's reader (no waiter) for as long as
-        the link lives. False once the peer closed the link."""
-        recv_into = link.recv_into
-        pending = self.pending
-        # An asker spins briefly before sleeping in epoll: a reply usually comes within microseconds, and a waiting
-        # process that stays on its CPU lets the replier run on the other one instead of the two taking turns on
-        # one. sched_yield gives the CPU to a replier woken here.
-        spin_until = time.perf_counter() + SPIN if waiter is not None else 0.0
-        while waiter is None or not waiter.kind:
-            view = memoryview(link.inbuf)
-            try:
-                n = recv_into(view[link.have:])
-            except BlockingIOError:
-                if time.perf_counter() < spin_until:
-                    os.sched_yield()
-                    continue
-                try:
-                    await link.wait_readable()
-                except trio.ClosedResourceError:
-                    if waiter is not None:
-                        raise
-                    return False
-                continue
-            except OSError:
-                n = 0
-            if n == 0:
-                return False
-            link.have += n
-            usable = link.have - link.have % RECORD_SIZE
-            for off, kind, _src, call in RECORD.iter_unpack(view[:usable]):
-                if kind == ACK:
-                    self._acked(link, call)
-                    continue
-                other = pending.pop(call, None)
-                if other is None:
-                    self.arena.decref_id(off)       # its ask timed out: a dead letter
-                    continue
-                resolve(other, kind, off)
-            view.release()
-            if usable < link.have:
-                link.inbuf[:link.have - usable] = link.inbuf[usable:link.have]
-            link.have -= usable
-        return True

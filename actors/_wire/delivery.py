@@ -48,7 +48,10 @@ class Delivery:
 
     async def _acker(self, link) -> None:
         """Read a persistent actor's acks (and replies) on our connection to it; when it dies, reconnect."""
-        await self._read_link(link, None)
+        try:
+            await self._read_link(link)
+        except trio.ClosedResourceError:
+            pass                        # closed here (the endpoint closing, or the peer forgotten)
         if not self.closed and self.links.get(link.peer) is link:
             self._lost(link)
 

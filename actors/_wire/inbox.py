@@ -13,7 +13,7 @@ import time
 import trio
 
 from actors._wire.asks import SPIN, resolve
-from actors._wire.protocol import ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, TELL
+from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, TELL
 
 INBOX_BATCHES = 8
 READ_SIZE = 1 << 18
@@ -22,60 +22,90 @@ READ_SIZE = 1 << 18
 class Inbox:
     """The receiving side of `Endpoint` (a part of it, kept in its own room)."""
 
-    async def _reader(self, link, buf: bytearray | None = None, have: int = 0):
-        buf = buf if buf is not None else bytearray(READ_SIZE)
+    async def _reader(self, link):
+        """Read a link a peer opened to us, for as long as it lives; then it is closed, and its peer's replies
+        have nowhere to go."""
+        link.inbuf = bytearray(READ_SIZE)
+        try:
+            await self._read_link(link, None, SPIN)
+        finally:
+            if link.peer >= 0:
+                self.closed_by.setdefault(link.peer, trio.Event()).set()
+                link.dead = True
+                if self.reply_links.get(link.peer) is link:
+                    del self.reply_links[link.peer]
+            link.close()
+
+    async def _read_link(self, link, waiter=None, spin: float = 0.0) -> bool:
+        """The one loop that reads records, for every link.
+
+        On a link a peer opened to us, it runs the records it reads through the handler (or queues them while the
+        handler is busy) until the link ends. On one of our outgoing links it takes the replies to our asks and a
+        persistent receiver's acks: an asker reads until its own reply (`waiter`) is in; a persistent link's reader
+        (no waiter) for as long as the link lives. False once the peer closed the link.
+
+        Waiting: after a read that brought records (and, for an asker, from the start) it spins for `spin` seconds,
+        yielding the CPU, before sleeping in epoll, so that a busy receiver stays on its own CPU instead of being
+        woken onto its sender's, and an asker whose reply comes within microseconds is not put to sleep.
+        """
+        buf = link.inbuf
         view = memoryview(buf)
+        size = len(buf)
+        have = link.have
         unpack = RECORD.iter_unpack
         pending = self.pending
         recv_into = link.recv_into
-        reply_link = None
         drained = False
-        spin_until = 0.0
+        spin_until = time.perf_counter() + spin if waiter is not None else 0.0
         epoch = 0
         try:
-            while True:
+            while waiter is None or not waiter.kind:
                 if drained:                 # the last read came up short: the socket is empty, wait first
                     await link.wait_readable()
                 try:
                     n = recv_into(view[have:])
                 except BlockingIOError:
-                    # As an asker does: spin a moment (yielding the CPU) before sleeping, so that a busy
-                    # receiver stays on its own CPU instead of being woken onto its sender's.
                     if not drained and time.perf_counter() < spin_until:
                         os.sched_yield()
                         continue
                     drained = True
                     continue
                 except OSError:
-                    return
+                    return False
                 if n == 0:
-                    return
-                spin_until = time.perf_counter() + SPIN
-                drained = have + n < len(buf)
+                    return False
+                if spin:
+                    spin_until = time.perf_counter() + spin
+                drained = have + n < size
                 have += n
                 usable = have - have % RECORD_SIZE
                 work = []
                 for rec in unpack(view[:usable]):
                     kind = rec[1]
                     if kind == REPLY or kind == ERROR:
-                        waiter = pending.pop(rec[3], None)
-                        if waiter is None:
+                        waiter_of = pending.pop(rec[3], None)
+                        if waiter_of is None:
                             self.arena.decref_id(rec[0])     # its ask timed out: a dead letter
                             continue
-                        resolve(waiter, kind, rec[0])
-                    elif kind == HELLO:
-                        epoch = rec[3]
-                        if reply_link is None:
-                            reply_link = self._reply_link(rec[2], link)
+                        resolve(waiter_of, kind, rec[0])
+                    elif kind >= HELLO:                     # HELLO or ACK: no payload
+                        if kind == HELLO:
+                            epoch = rec[3]
+                            if link.peer < 0:
+                                self._reply_link(rec[2], link)
+                        elif kind == ACK:
+                            self._acked(link, rec[3])
+                        else:
+                            work.append(rec)
                     else:
                         work.append(rec)
-                if reply_link is None and work:
-                    reply_link = self._reply_link(work[0][2], link)
                 if usable < have:
                     buf[:have - usable] = buf[usable:have]
                 have -= usable
                 if not work:
                     continue
+                if link.peer < 0:
+                    self._reply_link(work[0][2], link)
                 if self.busy or self.queue or self.stopped.is_set() or self.handle is None:
                     await self._enqueue((work, epoch))
                     if not self.busy and self.queue and not self.stopped.is_set() and self.handle is not None:
@@ -86,13 +116,10 @@ class Inbox:
                     continue
                 # idle: run the handlers right here, with no hop to another task
                 await self._run(work, epoch)
+            return True
         finally:
-            if reply_link is not None:
-                self.closed_by.setdefault(reply_link.peer, trio.Event()).set()
-                reply_link.dead = True
-                if self.reply_links.get(reply_link.peer) is reply_link:
-                    del self.reply_links[reply_link.peer]
-            link.close()
+            link.have = have
+            view.release()
 
     def _reply_link(self, src: int, link):
         # The connection `src` opened to us is where our replies (and acks) to it go.

@@ -86,8 +86,8 @@ class Listener(abc.ABC):
         """Sleep until a connection can be accepted."""
 
     @abc.abstractmethod
-    def accept(self, peer: int = 0) -> Link | None:
-        """A new incoming link (its peer is learnt from its first record), or None if none is waiting."""
+    def accept(self) -> Link | None:
+        """A new incoming link, or None if none is waiting. Its peer is -1 until its first record names it."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -62,13 +62,13 @@ class UnixListener(Listener):
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self.sock)
 
-    def accept(self, peer: int = 0) -> UnixLink | None:
+    def accept(self) -> UnixLink | None:
         try:
             conn, _ = self.sock.accept()
         except BlockingIOError:
             return None
         conn.setblocking(False)
-        return UnixLink(peer, conn)
+        return UnixLink(-1, conn)
 
     def close(self) -> None:
         try:
