@@ -165,10 +165,7 @@ class Journal:
         self.file.write(HEAD.pack(len(body), zlib.crc32(body)) + body)
         if epoch:
             self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
-        self.dirty = True
-        self.since_snapshot += 1
-        if self.fsync_policy == "always":
-            self.sync()
+        self._appended(1)
         return self.seq
 
     def append_framed(self, framed: bytearray, seq: int, epoch: int, sender_seq: int, count: int) -> None:
@@ -179,6 +176,11 @@ class Journal:
         self.seq = seq
         if epoch and sender_seq:
             self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
+        self._appended(count)
+
+    def _appended(self, count: int) -> None:
+        # The one place a write becomes durable at once: fsync="always". "group" and "interval" are decided by
+        # journal_batch, per batch.
         self.dirty = True
         self.since_snapshot += count
         if self.fsync_policy == "always":
@@ -196,7 +198,7 @@ class Journal:
                 framed.clear()
                 kept, seq, acked = arena.journal_records([rec], epoch, self.seen.get(epoch, 0) if epoch else 0,
                                                          self.seq, framed)
-                self.append_framed(framed, seq, epoch, acked, seq - self.seq)     # syncs
+                self.append_framed(framed, seq, epoch, acked, seq - self.seq)     # synced by _appended
                 keep += kept
                 ack = max(ack, acked)
             return keep, ack
