@@ -130,7 +130,8 @@ def test_many_senders_to_a_blocked_actor_are_all_handled_once_unblocked(tmp_path
         await block(ref, gate)
         for spammer in spammers:                # one connection, and one batch, per sender
             assert await spammer.ask((ref, n)) == n
-        await trio.sleep(1.0)                   # let every batch reach the blocker
+        # each spammer answers after its batch has been written to the blocker, whose idle readers take it (and
+        # queue it, or hold it back once 8 batches wait) while the handler stays parked
         write_file(gate, "")
         with trio.move_on_after(10):            # every message arrived before the gate opened: all get handled
             while await ref.ask("count") < senders * n:
