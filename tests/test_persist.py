@@ -896,8 +896,14 @@ def test_messages_to_a_dead_persistent_actor_that_will_not_restart_fail_clearly(
         assert Mortal.restart == "never"
         pid = await ref.proxy.pid(timeout=10)
         os.kill(pid, signal.SIGKILL)
-        # gone for good: the driver forgot its link on learning of the exit, before it freed the name
+        # gone for good: the driver frees the name and marks the actor gone; the driver's link to it, which keeps
+        # trying to reconnect to a persistent actor, gives up at its next attempt
         await wait_until(lambda: gone(system, "mortal"), timeout=10, what="the actor to be gone")
+
+        async def gave_up():
+            link = system.endpoint.links.get(ref.id)
+            return link is None or not link.persistent
+        await wait_until(gave_up, timeout=10, what="the driver to stop reconnecting")
         with pytest.raises(actors.ActorStoppedError) as info:
             await ref.ask("hello", timeout=5)
         assert "restarting" not in str(info.value), str(info.value)
