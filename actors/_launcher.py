@@ -30,7 +30,7 @@ def load_app(path: str):
 
 
 def main(args) -> int:
-    from actors._system import run
+    from actors._runtime.driver import run
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sys.argv = [args.app, *args.args]
     try:

@@ -2,7 +2,7 @@
 
 A pipe keeps a write of at most PIPE_BUF bytes in one piece, so lines go out whole, in writes of at most PIPE_BUF
 bytes each (a longer line goes alone, in as many writes as it takes). Actors' output reaches `write_lines` through
-their prefixing pumps (actors/_worker.py); the driver's `print`s through `whole_lines`, which holds back a partial
+their prefixing pumps (actors/_runtime/worker.py); the driver's `print`s through `whole_lines`, which holds back a partial
 line until its end arrives: unbuffered, `print` is two writes, and a buffered stream flushes wherever it is full.
 """
 from __future__ import annotations

@@ -272,10 +272,7 @@ class Journal:
         self.file.write(HEAD.pack(len(body), zlib.crc32(body)) + body)
         if epoch:
             self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
-        self.dirty = True
-        self.since_snapshot += 1
-        if self.fsync_policy == "always":
-            self.sync()
+        self._appended(1)
         return self.seq
 
     def append_framed(self, framed: bytearray, seq: int, epoch: int, sender_seq: int, count: int) -> None:
@@ -286,10 +283,41 @@ class Journal:
         self.seq = seq
         if epoch and sender_seq:
             self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
+        self._appended(count)
+
+    def _appended(self, count: int) -> None:
+        # The one place a write becomes durable at once: fsync="always". "group" and "interval" are decided by
+        # journal_batch, per batch.
         self.dirty = True
         self.since_snapshot += count
         if self.fsync_policy == "always":
             self.sync()
+
+    def journal_batch(self, arena, batch: list, epoch: int, framed: bytearray) -> tuple:
+        """Journal a received batch of records from the sender of `epoch` before it is handled, dropping what is
+        journaled already (resent after a restart), and make it as durable as the fsync policy says: each message
+        ("always"), the batch ("group"), or handed to the OS and synced every interval ("interval").
+        (records to handle, highest sender seq to ack). `framed` is a scratch buffer the caller keeps."""
+        if self.fsync_policy == "always":       # each message durable on its own, before the next is journaled
+            keep = []
+            ack = 0
+            for rec in batch:
+                framed.clear()
+                kept, seq, acked = arena.journal_records([rec], epoch, self.seen.get(epoch, 0) if epoch else 0,
+                                                         self.seq, framed)
+                self.append_framed(framed, seq, epoch, acked, seq - self.seq)     # synced by _appended
+                keep += kept
+                ack = max(ack, acked)
+            return keep, ack
+        framed.clear()
+        keep, seq, ack = arena.journal_records(batch, epoch, self.seen.get(epoch, 0) if epoch else 0, self.seq,
+                                               framed)
+        self.append_framed(framed, seq, epoch, ack, seq - self.seq)
+        if self.fsync_policy == "interval":
+            self.flush()                # in the OS: safe from a process crash; fsynced every interval
+        else:
+            self.sync()
+        return keep, ack
 
     def is_duplicate(self, epoch: int, sender_seq: int) -> bool:
         return bool(epoch) and sender_seq <= self.seen.get(epoch, 0)

@@ -181,7 +181,7 @@ def _resolve(name: str) -> _shm.Arena:
     return arena
 
 
-_shm._resolve = _resolve
+_shm.set_ref_resolver(_resolve)
 _codec.register_class(ObjectRef, serializer=_shm.ref_to_wire, deserializer=_shm.ref_from_wire)
 
 

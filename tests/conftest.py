@@ -6,7 +6,7 @@ import secrets
 import pytest
 
 from actors import _store
-from _process_helpers import leftover_segments
+from _helpers.processes import leftover_segments
 
 # Every process of this run (pytest, its subprocesses, their actors: the variable is inherited) puts this tag in the
 # names of the segments it makes, so that the leak check counts and removes this run's segments only, never those of

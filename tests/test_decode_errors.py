@@ -32,7 +32,7 @@ FUZZ = settings(max_examples=300, deadline=None, database=None,
                                        HealthCheck.function_scoped_fixture])
 
 
-from _codec_helpers import MAX_DEPTH  # noqa: E402
+from _helpers.codec import MAX_DEPTH  # noqa: E402
 # the width of a numpy scalar's length field, as the encoder writes it: tag, dtype (1 + 3), length, 8 bytes
 SCALAR_LEN = len(actors.dumps(np.float64(0))) - 16 - 1 - 4 - 8
 assert SCALAR_LEN in (1, 4)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from _process_helpers import leftover_segments
+from _helpers.processes import leftover_segments
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 

@@ -6,17 +6,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 
 import posix_ipc
 import pytest
 
 from actors import _store
-from _process_helpers import alive, children_of, wait_gone  # noqa: E402
+from _helpers.processes import CLI_TIMEOUT as TIMEOUT, actors_cmd, alive, children_of, env, run_cli, wait_gone  # noqa: E402
+from _helpers.processes import launched  # noqa: F401  (the fixture)
 
 
-TIMEOUT = 120           # seconds for one launcher run; the machine is shared and loaded: be generous
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "actors")
 
 
@@ -26,93 +24,8 @@ def write_app(tmp_path, source, name="app.py"):
     return path
 
 
-def env():
-    return dict(os.environ, PYTHONUNBUFFERED="1", ACTORS_STORE_CAPACITY="64M")
-
-
-def actors_cmd(*args):
-    return [sys.executable, "-m", "actors", *args]
-
-
-def run_cli(*args, cwd=None, timeout=TIMEOUT):
-    return subprocess.run(actors_cmd(*args), cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
-
-
 def segments_of(pid):
     return [n for n in _store.our_segments() if n.startswith(f"{_store.PREFIX}{pid}.")]
-
-
-class Launched:
-    """`actors run app.py` running in the background: its stdout lines are collected by a thread."""
-
-    def __init__(self, app, *args, cwd):
-        self.stderr_path = os.path.join(cwd, "launcher-stderr.txt")
-        self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(actors_cmd("run", str(app), *args), cwd=cwd, env=env(), text=True,
-                                     stdout=subprocess.PIPE, stderr=self._stderr)
-        self.lines = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for_line(self, text, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not any(text in line for line in self.lines):
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no line with {text!r} from the app; stdout: {self.lines}; stderr: "
-                                         f"{self.stderr()}")
-                self._changed.wait(min(left, 0.5))
-
-    def wait(self, timeout=TIMEOUT):
-        code = self.proc.wait(timeout)
-        self._reader.join(10)
-        return code
-
-    def stderr(self):
-        self._stderr.flush()
-        with open(self.stderr_path) as f:
-            return f.read()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            for pid in [self.proc.pid, *children_of(self.proc.pid)]:
-                for kid in children_of(pid):
-                    _kill(kid)
-                _kill(pid)
-            self.proc.wait(30)
-        self._stderr.close()
-
-
-def _kill(pid):
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-@pytest.fixture
-def launched():
-    started = []
-
-    def launch(app, *args, cwd):
-        p = Launched(app, *args, cwd=cwd)
-        started.append(p)
-        return p
-
-    yield launch
-    for p in started:           # a failed test must not leave its system running
-        p.kill()
-    _store.cleanup()            # the segments of a killed launcher (its owner is dead now)
 
 
 # -- running an app ---------------------------------------------------------------------------------------------------
@@ -318,7 +231,7 @@ FOREVER_APP = """
 
 def _stop_with_signal(tmp_path, launched, signum):
     app = write_app(tmp_path, FOREVER_APP)
-    p = launched(app, str(tmp_path), cwd=tmp_path)
+    p = launched("run", app, str(tmp_path), cwd=tmp_path)
     p.wait_for_line("READY")
     actor_pids = sorted(int(line.split()[-1]) for line in p.lines if "] PID " in line)
     assert len(actor_pids) == 2

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import zlib
 
@@ -29,17 +28,13 @@ import trio
 import actors
 from _fastser import _codec
 from actors import ActorNotFoundError, ActorsError, SpawnError, _store
-from actors import _mailbox as mb
+from actors._wire import protocol as mb
 from actors._persist import Journal, PersistenceError
-from _process_helpers import as_other_user, children_of, wait_gone  # noqa: E402
-from _process_helpers import run as _run  # noqa: E402
+from _helpers.processes import CLI_TIMEOUT as TIMEOUT, env, gone, retry, run, run_cli, wait_gone, wait_until  # noqa: E402
+from _helpers.processes import launched  # noqa: F401  (the fixture)
+from _helpers.processes import as_other_user  # noqa: E402
 
 
-def run(main, *, timeout=60, **options):
-    return _run(main, timeout=timeout, **options)
-
-
-TIMEOUT = 180           # seconds for one subprocess run; the machine is shared and loaded: be generous
 
 # The documented formats (actors/_persist.py), spelled out independently of the module's own structs.
 HEAD = struct.Struct("<II")             # u32 length | u32 crc32(body)
@@ -50,10 +45,6 @@ TELL, CALL = mb.TELL, mb.CALL
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
 
-def env():
-    return dict(os.environ, PYTHONUNBUFFERED="1", ACTORS_STORE_CAPACITY="64M")
-
-
 def write_app(tmp_path, source, name):
     path = tmp_path / name
     path.write_text(textwrap.dedent(source))
@@ -62,9 +53,7 @@ def write_app(tmp_path, source, name):
 
 def run_app(app, resilience_dir, *args, timeout=TIMEOUT):
     """`python -m actors run --resilience-dir DIR app.py args...`; the CompletedProcess."""
-    return subprocess.run([sys.executable, "-m", "actors", "run", "--resilience-dir", str(resilience_dir),
-                           str(app), *map(str, args)], cwd=app.parent, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return run_cli("run", "--resilience-dir", resilience_dir, app, *args, cwd=app.parent, timeout=timeout)
 
 
 def record(seq, message, *, epoch=0, sender_seq=0, kind=TELL):
@@ -115,96 +104,6 @@ def lines_with(text, output):
 
 def dead_segments():
     return [n for n in _store.our_segments() if not _store.owner_alive(n)]
-
-
-def _kill(pid):
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-class Launched:
-    """`python -m actors run ...` in the background; a thread collects its stdout lines."""
-
-    def __init__(self, app, resilience_dir, *args, stdin=None):
-        self.stderr_path = str(app.parent / f"stderr-{time.monotonic_ns()}.txt")
-        self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "actors", "run", "--resilience-dir", str(resilience_dir), str(app),
-             *map(str, args)], cwd=app.parent, env=env(), text=True, stdin=stdin, stdout=subprocess.PIPE,
-            stderr=self._stderr)
-        self.lines = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, predicate, what, timeout=TIMEOUT):
-        """The first stdout line for which `predicate(line)` holds."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if predicate(line):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no line with {what} from the app; stdout: {self.lines[-20:]}; "
-                                         f"stderr: {self.stderr()[-3000:]}")
-                self._changed.wait(min(left, 0.2))
-
-    def wait(self, timeout=TIMEOUT):
-        code = self.proc.wait(timeout)
-        self._reader.join(10)
-        return code
-
-    def stderr(self):
-        self._stderr.flush()
-        with open(self.stderr_path) as f:
-            return f.read()
-
-    def tree(self):
-        """The launcher's descendants: the fork server and the actors it forked."""
-        out = []
-        todo = [self.proc.pid]
-        while todo:
-            kids = children_of(todo.pop())
-            out += kids
-            todo += kids
-        return out
-
-    def kill(self):
-        if self.proc.poll() is None:
-            tree = self.tree()
-            _kill(self.proc.pid)
-            for pid in tree:
-                _kill(pid)
-            self.proc.wait(30)
-        self._stderr.close()
-
-
-@pytest.fixture
-def launched():
-    started = []
-
-    def launch(*args, **kwargs):
-        p = Launched(*args, **kwargs)
-        started.append(p)
-        return p
-
-    yield launch
-    for p in started:           # a failed test must not leave a system running
-        p.kill()
-    _store.cleanup()            # the segments of killed launchers (their owners are dead)
-    _store.cleanup_rundirs()
 
 
 # -- the journal, unit level ------------------------------------------------------------------------------------------
@@ -694,14 +593,14 @@ def test_kill_9_of_the_launcher_while_it_sends_then_restart_reaches_the_exact_to
     rng.seed(seed)
     recovered = []
     killed_launchers = []
-    for run in range(kills + 1):
-        p = launched(app, res, total)
+    for attempt in range(kills + 1):
+        p = launched("run", "--resilience-dir", res, app, total, cwd=app.parent)
         line = p.wait_for(lambda s: s.startswith("recovered "), "'recovered'")
         recovered.append(int(line.split()[1]))
         # the stale segments and socket directory of the launcher killed before were removed by this start
         for pid in killed_launchers:
             assert not [n for n in _store.our_segments() if n.startswith(f"{_store.PREFIX}{pid}.")], seed
-        if run == kills:
+        if attempt == kills:
             break
         # kill it at a random moment while it sends: after a random number of progress lines, plus a little
         mark = f"sent {rng.randrange(2, 10) * 10_000}"
@@ -965,16 +864,6 @@ class Tally(actors.Actor):
         return os.getpid()
 
 
-async def retry(call, *, timeout=30.0):
-    """`await call()` until it does not raise ActorsError (the actor restarting); TooSlowError after `timeout`."""
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                return await call()
-            except ActorsError:
-                await trio.sleep(0.02)
-
-
 def test_messages_replayed_at_recovery_count_towards_the_next_snapshot(tmp_path):
     res = tmp_path / "res"
 
@@ -1011,14 +900,14 @@ def test_messages_to_a_dead_persistent_actor_that_will_not_restart_fail_clearly(
         assert Mortal.restart == "never"
         pid = await ref.proxy.pid(timeout=10)
         os.kill(pid, signal.SIGKILL)
-        with trio.fail_after(10):
-            while True:
-                try:
-                    await system.lookup("mortal")
-                except ActorNotFoundError:
-                    break
-                await trio.sleep(0.02)
-        await trio.sleep(0.2)
+        # gone for good: the driver frees the name and marks the actor gone; the driver's link to it, which keeps
+        # trying to reconnect to a persistent actor, gives up at its next attempt
+        await wait_until(lambda: gone(system, "mortal"), timeout=10, what="the actor to be gone")
+
+        async def gave_up():
+            link = system.endpoint.links.get(ref.id)
+            return link is None or not link.persistent
+        await wait_until(gave_up, timeout=10, what="the driver to stop reconnecting")
         with pytest.raises(actors.ActorStoppedError) as info:
             await ref.ask("hello", timeout=5)
         assert "restarting" not in str(info.value), str(info.value)
@@ -1290,7 +1179,7 @@ SECOND_SYSTEM_APP = """
 def test_a_second_system_on_the_same_directory_fails_at_start_while_the_first_keeps_running(tmp_path, launched):
     app = write_app(tmp_path, SECOND_SYSTEM_APP, "second_app.py")
     res = tmp_path / "resilience"
-    first = launched(app, res, stdin=subprocess.PIPE)
+    first = launched("run", "--resilience-dir", res, app, stdin=subprocess.PIPE, cwd=app.parent)
     first.wait_for(lambda s: s == "ready 1", "'ready 1'")
     assert mode(res / ".lock") == 0o600
     ran = []

@@ -16,7 +16,7 @@ import pytest
 
 import actors
 from actors import _store
-from _process_helpers import as_other_user, leftover_segments
+from _helpers.processes import as_other_user, leftover_segments
 
 CTX = mp.get_context("spawn")
 TIMEOUT = 60

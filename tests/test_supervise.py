@@ -24,15 +24,7 @@ from actors import (
     Terminated,
 )
 from actors import _store
-from _process_helpers import alive  # noqa: E402
-from _process_helpers import run as _run  # noqa: E402
-
-
-TIMEOUT = 60            # seconds for one system's `main`; the machine is shared and loaded: be generous
-
-
-def run(main, *, timeout=TIMEOUT, **options):
-    return _run(main, timeout=timeout, **options)
+from _helpers.processes import alive, gone, retry, run, wait_until  # noqa: E402
 
 
 FAST = {"restart_backoff": 0.01}
@@ -40,36 +32,6 @@ FAST = {"restart_backoff": 0.01}
 
 def my_segments():
     return [n for n in _store.our_segments() if n.startswith(f"{_store.PREFIX}{os.getpid()}.")]
-
-
-async def retry(call, *, timeout=20.0, errors=(ActorsError,)):
-    """`await call()` until it does not raise one of `errors` (an actor restarting); TooSlowError after `timeout`."""
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                return await call()
-            except errors:
-                await trio.sleep(0.02)
-
-
-async def wait_until(predicate, *, timeout=20.0, what="the condition"):
-    """Poll the async `predicate` until it is true."""
-    deadline = trio.current_time() + timeout
-    while True:
-        if await predicate():
-            return
-        if trio.current_time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await trio.sleep(0.02)
-
-
-async def gone(system, name):
-    """True once no running actor is named `name`."""
-    try:
-        await system.lookup(name)
-    except ActorNotFoundError:
-        return True
-    return False
 
 
 # -- actors -----------------------------------------------------------------------------------------------------------
@@ -143,12 +105,13 @@ class Watcher(actors.Actor):
 
 async def terminated_of(watcher, count, timeout=20.0):
     """The watcher's first `count` Terminated messages, once it has that many."""
-    with trio.fail_after(timeout):
-        while True:
-            seen = await watcher.proxy.terminated(timeout=10)
-            if len(seen) >= count:
-                return seen
-            await trio.sleep(0.02)
+    seen = []
+
+    async def enough():
+        seen[:] = await watcher.proxy.terminated(timeout=10)
+        return len(seen) >= count
+    await wait_until(enough, timeout=timeout, what=f"{count} Terminated message(s)")
+    return seen
 
 
 # -- restart policies -------------------------------------------------------------------------------------------------
@@ -226,9 +189,13 @@ def test_stopping_a_restarted_actor_is_graceful(tmp_path):
         ref = await system.spawn(Stoppable, str(tmp_path), name="phoenix", options={"restart": "on-failure", **FAST})
         pid1 = await ref.ask("pid", timeout=10)
         os.kill(pid1, signal.SIGKILL)
-        # restarted: wait without talking to it (a lookup is answered by the driver itself)
+        # restarted: wait without talking to it (the driver's own record says when its on_start has finished)
         await wait_until(lambda: trio.to_thread.run_sync(lambda: not alive(pid1)), what="the old process to die")
-        await trio.sleep(0.5)
+
+        async def restarted():
+            info = system.actors.get(ref.id)
+            return info is not None and info.started and info.pid != pid1
+        await wait_until(restarted, what="the restart to finish")
         assert await system.lookup("phoenix") == ref
         t0 = trio.current_time()
         await system.stop(ref, timeout=3)
@@ -334,9 +301,8 @@ def test_a_crash_during_a_restart_counts_towards_the_intensity_instead_of_stoppi
             "restart": "always", "max_restarts": 10, "restart_backoff": 0.01})
         pid1 = await ref.ask("pid", timeout=10)
         os.kill(pid1, signal.SIGKILL)
-        with trio.fail_after(20):
-            while len(os.listdir(tmp_path)) < 2:
-                await trio.sleep(0.005)
+        await wait_until(lambda: trio.to_thread.run_sync(lambda: len(os.listdir(tmp_path)) >= 2),
+                         what="the restart to begin")
         [second] = [n for n in os.listdir(tmp_path) if n.startswith("1-")]
         os.kill(int(second.split("-")[1]), signal.SIGKILL)      # in the middle of its (slow) restart
         pid3 = await retry(lambda: ref.ask("pid", timeout=5))
@@ -409,12 +375,12 @@ def test_on_error_restart_the_supervisors_log_names_the_failure(caplog):
     assert any(r.getMessage() == "actor 'restarter' restarted (restart 1 within 60 s)" for r in caplog.records)
 
 
-def _busy_driver_while_the_actor_fails(ref):
+def _busy_driver_while_the_actor_fails(system, ref):
     """Tell `ref` to raise in 0.2 s, and keep the driver's loop busy meanwhile (a loaded machine does the same):
     the actor's report of why it ends and the news of its exit then reach the driver together."""
     async def go():
         await ref.tell("raise later")
-        await trio.sleep(0.05)              # the tell has left
+        system.endpoint.flush_all()         # the tell has left: written to the actor's socket now
         time.sleep(1.0)                     # the driver does not run while the actor fails and exits
     return go()
 
@@ -428,7 +394,7 @@ def test_on_error_restart_names_the_failure_when_the_driver_is_busy(caplog):
             "restart": "on-failure", "on_error": "restart", **FAST})
         assert await watcher.proxy.watch(ref, timeout=10)
         pid1 = await ref.proxy.pid(timeout=10)
-        await _busy_driver_while_the_actor_fails(ref)
+        await _busy_driver_while_the_actor_fails(system, ref)
         pid2 = await retry(lambda: ref.proxy.pid(timeout=5))
         assert pid2 != pid1
         [(_who, _name, reason, restarting)] = await terminated_of(watcher, 1)
@@ -472,7 +438,7 @@ def test_on_error_stop_stays_stopped_when_the_driver_is_busy():
         ref = await system.spawn(Crasher, name="stopper", options={
             "restart": "always", "on_error": "stop", **FAST})
         assert await ref.ask(1, timeout=10) == 1
-        await _busy_driver_while_the_actor_fails(ref)
+        await _busy_driver_while_the_actor_fails(system, ref)
         await trio.sleep(0.5)               # it stopped during the busy second; past the restart backoff too
         with pytest.raises(ActorNotFoundError):
             await system.lookup("stopper")

@@ -62,8 +62,8 @@ def _child(payload: bytes) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         _die_with_parent()
-        from actors import _worker
-        code = _worker.main(payload)
+        from actors._runtime import worker
+        code = worker.main(payload)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -127,7 +127,7 @@ def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None) -
 
 
 def main() -> None:
-    """Entry point: `python -c "from actors._forkserver import main; main()" FD SPEC`."""
+    """Entry point: `python -c "from actors._runtime.forkserver import main; main()" FD SPEC`."""
     fd = int(sys.argv[1])
     spec = pickle.loads(bytes.fromhex(sys.argv[2]))
     sys.argv = spec.get("argv") or sys.argv[:1]     # the app sees its own arguments, as in the driver

@@ -330,3 +330,10 @@ class Spammer(actors.Actor):
         for i in range(n):
             await target.tell((self.ref.name, i))
         return n
+
+
+async def block(ref, gate):
+    """Park `ref`'s (a Blocker's) handler; return once it is parked (it signals with the file `gate`.blocked)."""
+    from _helpers.processes import wait_for_file
+    await ref.tell("block")
+    await wait_for_file(gate + ".blocked")
