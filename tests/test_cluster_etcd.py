@@ -11,6 +11,7 @@ from actors._exceptions import ClusterError
 from actors._runtime.cluster.etcd import Etcd, parse_cluster_url, prefix_end
 
 from _cluster_helpers import (  # noqa: F401 (fixtures)
+    EtcdServer,
     SimulatedHosts,
     cluster_hosts,
     etcd_server,
@@ -133,6 +134,27 @@ def test_keep_alive_keeps_the_keys_and_revoke_ends_them(etcd):
         await lease.revoke()        # revoking twice is not an error
 
     run(main)
+
+
+def test_keep_alive_gives_up_once_etcd_is_gone_for_the_ttl():
+    """A holder that cannot renew its lease must learn that it no longer owns its keys: the lease ran out in etcd."""
+    server = EtcdServer(require_etcd())
+    etcd = Etcd(server.url, timeout=1)
+
+    async def main():
+        lease = await etcd.grant(TTL)
+        server.process.kill()
+        lost = trio.current_time()
+        with pytest.raises(ClusterError, match=rf"^lease {lease.id:x} ran out: etcd at 127\.0\.0\.1:"
+                                               rf"{server.port} could not be reached to renew it within its "
+                                               rf"{TTL} s TTL; stop acting on the keys bound to it and register again$"):
+            await lease.keep_alive()
+        assert trio.current_time() - lost <= TTL + 1
+
+    try:
+        run(main)
+    finally:
+        server.close()
 
 
 def test_create_if_absent(etcd):

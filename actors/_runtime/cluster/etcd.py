@@ -424,7 +424,7 @@ class Lease:
                 if trio.current_time() >= expires:
                     raise ClusterError(
                         f"lease {self.id:x} ran out: {self.etcd._where()} could not be reached to renew it within "
-                        f"its {self.ttl} s TTL; the keys bound to it are gone")
+                        f"its {self.ttl} s TTL; stop acting on the keys bound to it and register again")
                 await trio.sleep(min(0.2, max(0.0, expires - trio.current_time())))
 
     async def revoke(self) -> None:
