@@ -39,6 +39,11 @@ class AskTimeoutError(ActorsError, TimeoutError):
     """No reply arrived within the ask's timeout."""
 
 
+class ClusterError(ActorsError):
+    """etcd, which holds the cluster's membership, names and leases, cannot be reached, refused a request, or took
+    back a lease this node held."""
+
+
 class ActorNotFoundError(ActorsError, LookupError):
     """No running actor has that name."""
 
