@@ -9,6 +9,7 @@ import threading
 import traceback
 
 import cloudpickle
+import setproctitle
 import trio
 
 from _fastser import _codec
@@ -61,6 +62,7 @@ def _prefix_output(name: str) -> list[threading.Thread]:
 def main(payload: bytes) -> int:
     """Run one actor; the process's exit code."""
     spec: SpawnSpec = cloudpickle.loads(payload)
+    setproctitle.setproctitle(f"actors: {spec.cls.__name__} {spec.name!r} #{spec.id}")    # what ps and top show
     if spec.app is not None and spec.app[0] not in sys.path:
         sys.path.insert(0, spec.app[0])
     pumps = _prefix_output(spec.name)

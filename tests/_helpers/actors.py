@@ -337,3 +337,10 @@ async def block(ref, gate):
     from _helpers.processes import wait_for_file
     await ref.tell("block")
     await wait_for_file(gate + ".blocked")
+
+
+class Pid(actors.Actor):
+    """Answers every ask with its process id."""
+
+    async def receive(self, msg):
+        return os.getpid()
