@@ -7,6 +7,7 @@ requests to them and runs the whole (`run`).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -22,16 +23,17 @@ from actors import _output, _persist, _ref, _store
 from actors._exceptions import ActorsError
 from actors._runtime.registry import ActorInfo, Registry
 from actors._runtime.spawn import Spawner
+from actors._runtime.status import ENDED_KEPT, Status
 from actors._runtime.supervise import Supervisor
 from actors._runtime.system import System, error_payload, reply
 from actors._wire.endpoint import Endpoint, Handler
 from actors._wire.protocol import ERROR, REPLY, REPORTS, SYSTEM, SYSTEM_TELL, SystemOp
 from actors._wire.uds import UnixTransport
 
-log = logging.getLogger("actors")
+log = logging.getLogger(__name__)
 
 
-class Driver(Spawner, Supervisor, Registry, System, Handler):
+class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
     """The system as seen from the driver process: it owns the store, the sockets' directory and the processes."""
 
     def __init__(self, *, store_capacity=None, mailbox_size: int = 4096, serialize=None, deserialize=None,
@@ -52,6 +54,7 @@ class Driver(Spawner, Supervisor, Registry, System, Handler):
         self.actors: dict[int, ActorInfo] = {}
         self.by_name: dict[str, int] = {}
         self.by_pid: dict[int, ActorInfo] = {}
+        self.ended: collections.deque[ActorInfo] = collections.deque(maxlen=ENDED_KEPT)   # stopped for good
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
         self._spawned: dict[int, list] = {}
@@ -65,7 +68,8 @@ class Driver(Spawner, Supervisor, Registry, System, Handler):
             SystemOp.REGISTRY: self._op_registry,
         }
         self._reports = {SystemOp.READY: self._note_ready, SystemOp.FAILURE: self._note_failure,
-                         SystemOp.STOPPING: self._note_stopping}
+                         SystemOp.STOPPING: self._note_stopping, SystemOp.LOG: self._note_log}
+        self.actor_logged = trio.Event()    # set (and replaced) at each record an actor logs
         try:
             store = _store.ObjectStore(store_capacity)
         except BaseException:
@@ -101,6 +105,18 @@ class Driver(Spawner, Supervisor, Registry, System, Handler):
         else:
             log.warning("the driver is not an actor: dropped a message from %s", ep.describe(src))
         return False
+
+    def _note_log(self, actor_id: int, fields: dict) -> None:
+        """A record an actor logged: handled by this process's logging, as if logged here, with its `actor` (name)
+        and `actor_id` as attributes (a format or filter can use them)."""
+        record = logging.makeLogRecord(fields)
+        record.actor = self.endpoint.names.get(actor_id, f"#{actor_id}")
+        record.actor_id = actor_id
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+        self.actor_logged.set()
+        self.actor_logged = trio.Event()
 
     async def _answer(self, src, kind, call, msg) -> None:
         ep = self.endpoint
@@ -174,6 +190,7 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
             driver.nursery = nursery
             driver.endpoint.start_handling()
             await nursery.start(driver.endpoint.serve)
+            await nursery.start(driver.serve_status)
             nursery.start_soon(driver._forkserver_events)
             with trio.CancelScope() as main_scope:
                 driver.main_scope = main_scope

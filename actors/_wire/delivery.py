@@ -12,7 +12,7 @@ import trio
 
 from actors._wire.protocol import ACK, HELLO, RECORD, RECORD_SIZE, TELL
 
-log = logging.getLogger("actors")
+log = logging.getLogger(__name__)
 
 RECONNECT_TIMEOUT = 60.0     # how long a sender waits for a persistent actor to come back
 
