@@ -92,3 +92,21 @@ class Forker(actors.Actor):
             time.sleep(120)
             os._exit(0)
         return pid
+
+
+def test_the_example_test_file_in_docs_testing_md_passes_under_pytest(tmp_path):
+    # As a user runs it: the file alone in a directory, `pytest` finding the plugin through its entry point.
+    import pathlib
+    import re
+    import subprocess
+    import sys
+    from _helpers.processes import CLI_TIMEOUT, env
+
+    doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "testing.md").read_text()
+    [source] = [block for block in re.findall(r"```python\n(.*?)```", doc, re.S)
+                if block.startswith('"""test_greeter.py')]
+    (tmp_path / "test_greeter.py").write_text(source)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_greeter.py"],
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^3 passed in [\d.]+s$", proc.stdout, re.M), proc.stdout

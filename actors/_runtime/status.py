@@ -3,7 +3,8 @@ reads.
 
 The per-actor figures come from the actors themselves: the driver sends each one a STATUS record on a connection of
 its own, and the actor's reader for that connection answers at once from what its endpoint keeps anyway (a count of
-handled records, added to per batch; its queue of batches; the bytes unread in its sockets). So the message path
+records, added to per batch, and how far the handler loop's iterator has got; its queue of batches; the bytes unread
+in its sockets). So the message path
 does no extra work per message, the answer does not wait behind the mailbox it measures, and an actor awaiting in a
 long handler still answers. One that does not within `ASK_TIMEOUT` (computing without awaiting) is reported without
 those figures. The rest (pid, state, restarts, unacknowledged tells, the store) is the driver's own.
@@ -37,8 +38,8 @@ class ActorStatus:
     pid: int
     state: str              # starting, running, restarting, stopping, stopped
     restarts: int           # since it was spawned
-    handled: int | None     # records it has handled or is handling (per batch): tells, asks, calls, since it started
-    mailbox: int | None     # records waiting for it: in its queue, unread in its sockets, in the driver's outbox
+    handled: int | None     # records it has handled (the one in progress included) since its process started
+    mailbox: int | None     # records waiting for it: its batch's rest, its queue, its sockets, the driver's outbox
     unacked: int            # tells the driver holds for it until it journals them (persistent actors)
 
 

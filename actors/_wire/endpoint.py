@@ -86,6 +86,7 @@ class Endpoint(Inbox, Asks, Delivery):
         self.journal_batch = None
         self.after_batch = None
         self.handled = 0                    # records run through the handler, counted per batch (status)
+        self.running = iter(())             # the batch being handled, as the iterator the handler loop runs
 
         self.dirty: list[Link] = []
         self.wake = trio.Event()

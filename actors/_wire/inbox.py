@@ -7,6 +7,7 @@ stops reading, and the kernel's socket buffers and then the sender's outbox fill
 """
 from __future__ import annotations
 
+import operator
 import os
 import time
 
@@ -123,17 +124,20 @@ class Inbox:
             link.have = have
             view.release()
 
-    def waiting(self) -> int:
-        """Records that have reached this endpoint and wait for its handler: queued in batches, or still unread
-        on the connections peers opened to it (the batch being handled is counted in `handled`)."""
+    def figures(self) -> tuple[int, int]:
+        """(records handled, the one in progress included; records waiting for the handler: the rest of the batch
+        in progress, the queued batches, and what is still unread on the connections peers opened to us)."""
+        left = operator.length_hint(self.running)
         unread = sum(link.unread() + link.have for link in self.reply_links.values() if not link.dead)
-        return sum(len(batch) for batch, _epoch in self.queue) + unread // RECORD_SIZE
+        return (self.handled - left,
+                left + sum(len(batch) for batch, _epoch in self.queue) + unread // RECORD_SIZE)
 
     def _answer_status(self, link) -> None:
         # Answered here by the reader, not by the handler: an actor busy in a handler (awaiting) still answers,
         # and nothing the status request queues behind is counted as handled.
+        handled, waiting = self.figures()
         try:
-            link.send(RECORD.pack(self.handled, STATUS, self.id, self.waiting()))
+            link.send(RECORD.pack(handled, STATUS, self.id, waiting))
         except OSError:
             pass            # the asker is gone
 
@@ -171,7 +175,8 @@ class Inbox:
                     if ack:
                         self.send_ack(src, ack)
                 self.handled += len(batch)
-                for rec in batch:
+                self.running = records = iter(batch)    # how far it has got, for status, at no cost per record
+                for rec in records:
                     if self.stopped.is_set():
                         self.arena.decref_id(rec[0])
                         continue
