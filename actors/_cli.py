@@ -1,7 +1,9 @@
-"""The `actors` command: `actors run app.py` and `actors cleanup`."""
+"""The `actors` command: `actors run app.py` (or `module:function`), `actors cleanup` and `actors --version`."""
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
 
 
@@ -23,10 +25,14 @@ def _run(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    import actors
     p = argparse.ArgumentParser(prog="actors", description="Shared-memory actors for Python.")
+    # where it was imported from, as pip says: a source checkout can shadow the installed package
+    p.add_argument("--version", action="version", version=f"actors {actors.__version__} from "
+                   f"{os.path.dirname(actors.__file__)} (Python {platform.python_version()})")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an app: import it and call its `async def main(system)`")
-    run.add_argument("app", help="path to the app's .py file (options go before it)")
+    run.add_argument("app", help="path to the app's .py file, or module:function (options go before it)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the app (sys.argv[1:] inside it)")
     run.add_argument("--store-capacity", default=None, help="shared-memory store size, e.g. 512M or 4G")
     run.add_argument("--resilience-dir", default=None,
