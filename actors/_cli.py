@@ -24,12 +24,20 @@ def _run(args) -> int:
     return _launcher.main(args)
 
 
+class _Version(argparse.Action):
+    """`actors --version`, on one line (argparse's own version action wraps it at the terminal's width). It says
+    where the package was imported from, as pip does: a source checkout can shadow the installed package."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import actors
+        print(f"actors {actors.__version__} from {os.path.dirname(actors.__file__)} "
+              f"(Python {platform.python_version()})")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
-    import actors
     p = argparse.ArgumentParser(prog="actors", description="Shared-memory actors for Python.")
-    # where it was imported from, as pip says: a source checkout can shadow the installed package
-    p.add_argument("--version", action="version", version=f"actors {actors.__version__} from "
-                   f"{os.path.dirname(actors.__file__)} (Python {platform.python_version()})")
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version, where it is installed, and exit")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an app: import it and call its `async def main(system)`")
     run.add_argument("app", help="path to the app's .py file, or module:function (options go before it)")

@@ -94,7 +94,9 @@ class Interrupts:
         self._previous = None
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        self._previous = signal.getsignal(signal.SIGINT)
+        if self._previous is not signal.SIG_IGN:         # started with Ctrl-C ignored (nohup, `&`): keep it so
+            signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, *exc):
