@@ -23,42 +23,30 @@ from actors._exceptions import ActorsError
 _IMPORT_FRAMES = ("<frozen importlib._bootstrap", importlib.__file__, __file__)
 
 
-class AppImportError(Exception):
-    """The app raised while it was imported; `error` is what it raised."""
-
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-def _import(module_name: str):
-    try:
-        return importlib.import_module(module_name)
-    except Exception as exc:
-        raise AppImportError(exc) from None
-
-
-def load_app(spec: str):
-    """The app's module, its `main` function, and (directory, module name) for the fork server to import it."""
+def locate_app(spec: str) -> tuple[str, str, str, str]:
+    """Where the app is, without running any of it: (its directory, now first on sys.path; its module's name; the
+    function to run; the name errors call it by)."""
     usage = f"cannot run {spec!r}: give the path of an app's .py file, or module:function"
     if spec.endswith(".py"):
         if not os.path.isfile(spec):
             raise ActorsError(usage)
         directory, filename = os.path.split(os.path.abspath(spec))
-        module_name, function, named = filename[:-3], "main", spec
-    elif ":" in spec:
-        # as with `python -m`, modules in the working directory are importable (in the fork server too)
-        directory = os.getcwd()
-        module_name, _, function = spec.partition(":")
-        named = module_name
-        if not module_name or not function:
-            raise ActorsError(usage)
-    else:
+        sys.path.insert(0, directory)
+        return directory, filename[:-3], "main", spec
+    module_name, _, function = spec.partition(":")
+    if not module_name or not function:
         raise ActorsError(usage)
+    # as with `python -m`, modules in the working directory are importable (in the fork server too)
+    directory = os.getcwd()
     sys.path.insert(0, directory)
     top = module_name.partition(".")[0]
-    if named is module_name and importlib.util.find_spec(top) is None:
+    if importlib.util.find_spec(top) is None:
         raise ActorsError(f"cannot run {spec!r}: no module named {top!r}")
-    module = _import(module_name)
+    return directory, module_name, function, module_name
+
+
+def find_main(module, function: str, named: str):
+    """The app's `async def main(system)` (or the function named after the colon)."""
     main = module
     for attribute in function.split("."):
         main = getattr(main, attribute, None)
@@ -67,7 +55,7 @@ def load_app(spec: str):
     if not inspect.iscoroutinefunction(main):
         raise ActorsError(f"{named}: `{function}` is not an async function; define it as "
                           f"`async def {function}(system)`")
-    return module, main, (directory, module_name)
+    return main
 
 
 def print_app_error(exc: BaseException) -> None:
@@ -153,13 +141,16 @@ def main(args) -> int:
             except ValueError:
                 raise ActorsError(f"--store-capacity {args.store_capacity!r} is not a size; write it like 512M "
                                   f"or 4G") from None
-        module, app_main, app = load_app(args.app)
+        directory, module_name, function, named = locate_app(args.app)
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            print_app_error(exc)
+            return 1
+        app_main = find_main(module, function, named)
     except ActorsError as exc:
         print(f"actors: {exc}", file=sys.stderr)
         return 2
-    except AppImportError as failed:
-        print_app_error(failed.error)
-        return 1
     serialize = getattr(module, "serialize", None)
     deserialize = getattr(module, "deserialize", None)
     if (serialize is None) != (deserialize is None):
@@ -170,7 +161,7 @@ def main(args) -> int:
         try:
             result = run(interrupts.wrap(app_main), store_capacity=args.store_capacity, serialize=serialize,
                          deserialize=deserialize, stop_timeout=args.stop_timeout,
-                         resilience_dir=args.resilience_dir, _app=app)
+                         resilience_dir=args.resilience_dir, _app=(directory, module_name))
         except KeyboardInterrupt:
             print("actors: interrupted; every actor was stopped", file=sys.stderr)
             return 130
