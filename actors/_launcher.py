@@ -82,7 +82,8 @@ class Interrupts:
         self._previous = None
 
     def __enter__(self):
-        self._previous = signal.getsignal(signal.SIGINT)
+        # None: a handler installed by C code, which Python cannot reinstall; the default is the nearest
+        self._previous = signal.getsignal(signal.SIGINT) or signal.SIG_DFL
         if self._previous is not signal.SIG_IGN:         # started with Ctrl-C ignored (nohup, `&`): keep it so
             signal.signal(signal.SIGINT, self._on_sigint)
         return self
