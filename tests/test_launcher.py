@@ -391,6 +391,8 @@ def _stop_with_signal(tmp_path, launched, signum):
     app = write_app(tmp_path, FOREVER_APP)
     p = launched(app, str(tmp_path), cwd=tmp_path)
     p.wait_for_line("READY")
+    for i in range(2):              # an actor's lines come through its own pipe: they may trail the driver's
+        p.wait_for_line(f"[worker-{i}] PID ")
     actor_pids = sorted(int(line.split()[-1]) for line in p.lines if "] PID " in line)
     assert len(actor_pids) == 2
     forkservers = children_of(p.proc.pid)
