@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import io
 import logging
 import os
 import signal
@@ -132,6 +133,11 @@ class Interrupts:
 
 def main(args) -> int:
     from actors._system import run
+    # One write per line, as the actors' output pumps do: unbuffered (PYTHONUNBUFFERED, -u), print writes the text
+    # and the newline apart, and an actor's line written between the two would be glued to the driver's.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, write_through=False)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sys.argv = [args.app, *args.args]
     try:

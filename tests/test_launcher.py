@@ -151,6 +151,36 @@ def test_run_prints_and_exits_zero(tmp_path):
         "[counter] counter at 11", "[counter] counter at 12", "[counter] counter at 13"]
 
 
+def test_driver_and_actor_lines_stay_whole_when_unbuffered(tmp_path):
+    # PYTHONUNBUFFERED (set by env(), as in many containers) makes each print two writes, the text and its newline:
+    # an actor's line written between them would be glued to the driver's
+    app = write_app(tmp_path, """
+        import trio
+        import actors
+
+        class Chatty(actors.Actor):
+            async def receive(self, n):
+                for i in range(n):
+                    print(f"actor line {i}")
+                return n
+
+        async def main(system):
+            ref = await system.spawn(Chatty, name="chatty")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ref.ask, 20000)
+                for i in range(20000):
+                    print(f"driver line {i}")
+                    if i % 10 == 0:
+                        await trio.sleep(0)
+    """)
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    glued = [line for line in lines if not re.fullmatch(r"driver line \d+|\[chatty\] actor line \d+", line)]
+    assert glued == []
+    assert len(lines) == 40000
+
+
 def test_console_script_runs_the_app(tmp_path):
     if not os.path.exists(CONSOLE_SCRIPT):
         pytest.skip(f"no `actors` console script beside {sys.executable}")
