@@ -58,7 +58,9 @@ class ActorRef:
     async def ask(self, message, *, timeout: float | None = None):
         """Send `message` and return the receiver's answer (the return value of its `receive`). A handler that
         raises makes this raise `RemoteActorError`; no answer within `timeout` seconds raises
-        `AskTimeoutError`."""
+        `AskTimeoutError`. The timeout covers the whole call: waiting for mailbox or store room, for an actor that
+        is being restarted, and for the answer."""
+        check_timeout(timeout, "ask")
         return await _system.ask(self, ASK, _system.outgoing(message), timeout)
 
     @property
@@ -91,10 +93,22 @@ class _Proxy:
         ref = self._ref
 
         async def call(*args, timeout: float | None = None, **kwargs):
+            check_timeout(timeout, method)
             return await _system.ask(ref, CALL, (method, args, kwargs), timeout)
 
         call.__name__ = method
         return call
+
+
+def check_timeout(timeout, call: str, *, optional: bool = True) -> None:
+    """Refuse a timeout that is not a number of seconds, before the call acts on anything."""
+    if timeout is None and optional:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{call}(timeout={timeout!r}): the timeout must be a number of seconds"
+                        f"{' or None' if optional else ''}, not {type(timeout).__qualname__}")
+    if not timeout >= 0:            # also refuses NaN
+        raise ValueError(f"{call}(timeout={timeout!r}): the timeout must be a number of seconds, 0 or more")
 
 
 def _ref_to_wire(ref: ActorRef):

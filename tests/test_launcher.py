@@ -1,7 +1,9 @@
 """`actors run app.py` and `actors cleanup`, end to end, as a user runs them: in a subprocess
 (`python -m actors ...`, and the `actors` console script)."""
 import os
+import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +62,36 @@ def test_run_prints_and_exits_zero(tmp_path):
     assert "result 13 argv ['alpha', '--beta'] module app" in out
     assert [line for line in out if line.startswith("[counter] ")] == [
         "[counter] counter at 11", "[counter] counter at 12", "[counter] counter at 13"]
+
+
+def test_driver_and_actor_lines_stay_whole_when_unbuffered(tmp_path):
+    # PYTHONUNBUFFERED (set by env(), as in many containers) makes each print two writes, the text and its newline:
+    # an actor's line written between them would be glued to the driver's
+    app = write_app(tmp_path, """
+        import trio
+        import actors
+
+        class Chatty(actors.Actor):
+            async def receive(self, n):
+                for i in range(n):
+                    print(f"actor line {i}")
+                return n
+
+        async def main(system):
+            ref = await system.spawn(Chatty, name="chatty")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ref.ask, 20000)
+                for i in range(20000):
+                    print(f"driver line {i}")
+                    if i % 10 == 0:
+                        await trio.sleep(0)
+    """)
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    glued = [line for line in lines if not re.fullmatch(r"driver line \d+|\[chatty\] actor line \d+", line)]
+    assert glued == []
+    assert len(lines) == 40000
 
 
 def test_console_script_runs_the_app(tmp_path):
@@ -198,6 +230,75 @@ def test_app_arguments_reach_the_actors_and_the_app_import(tmp_path):
     assert "driver ['7', '--fast'] actor (['7', '--fast'], ['7', '--fast'])" in proc.stdout.splitlines()
 
 
+MODULE_APP = """
+    import sys
+    import actors
+
+    class Echo(actors.Actor):
+        async def receive(self, msg):
+            return f"{type(self).__module__}.{type(self).__name__} got {msg}"
+
+    async def start(system):
+        ref = await system.spawn(Echo, name="echo")
+        print(f"{await ref.ask(sys.argv[1:])} in {__name__}", flush=True)
+        return 4
+"""
+
+
+def test_run_module_function_from_the_working_directory(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    write_app(tmp_path, "", name="pkg/__init__.py")
+    write_app(tmp_path, MODULE_APP, name="pkg/service.py")
+    proc = run_cli("run", "pkg.service:start", "x", "--y", cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr
+    assert "pkg.service.Echo got ['x', '--y'] in pkg.service" in proc.stdout.splitlines()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("pkg.service:stop", "actors: pkg.service defines no `async def stop(system)` to run"),
+    ("nowhere:main", "actors: cannot run 'nowhere:main': no module named 'nowhere'"),
+    ("pkg.service:", "actors: cannot run 'pkg.service:': give the path of an app's .py file, or module:function"),
+    ("pkg.service", "actors: cannot run 'pkg.service': give the path of an app's .py file, or module:function"),
+])
+def test_run_module_function_usage_errors(tmp_path, spec, message):
+    (tmp_path / "pkg").mkdir()
+    write_app(tmp_path, "", name="pkg/__init__.py")
+    write_app(tmp_path, MODULE_APP, name="pkg/service.py")
+    proc = run_cli("run", spec, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr.splitlines(), proc.stdout) == (2, [message], "")
+
+
+def test_version_names_the_release_and_where_it_is_imported_from():
+    import actors
+    proc = run_cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (f"actors {actors.__version__} from {os.path.dirname(actors.__file__)} "
+                           f"(Python {platform.python_version()})\n")
+
+
+def test_module_run_from_an_unbuilt_checkout_says_why_and_what_to_do(tmp_path):
+    # What `pip install .` then `python -m actors` from the checkout meets: the working directory holds the
+    # sources, without the built extension, and comes first on sys.path.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for package in ("actors", "_fastser"):
+        shutil.copytree(os.path.join(root, package), tmp_path / package,
+                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    # `python -m actors --version`, without the finder of an editable install (which would find the built extension
+    # in the real checkout): a non-editable install has none
+    as_installed = ("import runpy, sys; "
+                    "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]; "
+                    "sys.argv[1:] = ['--version']; runpy.run_module('actors', run_name='__main__', alter_sys=True)")
+    proc = subprocess.run([sys.executable, "-c", as_installed], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stderr.splitlines()[-1] == (
+        f"ImportError: the _fastser extension is not built in {tmp_path / '_fastser'} for this Python "
+        f"({platform.python_version()}): Python imported that source checkout, not an installed build, because it "
+        f"is the working directory or on PYTHONPATH. Build it in place with `pip install -e .` from the checkout, "
+        f"or run from another directory.")
+    assert "No module named" not in proc.stderr
+
+
 # -- stopping on a signal ---------------------------------------------------------------------------------------------
 
 FOREVER_APP = """
@@ -233,6 +334,8 @@ def _stop_with_signal(tmp_path, launched, signum):
     app = write_app(tmp_path, FOREVER_APP)
     p = launched("run", app, str(tmp_path), cwd=tmp_path)
     p.wait_for_line("READY")
+    for i in range(2):              # an actor's lines come through its own pipe: they may trail the driver's
+        p.wait_for_line(f"[worker-{i}] PID ")
     actor_pids = sorted(int(line.split()[-1]) for line in p.lines if "] PID " in line)
     assert len(actor_pids) == 2
     forkservers = children_of(p.proc.pid)
@@ -265,8 +368,48 @@ def test_sigterm_exits_143_with_a_message_and_no_traceback(tmp_path, launched):
 def test_sigint_stops_the_actors_gracefully_and_exits_non_zero(tmp_path, launched):
     code, stderr = _stop_with_signal(tmp_path, launched, signal.SIGINT)
     assert code == 130, stderr
-    assert "actors: interrupted; every actor was stopped" in stderr
-    assert "Traceback" not in stderr
+    assert stderr.splitlines() == ["stopping 2 actors… (Ctrl-C again to kill)",
+                                   "actors: interrupted; every actor was stopped"]
+
+
+STUBBORN_APP = """
+    import trio
+    import actors
+
+    class Stubborn(actors.Actor):
+        async def on_stop(self):
+            print("STOPPING", flush=True)
+            await trio.sleep_forever()          # never stops gracefully: only a kill ends it
+
+        async def receive(self, msg):
+            return msg
+
+    async def main(system):
+        refs = [await system.spawn(Stubborn, name=f"stubborn-{i}") for i in range(2)]
+        for ref in refs:
+            assert await ref.ask("hi") == "hi"
+        print("READY", flush=True)
+        await trio.sleep_forever()
+"""
+
+
+def test_second_sigint_kills_every_actor_at_once_with_one_line(tmp_path, launched):
+    app = write_app(tmp_path, STUBBORN_APP)
+    # a stop timeout far beyond the test's: only the second Ctrl-C can end the run in time
+    p = launched("run", "--stop-timeout", "3600", app, cwd=tmp_path)
+    p.wait_for_line("READY")
+    tree = sorted({*children_of(p.proc.pid), *(k for f in children_of(p.proc.pid) for k in children_of(f))})
+    assert len(tree) == 3, tree             # the fork server and two actors
+    p.proc.send_signal(signal.SIGINT)
+    p.wait_for_line("[stubborn-0] STOPPING")
+    p.wait_for_line("[stubborn-1] STOPPING")
+    p.proc.send_signal(signal.SIGINT)
+    code = p.wait(TIMEOUT)
+    assert code == 130, p.stderr()
+    assert p.stderr().splitlines() == ["stopping 2 actors… (Ctrl-C again to kill)",
+                                       "actors: interrupted again; killed 2 actors"]
+    assert wait_gone(tree) == [], f"processes left behind: {tree}"
+    assert segments_of(p.proc.pid) == []
 
 
 # -- errors of the command itself -------------------------------------------------------------------------------------
@@ -283,6 +426,66 @@ def test_app_without_main_is_a_clear_error(tmp_path):
     assert "nomain.py" in proc.stderr and "main" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_main_that_is_not_async_exits_2_before_any_actor_starts(tmp_path):
+    app = write_app(tmp_path, """
+        import os
+
+        print(f"imported in {os.getpid()}", flush=True)     # the fork server would import the app too
+
+        def main(system):
+            print("main ran")
+    """, name="syncmain.py")
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"actors: {app}: `main` is not an async function; define it as `async def main(system)`"]
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("imported in ")]) == 1, proc.stdout
+    assert "main ran" not in proc.stdout
+
+
+def _without_launcher_frames(stderr):
+    return not any(marker in stderr for marker in ("_launcher.py", "_cli.py", "importlib", "runpy"))
+
+
+def test_app_that_raises_on_import_shows_its_own_frames(tmp_path):
+    write_app(tmp_path, """
+        def fail():
+            raise ValueError("helper-import-marker")
+    """, name="helper.py")
+    app = write_app(tmp_path, """
+        import helper
+
+        def setup():
+            helper.fail()
+
+        setup()
+
+        async def main(system):
+            pass
+    """, name="broken.py")
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert [line.strip() for line in lines if line.strip().startswith("File ")] == [
+        f'File "{app}", line 7, in <module>', f'File "{app}", line 5, in setup',
+        f'File "{tmp_path / "helper.py"}", line 3, in fail']
+    assert lines[-1] == "ValueError: helper-import-marker"
+    assert _without_launcher_frames(proc.stderr), proc.stderr
+
+
+def test_app_with_a_syntax_error_shows_where_it_is(tmp_path):
+    app = write_app(tmp_path, """
+        async def main(system):
+            return (1 +
+    """, name="typo.py")
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[0].strip() == f'File "{app}", line 3', proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("SyntaxError: "), proc.stderr
+    assert "Traceback" not in proc.stderr and _without_launcher_frames(proc.stderr), proc.stderr
 
 
 def test_run_of_a_missing_file_is_a_clear_error(tmp_path):

@@ -3,6 +3,7 @@ from (by reference or by value).
 
 Every system runs in this process through `run()` (a deadline around `main`), with real actor processes."""
 import os
+import re
 import sys
 import textwrap
 import time
@@ -20,6 +21,7 @@ from _helpers.actors import (
     Counter,
     ExitInInit,
     Parent,
+    Sink,
 )
 from _helpers.processes import run
 
@@ -117,8 +119,6 @@ def test_class_travelling_by_value_may_use_the_trio_module():
     assert run(main) == "slept"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an actor whose class cannot be unpickled dies before reporting; "
-                                       "SpawnError says only 'its process exited with code 1'")
 def test_spawn_error_names_the_reason_when_the_class_cannot_be_loaded(tmp_path, monkeypatch):
     module = "actors_test_vanishing_mod"
     path = tmp_path / f"{module}.py"
@@ -158,3 +158,50 @@ def test_spawn_of_an_actor_that_exits_while_the_driver_is_busy_raises_spawn_erro
     outcome = run(main, timeout=8, stop_timeout=0.5)
     assert len(outcome) == 1 and isinstance(outcome[0], SpawnError)
     assert "exit" in str(outcome[0]) and "7" in str(outcome[0])
+
+
+@pytest.mark.parametrize("options", [
+    {"restart_backoff": float("nan")},
+    {"restart_backoff": -1},
+    {"fsync_interval": -1},
+    {"fsync_interval": float("inf")},
+    {"max_restarts": -1},
+    {"max_restarts": 1.5},
+    {"restart_window": 0},
+    {"snapshot_every": 0},
+    {"persistent": "yes"},
+])
+def test_spawn_rejects_bad_options_before_starting(options, tmp_path):
+    (key, value), = options.items()
+
+    async def main(system):
+        with pytest.raises(actors.ActorsError, match=re.escape(f"{key}={value!r}")):
+            await system.spawn(Sink, name="bad", options=options)
+        with pytest.raises(ActorNotFoundError):
+            await system.lookup("bad")
+        return True
+
+    assert run(main, timeout=30, resilience_dir=str(tmp_path))
+
+
+def test_spawn_rejects_a_name_that_is_not_a_string(tmp_path):
+    async def main(system):
+        with pytest.raises(TypeError, match="name"):
+            await system.spawn(Sink, name=123, options={"persistent": True})
+        with pytest.raises(TypeError, match="name"):
+            await system.spawn(Sink, name=123)
+        return True
+
+    assert run(main, timeout=30, resilience_dir=str(tmp_path))
+
+
+def test_stop_rejects_a_bad_timeout_before_stopping():
+    async def main(system):
+        sink = await system.spawn(Sink, name="sink")
+        with pytest.raises(ValueError, match="timeout"):
+            await system.stop(sink, timeout=-1)
+        with pytest.raises(TypeError, match="timeout"):
+            await system.stop(sink, timeout=None)
+        return await sink.ask("still there")
+
+    assert run(main, timeout=30) == 1

@@ -24,6 +24,7 @@ from actors import (
     Terminated,
 )
 from actors import _store
+from _helpers.actors import PersistentAdder
 from _helpers.processes import alive, gone, retry, run, wait_until  # noqa: E402
 
 
@@ -524,3 +525,49 @@ def test_watch_from_the_driver_needs_a_watcher_and_notifies_it():
         return "ok"
 
     assert run(main) == "ok"
+
+
+def test_restart_delay_doubles_up_to_a_cap():
+    from actors._actor import MAX_RESTART_BACKOFF, restart_delay
+    assert restart_delay(0.1, 0) == 0.1
+    assert restart_delay(0.1, 3) == pytest.approx(0.8)
+    assert restart_delay(0.1, 40) == MAX_RESTART_BACKOFF
+    assert restart_delay(0.1, 10_000) == MAX_RESTART_BACKOFF
+    assert restart_delay(60, 5) == 60          # a longer backoff than the cap is taken as it is
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs (a disk that fills up) needs root")
+def test_a_full_disk_names_its_cause_and_loses_nothing_once_space_is_back(tmp_path, caplog):
+    import subprocess
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(disk)], check=True)
+    try:
+        filler = disk / "filler"
+
+        async def main(system):
+            counter = await system.spawn(PersistentAdder, name="counter", options={
+                "max_restarts": 10_000, "restart_backoff": 0.02, "snapshot_every": 10**9})
+            assert await counter.ask(1) is None
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:                                    # the disk is full from here on
+                while os.write(fd, b"x" * 4096):
+                    pass
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+            for _ in range(200):
+                await counter.tell(1)
+
+            async def cause_logged_twice():     # it crash-loops on ENOSPC, and the driver says so
+                return sum("No space left" in r.getMessage() for r in caplog.records) >= 2
+            await wait_until(cause_logged_twice, timeout=30, what="the driver to log the cause")
+            filler.unlink()                         # space is back
+            return await counter.ask("count", timeout=30)
+
+        with caplog.at_level("INFO", logger="actors"):
+            count = run(main, timeout=90, resilience_dir=str(disk))
+        assert count == 201, f"{201 - count} tells were lost while the disk was full"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -1,7 +1,8 @@
 """The inbox (actors/_wire/inbox.py): per-sender order, fan-in, backpressure (full mailboxes), batches that
-arrive while a handler awaits.
+arrive while a handler awaits, and the blocks of handled messages released at once.
 
 Every system runs in this process through `run()` (a deadline around `main`), with real actor processes."""
+import numpy as np
 import pytest
 import trio
 
@@ -11,11 +12,12 @@ from _helpers.actors import (
     Producer,
     Recorder,
     Sender,
+    Sink,
     Spammer,
     block,
     write_file,
 )
-from _helpers.processes import run
+from _helpers.processes import run, wait_until
 
 
 def test_per_sender_order_of_ten_thousand_tells():
@@ -142,3 +144,31 @@ def test_many_senders_to_a_blocked_actor_are_all_handled_once_unblocked(tmp_path
             assert [i for name, i in got if name == spammer.name] == list(range(n))
 
     run(main, timeout=15, stop_timeout=1)
+
+
+async def _store_back_to(system, used, timeout=10):
+    async def back():
+        return system.store.stats()["used"] <= used
+    await wait_until(back, timeout=timeout, what="the store's use to fall back")
+
+
+def test_an_idle_actor_releases_the_block_of_its_last_message():
+    async def main(system):
+        sink = await system.spawn(Sink, name="sink")
+        await sink.ask("warm")
+        base = system.store.stats()["used"]
+        await sink.tell(np.ones(4 << 20))            # 32 MiB: far above anything else in the store
+        await _store_back_to(system, base)          # with nothing more sent to it
+        return True
+
+    assert run(main, timeout=30, store_capacity="128M")
+
+
+def test_a_message_nearly_as_large_as_the_store_does_not_wedge_it():
+    async def main(system):
+        sink = await system.spawn(Sink, name="sink")
+        for _ in range(3):                         # each needs the previous one's block to be free
+            await sink.tell(np.ones(6 << 20))      # 48 MiB into a 64 MiB store
+        return await sink.ask("count")
+
+    assert run(main, timeout=30, store_capacity="64M") == 4

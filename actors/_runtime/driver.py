@@ -58,7 +58,7 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
         self._spawned: dict[int, list] = {}
-        self._early_exits: dict[int, int] = {}
+        self._early_exits: dict[int, tuple] = {}   # pid -> (exit code, why), for an exit before its spawn report
         self._forkserver = None
         self._ctl = None
         # The system operations, by number: what an actor's SYSTEM request runs (never looked up by name).

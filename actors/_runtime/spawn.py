@@ -77,9 +77,9 @@ class Spawner:
                     self._spawned[msg[1]][0].set()
                 elif msg[0] == "exit":
                     if msg[1] in self.by_pid:
-                        self._on_exit(msg[1], msg[2])
+                        self._on_exit(msg[1], msg[2], msg[3])
                     else:
-                        self._early_exits[msg[1]] = msg[2]      # before we handled its "spawned": see _start
+                        self._early_exits[msg[1]] = msg[2:]     # before we handled its "spawned": see _start
 
     async def _op_spawn(self, pickled: bytes, name: str | None, opts: dict | None = None) -> ActorRef:
         cls, args, kwargs = cloudpickle.loads(pickled) if isinstance(pickled, bytes) else pickled
@@ -116,19 +116,23 @@ class Spawner:
             raise SpawnError(f"actor {name!r} ({cls.__qualname__}) cannot start: the fork server exited")
         self.by_pid[info.pid] = info
         if info.pid in self._early_exits:
-            self._on_exit(info.pid, self._early_exits.pop(info.pid))
+            self._on_exit(info.pid, *self._early_exits.pop(info.pid))
         await info.ready.wait()
         if info.error is not None or info.returncode is not None:
             if info.restarting:         # keep its name and id for the next try
                 if info.returncode is None:
                     await self._wait_or_kill(info, self.stop_timeout)
                 raise SpawnError(f"actor {name!r} ({cls.__qualname__}) failed to restart: " + (
-                    f"{info.error[0]}: {info.error[1]}" if info.error else f"exit code {info.returncode}"))
+                    f"{info.error[0]}: {info.error[1]}" if info.error else
+                    f"{info.last_failure} (exit code {info.returncode})" if info.last_failure else
+                    f"exit code {info.returncode}"))
             self.by_name.pop(name, None)
             if info.returncode is None:
                 await self._wait_or_kill(info, self.stop_timeout)
             self.actors.pop(info.id, None)
             detail = (f"{info.error[0]}: {info.error[1]}\n\nremote traceback:\n{info.error[2]}" if info.error
+                      else f"{info.last_failure} (its process exited with code {info.returncode})"
+                      if info.last_failure
                       else f"its process exited with code {info.returncode} before it could report why (its "
                            f"error output, above, says)")
             raise SpawnError(f"actor {name!r} ({cls.__qualname__}) failed to start: {detail}")

@@ -11,6 +11,7 @@ import signal
 import trio
 
 from _fastser import _codec
+from actors._actor import restart_delay
 from actors._exceptions import SpawnError, SupervisionError
 from actors._ref import ActorRef
 from actors._runtime.registry import ActorInfo
@@ -37,10 +38,12 @@ _codec.register_class(Terminated)
 class Supervisor:
     """The supervising part of `Driver` (kept in its own room)."""
 
-    def _on_exit(self, pid: int, code: int) -> None:
+    def _on_exit(self, pid: int, code: int, why: str = "") -> None:
         info = self.by_pid.pop(pid, None)
         if info is None:
             return
+        if why and info.last_failure is None:
+            info.last_failure = why         # it died before it could report (it could not load its class, say)
         if not info.options["persistent"]:
             # its connection went with it; a restart gets a fresh one. (A persistent actor's link is left to its
             # acker, which holds the unacked tells and resends them once the actor is back.)
@@ -106,7 +109,7 @@ class Supervisor:
                     f"{opts['restart_window']:g} s, more than its restart intensity allows "
                     f"({opts['max_restarts']}); the system stops. Its last failure: {reason}"))
                 return
-            await trio.sleep(opts["restart_backoff"] * (2 ** len(info.restarts)))
+            await trio.sleep(restart_delay(opts["restart_backoff"], len(info.restarts)))
             info.restarts.append(trio.current_time())
             info.restart_count += 1
             info.ready = trio.Event()

@@ -18,7 +18,7 @@ from actors._exceptions import (
     SpawnError,
     UnknownClassError,
 )
-from actors._ref import ActorRef, remote_error
+from actors._ref import ActorRef, check_timeout, remote_error
 from actors._wire.endpoint import Endpoint
 from actors._wire.protocol import ASK, ERROR, SYSTEM, SystemOp
 
@@ -72,6 +72,8 @@ class System:
         """
         if not (isinstance(cls, type) and issubclass(cls, Actor)):
             raise TypeError(f"spawn() takes an Actor subclass, not {cls!r}")
+        if name is not None and type(name) is not str:
+            raise TypeError(f"spawn(name={name!r}): an actor's name is a str, not {type(name).__qualname__}")
         opts = actor_options(cls, options)
         return await self._system_request(SystemOp.SPAWN, cloudpickle.dumps((cls, args, kwargs)), name, opts)
 
@@ -90,6 +92,7 @@ class System:
     async def stop(self, ref: ActorRef, *, timeout: float = 5.0) -> None:
         """Stop an actor gracefully (it handles what it has received, then runs `on_stop`); kill it after
         `timeout` seconds."""
+        check_timeout(timeout, "stop", optional=False)
         await self._system_request(SystemOp.STOP, ref.id, timeout)
 
     async def _system_request(self, op: SystemOp, *args):

@@ -190,12 +190,27 @@ async def _actor_main(spec: SpawnSpec) -> int:
                     log.exception("actor %r: on_stop raised", spec.name)
                 await endpoint.drain()
             nursery.cancel_scope.cancel()
+    except Exception as exc:        # a handler's failure, a full disk under the journal: the system hears why
+        _report_failure(endpoint, spec, exc)
+        raise
     finally:
         _public_codec.on_register = None
         endpoint.close()
         if journal is not None:
             journal.close()
     return status
+
+
+def _report_failure(endpoint: Endpoint, spec: SpawnSpec, exc: BaseException) -> None:
+    """Tell the system why this process is about to fail (a full disk under the journal, say), so that its log
+    names the cause rather than only an exit code."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    try:
+        endpoint.post_nowait(0, SYSTEM_TELL, (int(SystemOp.FAILURE), spec.id, f"{type(exc).__qualname__}: {exc}"))
+        endpoint.flush_all()
+    except Exception:
+        pass
 
 
 def _construct(spec: SpawnSpec, system: System, state=_persist_none):

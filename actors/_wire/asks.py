@@ -41,18 +41,16 @@ class Asks:
 
     async def request(self, peer: int, kind: int, obj, timeout: float | None = None):
         """Send `obj` and wait for the reply; (reply kind, store offset of the reply payload), or (None, 0) on
-        timeout."""
+        timeout. The timeout covers the whole request: room in the store and in the mailbox, a peer that is being
+        restarted, and the reply."""
         call = next(self.calls)
         waiter = self.pending[call] = Pending(peer)
         try:
-            await self.send(peer, kind, obj, call, flush=True)
-            self.flush_all()                    # an asker waits anyway: send now, not at the next batch
-            link = self.links[peer]
             if timeout is None:
-                await self._await_reply(link, waiter)
+                await self._request(peer, kind, obj, call, waiter)
             else:
                 with trio.move_on_after(timeout):
-                    await self._await_reply(link, waiter)
+                    await self._request(peer, kind, obj, call, waiter)
         finally:
             self.pending.pop(call, None)
         if not waiter.kind:
@@ -87,6 +85,42 @@ class Asks:
             return None
         finally:
             link.close()
+
+    async def _request(self, peer: int, kind: int, obj, call: int, waiter: Pending) -> None:
+        while True:
+            try:
+                await self.send(peer, kind, obj, call, flush=True)
+                break
+            except ActorStoppedError:
+                # nothing was sent: if the peer is being restarted, ask its next incarnation (as Ray queues the
+                # calls made while an actor restarts)
+                waiter.kind = 0             # the old incarnation's death resolved it: nothing was sent
+                self.pending[call] = waiter
+                if not await self.wait_restarted(peer):
+                    raise
+        self.flush_all()                    # an asker waits anyway: send now, not at the next batch
+        await self._await_reply(self.links[peer], waiter)
+
+    async def wait_restarted(self, peer: int) -> bool:
+        """Wait while `peer` is being restarted; True once it takes connections again, False when it has stopped
+        for good (the system marks that through the transport) or this endpoint is closing."""
+        link = self.links.get(peer)
+        if link is not None and link.persistent:
+            while link.dead and link.persistent:        # its acker reconnects, and resends what it holds
+                if link.room.is_set():
+                    link.room = trio.Event()
+                await link.room.wait()
+            return not link.dead
+        delay = 0.001
+        while not self.transport.is_gone(peer) and not self.closed:
+            try:
+                self.transport.connect(peer).close()    # a probe: is the new incarnation listening yet?
+                return True
+            except OSError:
+                pass
+            await trio.sleep(delay)        # polling for the restart, with backoff (no event crosses processes)
+            delay = min(delay * 2, 0.05)
+        return False
 
     async def _await_reply(self, link, waiter: Pending) -> None:
         # One asking task at a time reads the link's replies (for every asker of that peer); the others park until

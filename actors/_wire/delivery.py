@@ -14,7 +14,6 @@ from actors._wire.protocol import ACK, HELLO, RECORD, RECORD_SIZE, TELL
 
 log = logging.getLogger(__name__)
 
-RECONNECT_TIMEOUT = 60.0     # how long a sender waits for a persistent actor to come back
 
 
 class Delivery:
@@ -68,28 +67,29 @@ class Delivery:
 
     async def _reconnect(self, link) -> None:
         delay = 0.01
-        with trio.move_on_after(RECONNECT_TIMEOUT):
-            while True:
-                await trio.sleep(delay)        # backoff between attempts, not synchronisation
-                delay = min(delay * 2, 0.5)
-                if self.transport.is_gone(link.peer):
-                    break
-                try:
-                    fresh = self.transport.connect(link.peer)
-                except OSError:
-                    continue
-                link.adopt(fresh)               # the same link (senders hold it), on the new connection
-                link.have = 0
-                link.out = bytearray(RECORD.pack(0, HELLO, self.id, self.epoch))
-                for seq, off in link.unacked:
-                    self.arena.incref_id(off)          # the new receiver's count: the old one died with it
-                    link.out += RECORD.pack(off, TELL, self.id, seq)
-                link.dead = False
-                link.room.set()
-                self.nursery.start_soon(self._acker, link)
-                self._dirty(link, wake=False)
-                self.wake.set()
-                return
+        # Hold the tells for as long as the system restarts the actor: until it marks the actor gone for good
+        # (the system itself going ends this process, or cancels this task).
+        while True:
+            await trio.sleep(delay)        # backoff between attempts, not synchronisation
+            delay = min(delay * 2, 0.5)
+            if self.transport.is_gone(link.peer):
+                break
+            try:
+                fresh = self.transport.connect(link.peer)
+            except OSError:
+                continue
+            link.adopt(fresh)               # the same link (senders hold it), on the new connection
+            link.have = 0
+            link.out = bytearray(RECORD.pack(0, HELLO, self.id, self.epoch))
+            for seq, off in link.unacked:
+                self.arena.incref_id(off)          # the new receiver's count: the old one died with it
+                link.out += RECORD.pack(off, TELL, self.id, seq)
+            link.dead = False
+            link.room.set()
+            self.nursery.start_soon(self._acker, link)
+            self._dirty(link, wake=False)
+            self.wake.set()
+            return
         dropped = len(link.unacked)
         while link.unacked:
             self.arena.decref_id(link.unacked.popleft()[1])

@@ -280,13 +280,17 @@ class Endpoint(Inbox, Asks, Delivery):
                                  f"store ({self.arena.capacity} bytes); start the system with a larger "
                                  f"store_capacity")
         delay = 0.0005
-        with trio.move_on_after(30) as scope:
-            while True:
-                await trio.sleep(delay)        # polling for room in the store, with backoff (no event to await)
-                delay = min(delay * 2, 0.05)
-                placed = self.arena.commit(prepared)
-                if placed is not None:
-                    break
+        try:
+            with trio.move_on_after(30) as scope:
+                while True:
+                    await trio.sleep(delay)    # polling for room in the store, with backoff (no event to await)
+                    delay = min(delay * 2, 0.05)
+                    placed = self.arena.commit(prepared)
+                    if placed is not None:
+                        break
+        except BaseException:
+            self.arena.abandon(prepared)        # cancelled (an ask's timeout, say): the message is not sent
+            raise
         if scope.cancelled_caught:
             self.arena.abandon(prepared)
             raise StoreFullError("cannot send: the shared-memory store stayed full for 30 s")

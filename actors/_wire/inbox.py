@@ -195,6 +195,7 @@ class Inbox:
                             continue
                     if await handle(*rec):
                         self.stop_receiving()
+                msg = None      # the batch's last message: its block is freed below, not at the next batch
                 if self.after_batch is not None:
                     self.after_batch()
                 self.flush_all()
