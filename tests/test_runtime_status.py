@@ -121,3 +121,20 @@ def test_the_status_command_shows_every_running_system(tmp_path, launched):
     assert watched.stdout.count(f"system of driver {running.proc.pid}:") == 2
     running.proc.send_signal(signal.SIGTERM)
     assert running.wait() == 143
+
+
+def test_status_counts_the_tells_the_driver_holds_for_a_persistent_actor(tmp_path):
+    async def main(system):
+        keeper = await system.spawn(Sleeper, name="keeper", options={"persistent": True})
+        await keeper.tell(("sleep", 3))
+        for i in range(5):
+            await keeper.tell(("fast", i))
+        # journaled and acked a batch at a time: the sleep's batch is acked when it ends, the rest are unread
+        await wait_until(lambda: _unacked(system, "keeper", 6), what="6 tells held for the keeper")
+        await wait_until(lambda: _unacked(system, "keeper", 0), what="every tell acked")
+
+    run(main, resilience_dir=str(tmp_path / "state"))
+
+
+async def _unacked(system, name, n):
+    return by_name(await system.status())[name].unacked == n
