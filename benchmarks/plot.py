@@ -67,8 +67,9 @@ def lower_is_better(row: dict, rows: list) -> bool:
 
 def cases(paths: list) -> tuple[dict, list]:
     """{topic: {(benchmark, payload, impl, baseline, inverted): [ratio per run, better > 1]}}, in the files'
-    order, and the rows left out, as text."""
-    topics: dict = {}
+    order, and the rows left out, as text. A case is drawn inverted if any of its runs tells that lower is better
+    (a run where the row and the baseline took the same time cannot tell)."""
+    raw: dict = {}
     left_out = []
     for path in paths:
         for topic, run in runs_in(path):
@@ -81,9 +82,13 @@ def cases(paths: list) -> tuple[dict, list]:
                     why = row.get("note") or "no baseline"
                     left_out.append(f"{topic}: {row['benchmark']}, {row['payload']}, {row['impl']} ({why})")
                     continue
-                inverted = lower_is_better(row, rows)
-                key = (row["benchmark"], row["payload"], row["impl"], row.get("baseline") or "baseline", inverted)
-                topics.setdefault(topic, {}).setdefault(key, []).append(1 / ratio if inverted else ratio)
+                key = (row["benchmark"], row["payload"], row["impl"], row.get("baseline") or "baseline")
+                raw.setdefault(topic, {}).setdefault(key, []).append((ratio, lower_is_better(row, rows)))
+    topics: dict = {}
+    for topic, found in raw.items():
+        for key, runs in found.items():
+            inverted = any(lower for _, lower in runs)
+            topics.setdefault(topic, {})[(*key, inverted)] = [1 / r if inverted else r for r, _ in runs]
     return topics, sorted(set(left_out))
 
 

@@ -63,8 +63,14 @@ KNOWN_DRIFTS: dict[tuple[str, str], str] = {
 }
 
 
+# Of those, the pages whose commands must not run meanwhile: store.md's `actors cleanup` would remove the stale
+# segments that other test runs on the machine plant on purpose.
+NOT_RUN = {("programs", "docs/store.md")}
+
+
 def pages(test: str, candidates: list[str]) -> list:
-    return [pytest.param(page, marks=pytest.mark.xfail(reason=KNOWN_DRIFTS[test, page], strict=True))
+    return [pytest.param(page, marks=pytest.mark.xfail(reason=KNOWN_DRIFTS[test, page], strict=True,
+                                                       run=(test, page) not in NOT_RUN))
             if (test, page) in KNOWN_DRIFTS else page for page in candidates]
 
 
