@@ -35,10 +35,8 @@ one), and with unbuffered output, as on a terminal. A program that takes long ha
 from __future__ import annotations
 
 import difflib
-import doctest
 import os
 import re
-import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
