@@ -279,6 +279,7 @@ class Driver(System):
                         self._early_exits[msg[1]] = msg[2]      # before we handled its "spawned": see _start
 
     def _on_exit(self, pid: int, code: int) -> None:
+        self.store.reclaim(pid)         # what the dead process held in the store (refs, views, shared arrays)
         info = self.by_pid.pop(pid, None)
         if info is None:
             return
