@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 
@@ -162,6 +163,8 @@ def _attach(name: str) -> _shm.Arena:
         st = os.fstat(shm.fd)
         if st.st_uid != os.geteuid():
             raise ActorsError(f"the store {name} belongs to uid {st.st_uid}, not to us ({os.geteuid()}): refused")
+        if not stat.S_ISREG(st.st_mode):
+            raise ActorsError(f"the store {name} is not a shared-memory segment (mode {st.st_mode:o}): refused")
         return _shm.Arena.map(shm, name, False)
     except BaseException:
         shm.close_fd()

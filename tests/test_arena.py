@@ -13,7 +13,7 @@ import actors
 from chaos import arena_chaos
 
 CTX = mp.get_context("spawn")
-CHAOS_KILLS = int(os.environ.get("ACTORS_CHAOS_KILLS", "150"))
+CHAOS_KILLS = int(os.environ.get("ACTORS_CHAOS_KILLS", "300"))
 
 
 def _die_in_lock(name, step):

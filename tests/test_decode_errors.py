@@ -681,7 +681,7 @@ def test_fuzz_with_refs_never_crashes_hangs_or_opens_a_segment():
     # Mutated valid messages, refs to shared memory among them, decoded in a watched child (tests/fuzz, which
     # also runs a million inputs from the command line).
     from fuzz import fuzz_loads
-    result = fuzz_loads.run(60_000, seed=7, hang=10.0)
+    result = fuzz_loads.run(200_000, seed=7, hang=10.0)
     assert result["decode_errors"] > result["inputs"] // 2     # the mutations did reach the decoder's checks
     assert result["ok"] > 0
     assert {k: result[k] for k in ("other_errors", "segments_opened", "crashes", "hangs")} == \
