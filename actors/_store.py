@@ -29,7 +29,7 @@ DEFAULT_PUT_TIMEOUT = 10.0
 
 
 _start_time = _shm.start_time
-_NAME = re.compile(r"actors\.[0-9]+\.[0-9]+\.[a-z]+\.[0-9a-f]+")
+_NAME = re.compile(r"actors\.[0-9]+\.[0-9]+\.[a-z]+\.(?:[A-Za-z0-9]{1,32}-)?[0-9a-f]+")   # see segment_name
 
 
 def segment_name(kind: str = "store") -> str:
