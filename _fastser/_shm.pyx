@@ -20,6 +20,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
 from _fastser._codec cimport Decoder, Encoder, Registry
+from _fastser._records cimport (KIND_STOP, KIND_TELL, RECORD_CALL_AT, RECORD_KIND_AT, RECORD_SIZE,
+                               RECORD_SRC_AT)
 from _fastser._errors import ActorsError
 
 cdef extern from "numpy/arrayobject.h":
@@ -643,12 +645,12 @@ cdef class Arena:
             return -1
         self.last_offset = <uint64_t>off
         at = PyByteArray_GET_SIZE(out)
-        PyByteArray_Resize(out, at + 24)
+        PyByteArray_Resize(out, at + RECORD_SIZE)
         rec = PyByteArray_AS_STRING(out) + at
         memcpy(rec, &off, 8)
-        memcpy(rec + 8, &kind, 4)
-        memcpy(rec + 12, &src, 4)
-        memcpy(rec + 16, &call, 8)
+        memcpy(rec + RECORD_KIND_AT, &kind, 4)
+        memcpy(rec + RECORD_SRC_AT, &src, 4)
+        memcpy(rec + RECORD_CALL_AT, &call, 8)
         return size
 
     cpdef abandon(self, tuple prepared):
@@ -764,10 +766,10 @@ cdef class Arena:
             off = rec[0]
             kind = rec[1]
             call = rec[3]
-            if kind == 9:                           # STOP: not a message
+            if kind == KIND_STOP:                   # not a message
                 keep.append(rec)
                 continue
-            if kind == 1 and epoch and call:        # a numbered tell
+            if kind == KIND_TELL and epoch and call:    # a numbered tell
                 if call > ack:
                     ack = call
                 if call <= last_seen:
@@ -910,9 +912,25 @@ def ref_to_wire(ObjectRef ref):
     return (ref.arena.name, ref.offset, ref.generation)
 
 
-# Set by actors._store: _resolve(name, attach) is the mapped Arena of the store `name`; with `attach`, a store this
-# process has not mapped yet is attached (validated), else such a name is refused.
+# Registered by actors._store (set_ref_resolver): _resolve(name, attach) is the mapped Arena of the store `name`;
+# with `attach`, a store this process has not mapped yet is attached (validated), else such a name is refused.
 _resolve = None
+
+
+def set_ref_resolver(resolver):
+    """Register `resolver(store name, attach) -> Arena`, which decoded refs use to find their store. The store core
+    cannot map a segment by name itself (naming and attaching belong to `actors._store`), so the owner registers
+    it."""
+    global _resolve
+    _resolve = resolver
+
+
+def record_layout():
+    """The record layout and kinds this module was compiled with (from `_records.pxd`), for checking that the
+    Python side (`actors._wire.protocol`) declares the same."""
+    return {"size": RECORD_SIZE, "kind_at": RECORD_KIND_AT, "src_at": RECORD_SRC_AT, "call_at": RECORD_CALL_AT,
+            "TELL": KIND_TELL, "STOP": KIND_STOP}
+
 
 def _ref_from_pickle(name, offset, generation):
     # pickle runs whatever code its bytes name anyway, so a pickled ref may attach the store it names

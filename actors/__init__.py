@@ -2,7 +2,8 @@
 
 A thin public namespace; the implementation lives in private modules, one per concern, and in the `_fastser` codec.
 """
-from actors._actor import Actor as Actor, ActorRef as ActorRef
+from actors._actor import Actor as Actor
+from actors._ref import ActorRef as ActorRef
 from actors._codec import (
     dumps as dumps,
     loads as loads,
@@ -13,8 +14,6 @@ from actors._codec import (
 from actors._store import (
     ObjectRef as ObjectRef,
     ObjectStore as ObjectStore,
-    StaleRefError as StaleRefError,
-    StoreFullError as StoreFullError,
     get as get,
     put as put,
     shared_array as shared_array,
@@ -29,15 +28,15 @@ from actors._exceptions import (
     AskTimeoutError as AskTimeoutError,
     MailboxFullError as MailboxFullError,
     RemoteActorError as RemoteActorError,
+    PersistenceError as PersistenceError,
     SpawnError as SpawnError,
+    StaleRefError as StaleRefError,
+    StoreFullError as StoreFullError,
+    SupervisionError as SupervisionError,
     UnknownClassError as UnknownClassError,
 )
-from actors._persist import PersistenceError as PersistenceError
-from actors._system import (
-    SupervisionError as SupervisionError,
-    System as System,
-    Terminated as Terminated,
-    run as run,
-)
+from actors._runtime.driver import run as run
+from actors._runtime.supervise import Terminated as Terminated
+from actors._runtime.system import System as System
 
 __version__ = "0.1.0"

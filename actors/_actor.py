@@ -1,12 +1,13 @@
-"""The Actor base class and ActorRef, the handle through which actors are told and asked."""
+"""The Actor base class and its validated options (supervision and persistence settings)."""
 from __future__ import annotations
 
-from _fastser import _codec
-from actors import _mailbox as mb
-from actors._exceptions import AskTimeoutError, RemoteActorError
+import math
 
-# The running system of this process (set by actors._system); ActorRefs decoded here talk through it.
-_system = None
+from actors._exceptions import ActorsError
+from actors._ref import ActorRef
+
+# The longest wait between restarts that the doubling reaches (a longer restart_backoff is used as it is).
+MAX_RESTART_BACKOFF = 10.0
 
 
 class Actor:
@@ -26,7 +27,8 @@ class Actor:
     restart = "never"           # "never", "on-failure" or "always": what the system does when the process ends
     max_restarts = 3            # restart intensity: at most this many restarts ...
     restart_window = 60.0       # ... within this many seconds, else the whole system stops with an error
-    restart_backoff = 0.1       # seconds before the first restart; doubles with each restart in the window
+    restart_backoff = 0.1       # seconds before the first restart; doubles with each restart in the window, up to
+                                # MAX_RESTART_BACKOFF (10 s)
     on_error = "resume"         # a handler raised: "resume" (log it, go on), "restart" (fail), "stop"
     persistent = False          # journal every message and snapshot the state, to recover after a crash
     snapshot_every = 1000       # messages between snapshots
@@ -43,105 +45,43 @@ class Actor:
         raise NotImplementedError(f"{type(self).__qualname__} does not define `async def receive(self, message)`")
 
 
-class ActorRef:
-    """A handle on a running actor: `tell`, `tell_nowait`, `ask`, and `proxy` for method calls.
-
-    Encodable: send it inside messages to other actors.
-    """
-    __slots__ = ("id", "name", "persistent")
-
-    def __init__(self, actor_id: int, name: str, persistent: bool = False):
-        self.id = actor_id
-        self.name = name
-        self.persistent = persistent
-
-    async def tell(self, message) -> None:
-        """Send `message`; waits only while the receiver's mailbox (or the store) is full. Raises the codec's
-        `SerializationError` (and sends nothing) if the message cannot be encoded."""
-        system = _system
-        ep = system.endpoint
-        if self.id not in ep.links:
-            _first_contact(ep, self)
-        if system.serialize is not None:
-            message = system.serialize(message)
-        try:
-            link = ep.post(self.id, mb.TELL, message)
-        except mb.StoreFull as full:
-            link = await ep.post_when_room(self.id, mb.TELL, full.prepared, 0)
-        if ep.full(link):
-            await ep.room(link)
-
-    def tell_nowait(self, message) -> None:
-        """Send `message` without waiting; raises `MailboxFullError` if the mailbox is full."""
-        system = _system
-        if self.id not in system.endpoint.links:
-            _first_contact(system.endpoint, self)
-        system.endpoint.post_nowait(self.id, mb.TELL, system.outgoing(message))
-
-    async def ask(self, message, *, timeout: float | None = None):
-        """Send `message` and return the receiver's answer (the return value of its `receive`). A handler that
-        raises makes this raise `RemoteActorError`; no answer within `timeout` seconds raises
-        `AskTimeoutError`."""
-        return await _system.ask(self, mb.ASK, _system.outgoing(message), timeout)
-
-    @property
-    def proxy(self) -> _Proxy:
-        """`await ref.proxy.method(*args, **kwargs)` calls the actor's `async def method` and returns its result."""
-        return _Proxy(self)
-
-    def __eq__(self, other):
-        return isinstance(other, ActorRef) and other.id == self.id
-
-    def __hash__(self):
-        return hash(("ActorRef", self.id))
-
-    def __repr__(self):
-        return f"<ActorRef {self.name!r} #{self.id}>"
-
-    def __reduce__(self):
-        return (ActorRef, (self.id, self.name, self.persistent))
+OPTION_CHOICES = {"restart": ("never", "on-failure", "always"), "on_error": ("resume", "restart", "stop"),
+                  "fsync": ("always", "group", "interval")}
+OPTIONS = ("restart", "max_restarts", "restart_window", "restart_backoff", "on_error", "persistent",
+           "snapshot_every", "fsync", "fsync_interval")
 
 
-class _Proxy:
-    __slots__ = ("_ref",)
-
-    def __init__(self, ref: ActorRef):
-        self._ref = ref
-
-    def __getattr__(self, method: str):
-        if method.startswith("_"):
-            raise AttributeError(f"cannot call private method {method!r} of an actor")
-        ref = self._ref
-
-        async def call(*args, timeout: float | None = None, **kwargs):
-            return await _system.ask(ref, mb.CALL, (method, args, kwargs), timeout)
-
-        call.__name__ = method
-        return call
+# Numeric options: (type, smallest allowed value, whether that value itself is allowed).
+OPTION_NUMBERS = {"max_restarts": (int, 0, True), "restart_window": (float, 0, False),
+                  "restart_backoff": (float, 0, True), "snapshot_every": (int, 1, True),
+                  "fsync_interval": (float, 0, False)}
 
 
-def _first_contact(ep, ref: ActorRef) -> None:
-    # what the endpoint needs to know of a peer before it first connects: its name (for errors) and whether it
-    # journals what it receives
-    ep.names[ref.id] = ref.name
-    if ref.persistent:
-        ep.persistent.add(ref.id)
+def actor_options(cls, overrides: dict | None) -> dict:
+    """The class's supervision and persistence settings, with `overrides` applied and checked: a bad value is
+    refused here, before anything starts, rather than failing later inside the driver or the actor."""
+    opts = {key: getattr(cls, key) for key in OPTIONS}
+    for key, value in (overrides or {}).items():
+        if key not in opts:
+            raise ActorsError(f"unknown actor option {key!r}; the options are {', '.join(OPTIONS)}")
+        opts[key] = value
+    for key, choices in OPTION_CHOICES.items():
+        if opts[key] not in choices:
+            raise ActorsError(f"{key}={opts[key]!r} is not one of {', '.join(map(repr, choices))}")
+    if type(opts["persistent"]) is not bool:
+        raise ActorsError(f"persistent={opts['persistent']!r} must be True or False")
+    for key, (kind, low, inclusive) in OPTION_NUMBERS.items():
+        value = opts[key]
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and (value >= low if inclusive else value > low) and (kind is float or value == int(value)))
+        if not ok:
+            what = "a whole number" if kind is int else "a finite number of seconds"
+            raise ActorsError(f"{key}={value!r} must be {what} {'at least' if inclusive else 'above'} {low}")
+    return opts
 
 
-def _ref_to_wire(ref: ActorRef):
-    return (ref.id, ref.name, ref.persistent)
-
-
-def _ref_from_wire(value):
-    return ActorRef(*value)
-
-
-_codec.register_class(ActorRef, serializer=_ref_to_wire, deserializer=_ref_from_wire)
-
-
-def remote_error(ref_name: str, payload) -> RemoteActorError:
-    type_name, message, tb = payload
-    return RemoteActorError(ref_name, type_name, message, tb)
-
-
-__all__ = ["Actor", "ActorRef", "AskTimeoutError"]
+def restart_delay(backoff: float, restarts: int) -> float:
+    """The wait before a restart: `backoff`, doubled for each restart already in the window, at most
+    MAX_RESTART_BACKOFF (so that a crash loop, on a full disk say, retries often enough to recover soon after the
+    cause is gone). A longer `backoff` is used as it is."""
+    return min(backoff * 2.0 ** min(restarts, 64), max(backoff, MAX_RESTART_BACKOFF))

@@ -1,7 +1,9 @@
-"""The `actors` command: `actors run app.py` and `actors cleanup`."""
+"""The `actors` command: `actors run app.py` (or `module:function`), `actors cleanup` and `actors --version`."""
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
 
 
@@ -22,11 +24,23 @@ def _run(args) -> int:
     return _launcher.main(args)
 
 
+class _Version(argparse.Action):
+    """`actors --version`, on one line (argparse's own version action wraps it at the terminal's width). It says
+    where the package was imported from, as pip does: a source checkout can shadow the installed package."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import actors
+        print(f"actors {actors.__version__} from {os.path.dirname(actors.__file__)} "
+              f"(Python {platform.python_version()})")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="actors", description="Shared-memory actors for Python.")
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version, where it is installed, and exit")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an app: import it and call its `async def main(system)`")
-    run.add_argument("app", help="path to the app's .py file (options go before it)")
+    run.add_argument("app", help="path to the app's .py file, or module:function (options go before it)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the app (sys.argv[1:] inside it)")
     run.add_argument("--store-capacity", default=None, help="shared-memory store size, e.g. 512M or 4G")
     run.add_argument("--resilience-dir", default=None,

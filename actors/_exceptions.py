@@ -1,14 +1,16 @@
 """Every error the project raises: one root, `ActorsError`.
 
-The codec's errors are defined beside the codec (`_fastser` is usable alone) and re-exported here.
+The codec's errors (and the store core's `StaleRefError`) are defined beside the codec (`_fastser` is usable alone)
+and re-exported here; every other error is defined here.
 """
 from _fastser._errors import (
     ActorsError as ActorsError,
     DecodeError as DecodeError,
     RegistrationError as RegistrationError,
     SerializationError as SerializationError,
+    UnknownClassError as UnknownClassError,
 )
-from _fastser._errors import UnknownClassError as UnknownClassError  # noqa: E402
+from _fastser._shm import StaleRefError as StaleRefError
 
 
 class RemoteActorError(ActorsError):
@@ -37,6 +39,11 @@ class AskTimeoutError(ActorsError, TimeoutError):
     """No reply arrived within the ask's timeout."""
 
 
+class ClusterError(ActorsError):
+    """etcd, which holds the cluster's membership, names and leases, cannot be reached, refused a request, or took
+    back a lease this node held."""
+
+
 class ActorNotFoundError(ActorsError, LookupError):
     """No running actor has that name."""
 
@@ -47,3 +54,19 @@ class SpawnError(ActorsError):
 
 class StoreFullError(ActorsError):
     """A put found no room in the store before its timeout, or the object is larger than the whole store."""
+
+
+class SupervisionError(ActorsError):
+    """An actor failed more often than its restart intensity allows: the system stopped."""
+
+
+class PersistenceError(ActorsError):
+    """A persistent actor's state cannot be stored or recovered, or the resilience directory is unsafe or in use."""
+
+
+class StoreFull(Exception):
+    """Internal (never reaches the user): the store had no room for a message; `prepared` holds it, encoded, for a
+    later try."""
+
+    def __init__(self, prepared):
+        self.prepared = prepared

@@ -16,16 +16,24 @@ A snapshot is         magic | u32 crc32(body) | u64 length | body, body = the co
 Recovery loads the newest snapshot that checks out (warning about a damaged one and falling back to the previous),
 then replays the journal records after it, up to the last good record: a torn or corrupted record at the end is
 reported with its file and offset, and the file is cut there. Nothing damaged is ever loaded silently.
+
+The files hold the actors' state, so only their user may read them: the directory is created 0700 and refused if
+another user owns it or group or others can write to it (they could plant files or links in it), files are created
+0600, and no file is ever opened through a symbolic link. The driver holds an exclusive lock on `.lock` in the
+directory for the system's lifetime: two systems on one directory would lose each other's acknowledged tells.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
+import stat
 import struct
 import zlib
 
 from _fastser import _codec
-from actors._exceptions import ActorsError
+from actors._exceptions import PersistenceError
 
 log = logging.getLogger("actors")
 
@@ -34,14 +42,107 @@ BODY = struct.Struct("<QQQII")         # seq, sender epoch, sender seq, kind, re
 SNAP_MAGIC = b"ACTSNAP1"
 SNAP_HEAD = struct.Struct("<8sIQ")     # magic, crc32, length
 FSYNC_POLICIES = ("always", "group", "interval")
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+LOCK_FILE = ".lock"     # a name no actor's files can have (`_safe` refuses names starting with a dot)
 
 
-class PersistenceError(ActorsError):
-    """A persistent actor's state cannot be stored or recovered."""
+def check_directory(directory: str) -> None:
+    """Create the resilience directory (0700) if it is missing; refuse one that is not safe to keep state in."""
+    os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
+    st = os.stat(directory)
+    me = os.geteuid()
+    if st.st_uid != me:
+        raise PersistenceError(
+            f"resilience directory {directory} belongs to uid {st.st_uid}, not to this user (uid {me}): its owner "
+            f"could read the actors' state or plant links that redirect writes; use a directory of your own")
+    if st.st_mode & 0o022:
+        raise PersistenceError(
+            f"resilience directory {directory} can be written by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): they could plant files or links in it; run `chmod go-w {directory}` "
+            f"or use a directory of your own")
+
+
+def _open(path: str, flags: int) -> int:
+    """os.open for resilience files: created 0600, never through a symbolic link, not inherited across exec."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PersistenceError(
+                f"{path} is a symbolic link: resilience files are never opened through links (one planted there "
+                f"would redirect the actor's writes to its target); remove it") from None
+        raise
+    try:
+        # a file made by an older version, or restored from a backup, may be wider than 0600: narrow it
+        if stat.S_IMODE(os.fstat(fd).st_mode) & ~FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class DirectoryLock:
+    """An exclusive `flock` on the resilience directory's lock file, held by the driver for the system's lifetime
+    (for a system without a directory, `DirectoryLock(None)` holds nothing).
+
+    A flock belongs to the open file description: it lasts until every descriptor sharing it is closed. The
+    descriptor is close-on-exec (the fork server and everything exec'd never share it), and a process forked from
+    the driver closes its copy at once, so the lock ends with the driver, however the driver ends.
+    """
+
+    def __init__(self, directory: str | None):
+        self.fd = None
+        if directory is None:
+            return                      # a system without a resilience directory: nothing to lock
+        check_directory(directory)
+        fd = _open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise PersistenceError(
+                f"resilience directory {directory} is in use by another system (driver pid {holder}): two systems "
+                f"on one directory would lose each other's acknowledged tells; stop that system, or give this one "
+                f"another directory") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)     # for the message above, in the next system to try
+        self.fd = fd
+        _held_locks.add(fd)
+
+    def release(self) -> None:
+        """Release the lock (closing our descriptor ends it). Idempotent."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            _held_locks.discard(fd)
+            os.close(fd)
+
+    __del__ = release
+
+
+_held_locks: set[int] = set()
+
+
+def _close_locks_in_child() -> None:
+    # Close, never unlock: LOCK_UN in the child would end the driver's lock too (they share the description).
+    for fd in _held_locks:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_close_locks_in_child)
 
 
 def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -61,7 +162,7 @@ class Journal:
                  serialize=None, deserialize=None):
         if fsync not in FSYNC_POLICIES:
             raise PersistenceError(f"unknown fsync policy {fsync!r}; use one of {', '.join(FSYNC_POLICIES)}")
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        check_directory(directory)
         self.dir = directory
         self.name = _safe(name)
         self.fsync_policy = fsync
@@ -71,6 +172,7 @@ class Journal:
         self.seq = 0                    # last journaled sequence number
         self.seen: dict[int, int] = {}  # sender epoch -> last sender seq journaled (duplicates are dropped)
         self.file = None
+        self.file_path = None
         self.dirty = False
         self.since_snapshot = 0
 
@@ -100,7 +202,7 @@ class Journal:
         # the envelope is the fast codec's; only the state itself goes through the app's serialize
         body = _codec.dumps({"seq": self.seq, "state": self._encode_state(state), "seen": dict(self.seen)})
         tmp = self._path("snapshot.tmp")
-        with open(tmp, "wb") as f:
+        with os.fdopen(_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
             f.write(SNAP_HEAD.pack(SNAP_MAGIC, zlib.crc32(body), len(body)))
             f.write(body)
             f.flush()
@@ -114,7 +216,7 @@ class Journal:
         prev_seq = self._snapshot_seq(self._path("snapshot.prev"))
         self._open_segment(self.seq + 1)
         for start, path in self._segments():
-            if prev_seq is not None and start <= prev_seq and path != self.file.name:
+            if prev_seq is not None and start <= prev_seq and path != self.file_path:
                 nxt = [s for s, _ in self._segments() if s > start]
                 if nxt and nxt[0] <= prev_seq + 1:
                     os.unlink(path)
@@ -126,7 +228,7 @@ class Journal:
 
     def _read_snapshot(self, path: str, quiet: bool = False):
         try:
-            with open(path, "rb") as f:
+            with os.fdopen(_open(path, os.O_RDONLY), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None
@@ -159,7 +261,8 @@ class Journal:
         if self.file is not None:
             self.sync()
             self.file.close()
-        self.file = open(self._path(f"journal.{start}"), "ab")
+        self.file_path = self._path(f"journal.{start}")
+        self.file = os.fdopen(_open(self.file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
         _fsync_dir(self.dir)
 
     def append(self, epoch: int, sender_seq: int, kind: int, message: bytes) -> int:
@@ -169,10 +272,7 @@ class Journal:
         self.file.write(HEAD.pack(len(body), zlib.crc32(body)) + body)
         if epoch:
             self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
-        self.dirty = True
-        self.since_snapshot += 1
-        if self.fsync_policy == "always":
-            self.sync()
+        self._appended(1)
         return self.seq
 
     def append_framed(self, framed: bytearray, seq: int, epoch: int, sender_seq: int, count: int) -> None:
@@ -183,10 +283,41 @@ class Journal:
         self.seq = seq
         if epoch and sender_seq:
             self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
+        self._appended(count)
+
+    def _appended(self, count: int) -> None:
+        # The one place a write becomes durable at once: fsync="always". "group" and "interval" are decided by
+        # journal_batch, per batch.
         self.dirty = True
         self.since_snapshot += count
         if self.fsync_policy == "always":
             self.sync()
+
+    def journal_batch(self, arena, batch: list, epoch: int, framed: bytearray) -> tuple:
+        """Journal a received batch of records from the sender of `epoch` before it is handled, dropping what is
+        journaled already (resent after a restart), and make it as durable as the fsync policy says: each message
+        ("always"), the batch ("group"), or handed to the OS and synced every interval ("interval").
+        (records to handle, highest sender seq to ack). `framed` is a scratch buffer the caller keeps."""
+        if self.fsync_policy == "always":       # each message durable on its own, before the next is journaled
+            keep = []
+            ack = 0
+            for rec in batch:
+                framed.clear()
+                kept, seq, acked = arena.journal_records([rec], epoch, self.seen.get(epoch, 0) if epoch else 0,
+                                                         self.seq, framed)
+                self.append_framed(framed, seq, epoch, acked, seq - self.seq)     # synced by _appended
+                keep += kept
+                ack = max(ack, acked)
+            return keep, ack
+        framed.clear()
+        keep, seq, ack = arena.journal_records(batch, epoch, self.seen.get(epoch, 0) if epoch else 0, self.seq,
+                                               framed)
+        self.append_framed(framed, seq, epoch, ack, seq - self.seq)
+        if self.fsync_policy == "interval":
+            self.flush()                # in the OS: safe from a process crash; fsynced every interval
+        else:
+            self.sync()
+        return keep, ack
 
     def is_duplicate(self, epoch: int, sender_seq: int) -> bool:
         return bool(epoch) and sender_seq <= self.seen.get(epoch, 0)
@@ -208,6 +339,7 @@ class Journal:
             self.sync()
             self.file.close()
             self.file = None
+            self.file_path = None
 
     # -- recovery --------------------------------------------------------------------------------------------------
 
@@ -257,7 +389,7 @@ class Journal:
         return (snap is not None), state, replay
 
     def _read_segment(self, path: str):
-        with open(path, "rb") as f:
+        with os.fdopen(_open(path, os.O_RDONLY), "rb") as f:
             data = f.read()
         pos = 0
         while pos < len(data):
@@ -274,7 +406,7 @@ class Journal:
             if problem:
                 log.warning("journal %s: %s at offset %d; recovered up to there and cut the rest", path, problem,
                             pos)
-                with open(path, "r+b") as f:
+                with os.fdopen(_open(path, os.O_RDWR), "r+b") as f:
                     f.truncate(pos)
                     os.fsync(f.fileno())
                 return

@@ -3,7 +3,8 @@
 A store is one POSIX shared-memory segment (owner-only, mode 0600) holding a buddy-allocated arena; objects are
 encoded straight into their blocks and read in place (`_fastser._shm`). Segment names carry the creating process's
 pid and start time, so a later start, or `actors cleanup`, can tell a stale segment (its owner is dead) from a live
-one and unlink it.
+one and unlink it. Only this user's segments and run directories are touched: another user's are not ours to remove
+(and a stale one of theirs must not stop us from starting).
 """
 from __future__ import annotations
 
@@ -32,10 +33,24 @@ _start_time = _shm.start_time
 _NAME = re.compile(r"actors\.[0-9]+\.[0-9]+\.[a-z]+\.(?:[A-Za-z0-9]{1,32}-)?[0-9a-f]+")   # see segment_name
 
 
+TAG_ENV = "ACTORS_SEGMENT_TAG"
+
+
+def segment_tag() -> str:
+    """"<tag>-" from $ACTORS_SEGMENT_TAG, or "". A test run sets it to tell the segments it made (in any of its
+    processes, dead or alive) from those of another run on the same machine."""
+    tag = os.environ.get(TAG_ENV, "")
+    if not tag:
+        return ""
+    if not re.fullmatch(r"[A-Za-z0-9]{1,32}", tag):
+        raise ActorsError(f"{TAG_ENV}={tag!r} cannot go in a segment name; use 1 to 32 letters or digits")
+    return f"{tag}-"
+
+
 def segment_name(kind: str = "store") -> str:
-    """A fresh segment name: actors.<pid>.<start time>.<kind>.<random>."""
+    """A fresh segment name: actors.<pid>.<start time>.<kind>.<tag-><random> (the tag is optional)."""
     pid = os.getpid()
-    return f"{PREFIX}{pid}.{_start_time(pid)}.{kind}.{secrets.token_hex(4)}"
+    return f"{PREFIX}{pid}.{_start_time(pid)}.{kind}.{segment_tag()}{secrets.token_hex(4)}"
 
 
 def owner_alive(name: str) -> bool:
@@ -48,16 +63,26 @@ def owner_alive(name: str) -> bool:
     return _start_time(pid) == start
 
 
-def our_segments() -> list[str]:
-    """Names of every actors segment in /dev/shm, live or stale."""
+def _owned(path: str, *, directory: bool = False) -> bool:
+    """Is `path` this user's (and, if asked, a directory, not a link to one)?"""
     try:
-        return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(PREFIX))
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return st.st_uid == os.geteuid() and (not directory or stat.S_ISDIR(st.st_mode))
+
+
+def our_segments() -> list[str]:
+    """Names of every actors segment in /dev/shm that this user owns, live or stale."""
+    try:
+        names = os.listdir(SHM_DIR)
     except FileNotFoundError:
         return []
+    return sorted(n for n in names if n.startswith(PREFIX) and _owned(os.path.join(SHM_DIR, n)))
 
 
 def cleanup(*, all_owners_dead_only: bool = True) -> list[str]:
-    """Unlink every actors segment whose creating process is dead; return their names."""
+    """Unlink every actors segment of ours whose creating process is dead; return their names."""
     removed = []
     for name in our_segments():
         if all_owners_dead_only and owner_alive(name):
@@ -65,21 +90,22 @@ def cleanup(*, all_owners_dead_only: bool = True) -> list[str]:
         try:
             posix_ipc.unlink_shared_memory("/" + name)
             removed.append(name)
-        except posix_ipc.ExistentialError:
-            pass
+        except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
+            pass        # gone meanwhile, or given away meanwhile: either way not ours to remove
     return removed
 
 
 def cleanup_rundirs() -> list[str]:
-    """Remove the socket directories (actors.<pid>.<start time>.*) of systems whose driver is dead."""
+    """Remove our socket directories (actors.<pid>.<start time>.*) of systems whose driver is dead."""
     import shutil
     import tempfile
     removed = []
     base = tempfile.gettempdir()
     for entry in os.listdir(base):
-        if entry.startswith(PREFIX) and os.path.isdir(os.path.join(base, entry)) and not owner_alive(entry):
-            shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
-            removed.append(os.path.join(base, entry))
+        path = os.path.join(base, entry)
+        if entry.startswith(PREFIX) and _owned(path, directory=True) and not owner_alive(entry):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
@@ -171,7 +197,7 @@ def _attach(name: str) -> _shm.Arena:
         raise
 
 
-_shm._resolve = _resolve
+_shm.set_ref_resolver(_resolve)
 _codec.register_class(ObjectRef, serializer=_shm.ref_to_wire, deserializer=_shm.ref_from_wire)
 
 

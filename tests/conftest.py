@@ -1,24 +1,24 @@
 """Shared fixtures. Every test is checked for leaked shared memory: /dev/shm must hold no segment of ours that this
 test created and left behind."""
 import os
+import secrets
 
 import pytest
 
 from actors import _store
+from _helpers.processes import leftover_segments
 
-
-def _ours():
-    # Segments this test can have left: made by this process, or by a process that has since died (a
-    # subprocess that leaked). Those of other live processes (another run on the machine) are not ours.
-    me = f"{_store.PREFIX}{os.getpid()}."
-    return {n for n in _store.our_segments() if n.startswith(me) or not _store.owner_alive(n)}
+# Every process of this run (pytest, its subprocesses, their actors: the variable is inherited) puts this tag in the
+# names of the segments it makes, so that the leak check counts and removes this run's segments only, never those of
+# another run on the same machine.
+os.environ[_store.TAG_ENV] = secrets.token_hex(6)
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_segments():
-    before = _ours()
+    before = leftover_segments()
     yield
-    leaked = _ours() - before
+    leaked = leftover_segments() - before
     if leaked:
         for name in leaked:       # unlink them, so one leak does not fail every later test
             try:

@@ -35,7 +35,7 @@ CODEC = settings(max_examples=60, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-from _codec_helpers import MAX_DEPTH  # noqa: E402
+from _helpers.codec import MAX_DEPTH  # noqa: E402
 
 
 

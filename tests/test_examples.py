@@ -5,14 +5,9 @@ import sys
 
 import pytest
 
-from actors import _store
+from _helpers.processes import leftover_segments
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-
-
-def _stale_or_ours():
-    me = f"{_store.PREFIX}{os.getpid()}."
-    return {n for n in _store.our_segments() if n.startswith(me) or not _store.owner_alive(n)}
 
 
 @pytest.mark.parametrize("example, args, expect", [
@@ -21,12 +16,12 @@ def _stale_or_ours():
     ("wordcount.py", ["3"], "3 mappers, 30 chunks"),
 ])
 def test_example_runs(example, args, expect):
-    before = _stale_or_ours()
+    before = leftover_segments()
     out = subprocess.run([sys.executable, "-m", "actors", "run", os.path.join(EXAMPLES, example), *args],
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert expect in out.stdout
-    assert _stale_or_ours() == before       # the example's own segments (its driver has exited) are gone
+    assert leftover_segments() == before       # the example's own segments (its driver has exited) are gone
 
 
 def test_store_demo_runs():

@@ -1,22 +1,22 @@
 """`actors run app.py` and `actors cleanup`, end to end, as a user runs them: in a subprocess
 (`python -m actors ...`, and the `actors` console script)."""
 import os
+import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 
 import posix_ipc
 import pytest
 
 from actors import _store
-from _process_helpers import alive, children_of, wait_gone  # noqa: E402
+from _helpers.processes import CLI_TIMEOUT as TIMEOUT, actors_cmd, alive, children_of, env, run_cli, wait_gone  # noqa: E402
+from _helpers.processes import launched  # noqa: F401  (the fixture)
 
 
-TIMEOUT = 120           # seconds for one launcher run; the machine is shared and loaded: be generous
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "actors")
 
 
@@ -26,93 +26,8 @@ def write_app(tmp_path, source, name="app.py"):
     return path
 
 
-def env():
-    return dict(os.environ, PYTHONUNBUFFERED="1", ACTORS_STORE_CAPACITY="64M")
-
-
-def actors_cmd(*args):
-    return [sys.executable, "-m", "actors", *args]
-
-
-def run_cli(*args, cwd=None, timeout=TIMEOUT):
-    return subprocess.run(actors_cmd(*args), cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
-
-
 def segments_of(pid):
     return [n for n in _store.our_segments() if n.startswith(f"{_store.PREFIX}{pid}.")]
-
-
-class Launched:
-    """`actors run app.py` running in the background: its stdout lines are collected by a thread."""
-
-    def __init__(self, app, *args, cwd):
-        self.stderr_path = os.path.join(cwd, "launcher-stderr.txt")
-        self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(actors_cmd("run", str(app), *args), cwd=cwd, env=env(), text=True,
-                                     stdout=subprocess.PIPE, stderr=self._stderr)
-        self.lines = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for_line(self, text, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not any(text in line for line in self.lines):
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no line with {text!r} from the app; stdout: {self.lines}; stderr: "
-                                         f"{self.stderr()}")
-                self._changed.wait(min(left, 0.5))
-
-    def wait(self, timeout=TIMEOUT):
-        code = self.proc.wait(timeout)
-        self._reader.join(10)
-        return code
-
-    def stderr(self):
-        self._stderr.flush()
-        with open(self.stderr_path) as f:
-            return f.read()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            for pid in [self.proc.pid, *children_of(self.proc.pid)]:
-                for kid in children_of(pid):
-                    _kill(kid)
-                _kill(pid)
-            self.proc.wait(30)
-        self._stderr.close()
-
-
-def _kill(pid):
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-@pytest.fixture
-def launched():
-    started = []
-
-    def launch(app, *args, cwd):
-        p = Launched(app, *args, cwd=cwd)
-        started.append(p)
-        return p
-
-    yield launch
-    for p in started:           # a failed test must not leave its system running
-        p.kill()
-    _store.cleanup()            # the segments of a killed launcher (its owner is dead now)
 
 
 # -- running an app ---------------------------------------------------------------------------------------------------
@@ -147,6 +62,36 @@ def test_run_prints_and_exits_zero(tmp_path):
     assert "result 13 argv ['alpha', '--beta'] module app" in out
     assert [line for line in out if line.startswith("[counter] ")] == [
         "[counter] counter at 11", "[counter] counter at 12", "[counter] counter at 13"]
+
+
+def test_driver_and_actor_lines_stay_whole_when_unbuffered(tmp_path):
+    # PYTHONUNBUFFERED (set by env(), as in many containers) makes each print two writes, the text and its newline:
+    # an actor's line written between them would be glued to the driver's
+    app = write_app(tmp_path, """
+        import trio
+        import actors
+
+        class Chatty(actors.Actor):
+            async def receive(self, n):
+                for i in range(n):
+                    print(f"actor line {i}")
+                return n
+
+        async def main(system):
+            ref = await system.spawn(Chatty, name="chatty")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ref.ask, 20000)
+                for i in range(20000):
+                    print(f"driver line {i}")
+                    if i % 10 == 0:
+                        await trio.sleep(0)
+    """)
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    glued = [line for line in lines if not re.fullmatch(r"driver line \d+|\[chatty\] actor line \d+", line)]
+    assert glued == []
+    assert len(lines) == 40000
 
 
 def test_console_script_runs_the_app(tmp_path):
@@ -285,6 +230,75 @@ def test_app_arguments_reach_the_actors_and_the_app_import(tmp_path):
     assert "driver ['7', '--fast'] actor (['7', '--fast'], ['7', '--fast'])" in proc.stdout.splitlines()
 
 
+MODULE_APP = """
+    import sys
+    import actors
+
+    class Echo(actors.Actor):
+        async def receive(self, msg):
+            return f"{type(self).__module__}.{type(self).__name__} got {msg}"
+
+    async def start(system):
+        ref = await system.spawn(Echo, name="echo")
+        print(f"{await ref.ask(sys.argv[1:])} in {__name__}", flush=True)
+        return 4
+"""
+
+
+def test_run_module_function_from_the_working_directory(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    write_app(tmp_path, "", name="pkg/__init__.py")
+    write_app(tmp_path, MODULE_APP, name="pkg/service.py")
+    proc = run_cli("run", "pkg.service:start", "x", "--y", cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr
+    assert "pkg.service.Echo got ['x', '--y'] in pkg.service" in proc.stdout.splitlines()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("pkg.service:stop", "actors: pkg.service defines no `async def stop(system)` to run"),
+    ("nowhere:main", "actors: cannot run 'nowhere:main': no module named 'nowhere'"),
+    ("pkg.service:", "actors: cannot run 'pkg.service:': give the path of an app's .py file, or module:function"),
+    ("pkg.service", "actors: cannot run 'pkg.service': give the path of an app's .py file, or module:function"),
+])
+def test_run_module_function_usage_errors(tmp_path, spec, message):
+    (tmp_path / "pkg").mkdir()
+    write_app(tmp_path, "", name="pkg/__init__.py")
+    write_app(tmp_path, MODULE_APP, name="pkg/service.py")
+    proc = run_cli("run", spec, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr.splitlines(), proc.stdout) == (2, [message], "")
+
+
+def test_version_names_the_release_and_where_it_is_imported_from():
+    import actors
+    proc = run_cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (f"actors {actors.__version__} from {os.path.dirname(actors.__file__)} "
+                           f"(Python {platform.python_version()})\n")
+
+
+def test_module_run_from_an_unbuilt_checkout_says_why_and_what_to_do(tmp_path):
+    # What `pip install .` then `python -m actors` from the checkout meets: the working directory holds the
+    # sources, without the built extension, and comes first on sys.path.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for package in ("actors", "_fastser"):
+        shutil.copytree(os.path.join(root, package), tmp_path / package,
+                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    # `python -m actors --version`, without the finder of an editable install (which would find the built extension
+    # in the real checkout): a non-editable install has none
+    as_installed = ("import runpy, sys; "
+                    "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]; "
+                    "sys.argv[1:] = ['--version']; runpy.run_module('actors', run_name='__main__', alter_sys=True)")
+    proc = subprocess.run([sys.executable, "-c", as_installed], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stderr.splitlines()[-1] == (
+        f"ImportError: the _fastser extension is not built in {tmp_path / '_fastser'} for this Python "
+        f"({platform.python_version()}): Python imported that source checkout, not an installed build, because it "
+        f"is the working directory or on PYTHONPATH. Build it in place with `pip install -e .` from the checkout, "
+        f"or run from another directory.")
+    assert "No module named" not in proc.stderr
+
+
 # -- stopping on a signal ---------------------------------------------------------------------------------------------
 
 FOREVER_APP = """
@@ -318,8 +332,10 @@ FOREVER_APP = """
 
 def _stop_with_signal(tmp_path, launched, signum):
     app = write_app(tmp_path, FOREVER_APP)
-    p = launched(app, str(tmp_path), cwd=tmp_path)
+    p = launched("run", app, str(tmp_path), cwd=tmp_path)
     p.wait_for_line("READY")
+    for i in range(2):              # an actor's lines come through its own pipe: they may trail the driver's
+        p.wait_for_line(f"[worker-{i}] PID ")
     actor_pids = sorted(int(line.split()[-1]) for line in p.lines if "] PID " in line)
     assert len(actor_pids) == 2
     forkservers = children_of(p.proc.pid)
@@ -352,8 +368,48 @@ def test_sigterm_exits_143_with_a_message_and_no_traceback(tmp_path, launched):
 def test_sigint_stops_the_actors_gracefully_and_exits_non_zero(tmp_path, launched):
     code, stderr = _stop_with_signal(tmp_path, launched, signal.SIGINT)
     assert code == 130, stderr
-    assert "actors: interrupted; every actor was stopped" in stderr
-    assert "Traceback" not in stderr
+    assert stderr.splitlines() == ["stopping 2 actors… (Ctrl-C again to kill)",
+                                   "actors: interrupted; every actor was stopped"]
+
+
+STUBBORN_APP = """
+    import trio
+    import actors
+
+    class Stubborn(actors.Actor):
+        async def on_stop(self):
+            print("STOPPING", flush=True)
+            await trio.sleep_forever()          # never stops gracefully: only a kill ends it
+
+        async def receive(self, msg):
+            return msg
+
+    async def main(system):
+        refs = [await system.spawn(Stubborn, name=f"stubborn-{i}") for i in range(2)]
+        for ref in refs:
+            assert await ref.ask("hi") == "hi"
+        print("READY", flush=True)
+        await trio.sleep_forever()
+"""
+
+
+def test_second_sigint_kills_every_actor_at_once_with_one_line(tmp_path, launched):
+    app = write_app(tmp_path, STUBBORN_APP)
+    # a stop timeout far beyond the test's: only the second Ctrl-C can end the run in time
+    p = launched("run", "--stop-timeout", "3600", app, cwd=tmp_path)
+    p.wait_for_line("READY")
+    tree = sorted({*children_of(p.proc.pid), *(k for f in children_of(p.proc.pid) for k in children_of(f))})
+    assert len(tree) == 3, tree             # the fork server and two actors
+    p.proc.send_signal(signal.SIGINT)
+    p.wait_for_line("[stubborn-0] STOPPING")
+    p.wait_for_line("[stubborn-1] STOPPING")
+    p.proc.send_signal(signal.SIGINT)
+    code = p.wait(TIMEOUT)
+    assert code == 130, p.stderr()
+    assert p.stderr().splitlines() == ["stopping 2 actors… (Ctrl-C again to kill)",
+                                       "actors: interrupted again; killed 2 actors"]
+    assert wait_gone(tree) == [], f"processes left behind: {tree}"
+    assert segments_of(p.proc.pid) == []
 
 
 # -- errors of the command itself -------------------------------------------------------------------------------------
@@ -370,6 +426,66 @@ def test_app_without_main_is_a_clear_error(tmp_path):
     assert "nomain.py" in proc.stderr and "main" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_main_that_is_not_async_exits_2_before_any_actor_starts(tmp_path):
+    app = write_app(tmp_path, """
+        import os
+
+        print(f"imported in {os.getpid()}", flush=True)     # the fork server would import the app too
+
+        def main(system):
+            print("main ran")
+    """, name="syncmain.py")
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"actors: {app}: `main` is not an async function; define it as `async def main(system)`"]
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("imported in ")]) == 1, proc.stdout
+    assert "main ran" not in proc.stdout
+
+
+def _without_launcher_frames(stderr):
+    return not any(marker in stderr for marker in ("_launcher.py", "_cli.py", "importlib", "runpy"))
+
+
+def test_app_that_raises_on_import_shows_its_own_frames(tmp_path):
+    write_app(tmp_path, """
+        def fail():
+            raise ValueError("helper-import-marker")
+    """, name="helper.py")
+    app = write_app(tmp_path, """
+        import helper
+
+        def setup():
+            helper.fail()
+
+        setup()
+
+        async def main(system):
+            pass
+    """, name="broken.py")
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert [line.strip() for line in lines if line.strip().startswith("File ")] == [
+        f'File "{app}", line 7, in <module>', f'File "{app}", line 5, in setup',
+        f'File "{tmp_path / "helper.py"}", line 3, in fail']
+    assert lines[-1] == "ValueError: helper-import-marker"
+    assert _without_launcher_frames(proc.stderr), proc.stderr
+
+
+def test_app_with_a_syntax_error_shows_where_it_is(tmp_path):
+    app = write_app(tmp_path, """
+        async def main(system):
+            return (1 +
+    """, name="typo.py")
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[0].strip() == f'File "{app}", line 3', proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("SyntaxError: "), proc.stderr
+    assert "Traceback" not in proc.stderr and _without_launcher_frames(proc.stderr), proc.stderr
 
 
 def test_run_of_a_missing_file_is_a_clear_error(tmp_path):
@@ -430,7 +546,8 @@ def test_cleanup_removes_stale_segments_and_prints(command):
             outputs.append(proc.stdout)
             if f"removed {name}" in lines:
                 removed = int(lines[-1].split()[0])
-                assert removed == sum(line.startswith("removed ") for line in lines) >= 1
+                # the count is of segments; run directories (another run's killed launcher, say) print too
+                assert removed == sum(line.startswith(f"removed {_store.PREFIX}") for line in lines) >= 1
                 return
         finally:
             _unlink(name)
@@ -444,3 +561,78 @@ def test_cleanup_leaves_live_segments_alone():
         assert store.name in _store.our_segments()
         assert f"removed {store.name}" not in proc.stdout
         assert "in use by running systems" in proc.stdout
+
+
+# -- output ------------------------------------------------------------------------------------------------------------
+
+FLOOD_APP = """
+    import sys
+    import trio
+    import actors
+
+    LINES = int(sys.argv[1])
+
+
+    def flood(who):
+        for j in range(LINES):
+            print(f"{who} line {j} " + "x" * (j % 300))
+        # one print of many lines, more than a pipe takes in one piece
+        print("\\n".join(f"{who} block {j} " + "y" * 60 for j in range(200)))
+
+
+    class Printer(actors.Actor):
+        async def flood(self, who):
+            flood(who)
+
+
+    async def main(system):
+        printers = [await system.spawn(Printer, name=f"p{i}") for i in range(3)]
+
+        async def go(printer, i):
+            await printer.proxy.flood(f"actor {i}", timeout=120)
+
+        async with trio.open_nursery() as nursery:
+            for i, printer in enumerate(printers):
+                nursery.start_soon(go, printer, i)
+            await trio.sleep(0)
+            flood("driver")
+"""
+
+
+def test_lines_from_the_driver_and_actors_flooding_at_once_never_splice(tmp_path):
+    lines = 3000
+    app = write_app(tmp_path, FLOOD_APP)
+    out = run_cli("run", str(app), str(lines), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    expected = []
+    for who, prefix in [("driver", "")] + [(f"actor {i}", f"[p{i}] ") for i in range(3)]:
+        expected += [f"{prefix}{who} line {j} " + "x" * (j % 300) for j in range(lines)]
+        expected += [f"{prefix}{who} block {j} " + "y" * 60 for j in range(200)]
+    got = out.stdout.splitlines()
+    spliced = [line for line in got if line not in set(expected)]
+    assert spliced == [], f"{len(spliced)} spliced lines, the first: {spliced[:3]}"
+    assert sorted(got) == sorted(expected)
+
+
+def test_the_drivers_stream_holds_a_partial_line_until_its_end_or_a_flush():
+    from actors import _output
+    read, write = os.pipe()
+    try:
+        with os.fdopen(write, "w", closefd=False) as raw:
+            stream = _output.WholeLines(raw)
+            stream.write("par")
+            stream.write("tial")
+            os.set_blocking(read, False)
+            with pytest.raises(BlockingIOError):
+                os.read(read, 100)                  # nothing yet: no line has ended
+            stream.write(" line\nnext")
+            assert os.read(read, 100) == b"partial line\n"
+            stream.flush()
+            assert os.read(read, 100) == b"next"
+    finally:
+        os.close(read)
+        os.close(write)
+    saved = sys.stdout, sys.stderr
+    with _output.whole_lines():
+        assert isinstance(sys.stdout, _output.WholeLines) and sys.stdout.stream is saved[0]
+    assert (sys.stdout, sys.stderr) == saved

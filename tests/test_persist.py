@@ -10,13 +10,15 @@ import glob
 import json
 import os
 import random
+import re
+import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import zlib
 
@@ -26,17 +28,13 @@ import trio
 import actors
 from _fastser import _codec
 from actors import ActorNotFoundError, ActorsError, SpawnError, _store
-from actors import _mailbox as mb
+from actors._wire import protocol as mb
 from actors._persist import Journal, PersistenceError
-from _process_helpers import children_of, wait_gone  # noqa: E402
-from _process_helpers import run as _run  # noqa: E402
+from _helpers.processes import CLI_TIMEOUT as TIMEOUT, env, gone, retry, run, run_cli, wait_gone, wait_until  # noqa: E402
+from _helpers.processes import launched  # noqa: F401  (the fixture)
+from _helpers.processes import as_other_user  # noqa: E402
 
 
-def run(main, *, timeout=60, **options):
-    return _run(main, timeout=timeout, **options)
-
-
-TIMEOUT = 180           # seconds for one subprocess run; the machine is shared and loaded: be generous
 
 # The documented formats (actors/_persist.py), spelled out independently of the module's own structs.
 HEAD = struct.Struct("<II")             # u32 length | u32 crc32(body)
@@ -47,10 +45,6 @@ TELL, CALL = mb.TELL, mb.CALL
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
 
-def env():
-    return dict(os.environ, PYTHONUNBUFFERED="1", ACTORS_STORE_CAPACITY="64M")
-
-
 def write_app(tmp_path, source, name):
     path = tmp_path / name
     path.write_text(textwrap.dedent(source))
@@ -59,9 +53,7 @@ def write_app(tmp_path, source, name):
 
 def run_app(app, resilience_dir, *args, timeout=TIMEOUT):
     """`python -m actors run --resilience-dir DIR app.py args...`; the CompletedProcess."""
-    return subprocess.run([sys.executable, "-m", "actors", "run", "--resilience-dir", str(resilience_dir),
-                           str(app), *map(str, args)], cwd=app.parent, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return run_cli("run", "--resilience-dir", resilience_dir, app, *args, cwd=app.parent, timeout=timeout)
 
 
 def record(seq, message, *, epoch=0, sender_seq=0, kind=TELL):
@@ -112,95 +104,6 @@ def lines_with(text, output):
 
 def dead_segments():
     return [n for n in _store.our_segments() if not _store.owner_alive(n)]
-
-
-def _kill(pid):
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-class Launched:
-    """`python -m actors run ...` in the background; a thread collects its stdout lines."""
-
-    def __init__(self, app, resilience_dir, *args):
-        self.stderr_path = str(app.parent / f"stderr-{time.monotonic_ns()}.txt")
-        self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "actors", "run", "--resilience-dir", str(resilience_dir), str(app),
-             *map(str, args)], cwd=app.parent, env=env(), text=True, stdout=subprocess.PIPE, stderr=self._stderr)
-        self.lines = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, predicate, what, timeout=TIMEOUT):
-        """The first stdout line for which `predicate(line)` holds."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if predicate(line):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no line with {what} from the app; stdout: {self.lines[-20:]}; "
-                                         f"stderr: {self.stderr()[-3000:]}")
-                self._changed.wait(min(left, 0.2))
-
-    def wait(self, timeout=TIMEOUT):
-        code = self.proc.wait(timeout)
-        self._reader.join(10)
-        return code
-
-    def stderr(self):
-        self._stderr.flush()
-        with open(self.stderr_path) as f:
-            return f.read()
-
-    def tree(self):
-        """The launcher's descendants: the fork server and the actors it forked."""
-        out = []
-        todo = [self.proc.pid]
-        while todo:
-            kids = children_of(todo.pop())
-            out += kids
-            todo += kids
-        return out
-
-    def kill(self):
-        if self.proc.poll() is None:
-            tree = self.tree()
-            _kill(self.proc.pid)
-            for pid in tree:
-                _kill(pid)
-            self.proc.wait(30)
-        self._stderr.close()
-
-
-@pytest.fixture
-def launched():
-    started = []
-
-    def launch(*args):
-        p = Launched(*args)
-        started.append(p)
-        return p
-
-    yield launch
-    for p in started:           # a failed test must not leave a system running
-        p.kill()
-    _store.cleanup()            # the segments of killed launchers (their owners are dead)
-    _store.cleanup_rundirs()
 
 
 # -- the journal, unit level ------------------------------------------------------------------------------------------
@@ -690,14 +593,14 @@ def test_kill_9_of_the_launcher_while_it_sends_then_restart_reaches_the_exact_to
     rng.seed(seed)
     recovered = []
     killed_launchers = []
-    for run in range(kills + 1):
-        p = launched(app, res, total)
+    for attempt in range(kills + 1):
+        p = launched("run", "--resilience-dir", res, app, total, cwd=app.parent)
         line = p.wait_for(lambda s: s.startswith("recovered "), "'recovered'")
         recovered.append(int(line.split()[1]))
         # the stale segments and socket directory of the launcher killed before were removed by this start
         for pid in killed_launchers:
             assert not [n for n in _store.our_segments() if n.startswith(f"{_store.PREFIX}{pid}.")], seed
-        if run == kills:
+        if attempt == kills:
             break
         # kill it at a random moment while it sends: after a random number of progress lines, plus a little
         mark = f"sent {rng.randrange(2, 10) * 10_000}"
@@ -961,16 +864,6 @@ class Tally(actors.Actor):
         return os.getpid()
 
 
-async def retry(call, *, timeout=30.0):
-    """`await call()` until it does not raise ActorsError (the actor restarting); TooSlowError after `timeout`."""
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                return await call()
-            except ActorsError:
-                await trio.sleep(0.02)
-
-
 def test_messages_replayed_at_recovery_count_towards_the_next_snapshot(tmp_path):
     res = tmp_path / "res"
 
@@ -1007,14 +900,14 @@ def test_messages_to_a_dead_persistent_actor_that_will_not_restart_fail_clearly(
         assert Mortal.restart == "never"
         pid = await ref.proxy.pid(timeout=10)
         os.kill(pid, signal.SIGKILL)
-        with trio.fail_after(10):
-            while True:
-                try:
-                    await system.lookup("mortal")
-                except ActorNotFoundError:
-                    break
-                await trio.sleep(0.02)
-        await trio.sleep(0.2)
+        # gone for good: the driver frees the name and marks the actor gone; the driver's link to it, which keeps
+        # trying to reconnect to a persistent actor, gives up at its next attempt
+        await wait_until(lambda: gone(system, "mortal"), timeout=10, what="the actor to be gone")
+
+        async def gave_up():
+            link = system.endpoint.links.get(ref.id)
+            return link is None or not link.persistent
+        await wait_until(gave_up, timeout=10, what="the driver to stop reconnecting")
         with pytest.raises(actors.ActorStoppedError) as info:
             await ref.ask("hello", timeout=5)
         assert "restarting" not in str(info.value), str(info.value)
@@ -1118,3 +1011,241 @@ def test_a_state_that_cannot_be_snapshotted_is_logged_and_the_journal_keeps_ever
                                             "how": "__init__"}
     assert "[account] INFO actors: actor 'account' recovered: with no snapshot" in second.stderr, second.stderr
     assert _logged(second, "final")["history"] == list(range(23)) + [0, 1]
+
+
+# -- the resilience directory: owner-only files, no links followed, one system at a time ------------------------------
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes files of, or runs as, another user")
+
+
+def mode(path):
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def fill(journal):
+    """Give `journal` a segment, a snapshot and a previous snapshot."""
+    journal.recover()
+    journal.append(0, 0, TELL, b"one")
+    journal.write_snapshot({"n": 1})
+    journal.append(0, 0, TELL, b"two")
+    journal.write_snapshot({"n": 2})
+    journal.sync()
+
+
+def test_resilience_files_are_0600_and_a_new_directory_0700_whatever_the_umask(tmp_path):
+    res = tmp_path / "new" / "resilience"
+    old = os.umask(0)
+    try:
+        j = Journal(str(res), "a")
+        fill(j)
+        j.close()
+    finally:
+        os.umask(old)
+    assert mode(res) == 0o700
+    files = sorted(os.listdir(res))
+    assert files == ["a.journal.2", "a.journal.3", "a.snapshot", "a.snapshot.prev"]
+    assert {f: mode(res / f) for f in files} == {f: 0o600 for f in files}
+
+
+def test_a_file_left_wider_than_0600_is_narrowed_when_recovery_opens_it(tmp_path):
+    j = Journal(str(tmp_path), "a")
+    fill(j)
+    j.close()
+    opened = ["a.journal.2", "a.journal.3", "a.snapshot"]       # not a.snapshot.prev: the latest checks out
+    for entry in opened:
+        os.chmod(tmp_path / entry, 0o644)
+    j = Journal(str(tmp_path), "a")
+    j.recover()
+    j.close()
+    assert {f: mode(tmp_path / f) for f in opened} == {f: 0o600 for f in opened}
+
+
+@pytest.mark.parametrize("planted", ["journal segment", "snapshot", "snapshot being written"])
+def test_a_planted_symbolic_link_is_never_followed(tmp_path, planted):
+    res = tmp_path / "resilience"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious bytes that must stay as they are")
+    link = {"journal segment": "a.journal.1", "snapshot": "a.snapshot",
+            "snapshot being written": "a.snapshot.tmp"}[planted]
+    res.mkdir(mode=0o700)
+    os.symlink(victim, res / link)
+    j = Journal(str(res), "a")
+    with pytest.raises(PersistenceError) as raised:
+        j.recover()
+        j.append(0, 0, TELL, b"x")
+        j.write_snapshot({"n": 1})
+    j.close()
+    assert str(raised.value) == (f"{res / link} is a symbolic link: resilience files are never opened through links "
+                                 f"(one planted there would redirect the actor's writes to its target); remove it")
+    assert victim.read_bytes() == b"precious bytes that must stay as they are"
+    assert os.path.islink(res / link)
+
+
+@pytest.mark.parametrize("bits", [0o770, 0o707, 0o1777])
+def test_a_directory_that_group_or_others_can_write_is_refused(tmp_path, bits):
+    res = tmp_path / "resilience"
+    res.mkdir()
+    os.chmod(res, bits)
+    expected = (f"resilience directory {res} can be written by group or others (mode {bits:04o}): they could plant "
+                f"files or links in it; run `chmod go-w {res}` or use a directory of your own")
+    with pytest.raises(PersistenceError) as raised:
+        Journal(str(res), "a")
+    assert str(raised.value) == expected
+    ran = []
+
+    async def main(system):
+        ran.append(True)
+
+    with pytest.raises(PersistenceError) as raised:
+        run(main, resilience_dir=str(res))
+    assert str(raised.value) == expected
+    assert ran == [] and os.listdir(res) == []
+
+
+@root_only
+def test_a_directory_another_user_owns_is_refused(tmp_path):
+    res = tmp_path / "resilience"
+    res.mkdir(mode=0o700)
+    os.chown(res, 65534, 65534)
+    with pytest.raises(PersistenceError) as raised:
+        Journal(str(res), "a")
+    assert str(raised.value) == (
+        f"resilience directory {res} belongs to uid 65534, not to this user (uid 0): its owner could read the "
+        f"actors' state or plant links that redirect writes; use a directory of your own")
+    assert os.listdir(res) == []
+
+
+@root_only
+def test_another_user_cannot_read_the_files_even_in_a_directory_they_can_enter():
+    # a directory the user made readable (0755), under a parent everyone can enter: only the files' modes protect
+    base = tempfile.mkdtemp()
+    try:
+        os.chmod(base, 0o755)
+        res = os.path.join(base, "resilience")
+        os.mkdir(res, 0o755)
+        os.chmod(res, 0o755)
+        j = Journal(res, "a")
+        fill(j)
+        j.close()
+        lock = actors._persist.DirectoryLock(res)
+        lock.release()
+        files = sorted(os.listdir(res))
+        assert files == [".lock", "a.journal.2", "a.journal.3", "a.snapshot", "a.snapshot.prev"]
+
+        def read_each():
+            refused = []
+            for name in files:
+                try:
+                    with open(os.path.join(res, name), "rb"):
+                        pass
+                except PermissionError:
+                    refused.append(name)
+            return refused
+
+        assert as_other_user(read_each) == files
+    finally:
+        shutil.rmtree(base)
+
+
+SECOND_SYSTEM_APP = """
+    import sys
+    import trio
+    import actors
+
+
+    class Counter(actors.Actor):
+        persistent = True
+
+        def __init__(self):
+            self.count = 0
+
+        async def receive(self, n):
+            self.count += n
+
+        async def get(self):
+            return self.count
+
+
+    async def main(system):
+        counter = await system.spawn(Counter, name="counter")
+        await counter.tell(1)
+        print("ready", await counter.proxy.get(timeout=60), flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)       # until the test says go on
+        await counter.tell(1)
+        print("count", await counter.proxy.get(timeout=60), flush=True)
+"""
+
+
+def test_a_second_system_on_the_same_directory_fails_at_start_while_the_first_keeps_running(tmp_path, launched):
+    app = write_app(tmp_path, SECOND_SYSTEM_APP, "second_app.py")
+    res = tmp_path / "resilience"
+    first = launched("run", "--resilience-dir", res, app, stdin=subprocess.PIPE, cwd=app.parent)
+    first.wait_for(lambda s: s == "ready 1", "'ready 1'")
+    assert mode(res / ".lock") == 0o600
+    ran = []
+
+    async def main(system):
+        ran.append(True)
+
+    with pytest.raises(PersistenceError) as raised:
+        run(main, resilience_dir=str(res))
+    assert str(raised.value) == (
+        f"resilience directory {res} is in use by another system (driver pid {first.proc.pid}): two systems on one "
+        f"directory would lose each other's acknowledged tells; stop that system, or give this one another directory")
+    assert ran == []
+    cli = run_app(app, res)
+    assert cli.returncode != 0 and "is in use by another system" in cli.stderr, cli.stderr[-3000:]
+    assert "ready" not in cli.stdout
+
+    first.proc.stdin.write("go on\n")
+    first.proc.stdin.close()
+    first.wait_for(lambda s: s.startswith("count "), "'count'")
+    assert first.wait() == 0, first.stderr()[-3000:]
+    assert first.lines[-1] == "count 2", first.lines
+    for entry in os.listdir(res):
+        assert mode(res / entry) == 0o600, entry
+    run(main, resilience_dir=str(res))          # the first one's lock ended with it
+    assert ran == [True]
+
+
+def test_a_process_forked_by_the_driver_does_not_keep_the_lock_after_the_driver_is_done(tmp_path):
+    res = str(tmp_path / "resilience")
+    hold_read, hold_write = os.pipe()
+    children = []
+
+    async def main(system):
+        pid = os.fork()
+        if pid == 0:                    # lives on, blocked, until the test closes the pipe
+            os.close(hold_write)
+            os.read(hold_read, 1)
+            os._exit(0)
+        children.append(pid)
+
+    try:
+        run(main, resilience_dir=res)
+        os.close(hold_read)
+        assert children and os.waitpid(children[0], os.WNOHANG) == (0, 0)    # still running
+        ran = []
+
+        async def again(system):
+            ran.append(True)
+
+        run(again, resilience_dir=res)
+        assert ran == [True]
+    finally:
+        os.close(hold_write)
+        for pid in children:
+            os.waitpid(pid, 0)
+
+
+def test_a_system_that_fails_to_start_does_not_keep_the_lock(tmp_path):
+    res = str(tmp_path / "resilience")
+    ran = []
+
+    async def main(system):
+        ran.append(True)
+
+    with pytest.raises(ActorsError, match="is more than /dev/shm has free") as failed:
+        run(main, resilience_dir=res, store_capacity=1 << 50)
+    run(main, resilience_dir=res)       # while `failed` still holds the first attempt's traceback
+    assert ran == [True] and failed.value is not None

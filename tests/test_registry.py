@@ -16,7 +16,7 @@ from actors import DecodeError, RegistrationError, SerializationError
 
 
 
-from _codec_helpers import MAX_DEPTH  # noqa: E402
+from _helpers.codec import MAX_DEPTH  # noqa: E402
 
 
 

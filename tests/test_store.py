@@ -7,7 +7,9 @@ import re
 import signal
 import struct
 import subprocess
+import shutil
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -17,6 +19,7 @@ import pytest
 import actors
 from _fastser import _shm
 from actors import _store
+from _helpers.processes import as_other_user, leftover_segments
 
 CTX = mp.get_context("spawn")
 TIMEOUT = 60
@@ -472,3 +475,81 @@ def test_reclaim_releases_everything_a_killed_process_held(store):
     assert store.get(keep)[999] == 999.0
     assert store.reclaim(proc.pid) == (0, 0)
     assert store._arena.check() == []
+
+
+# -- other users' segments, and this run's segments ---------------------------------------------------------------------
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes files of, or runs as, another user")
+STALE = "actors.999999999.1.store.deadbeef"       # a creator that is not alive: stale by its name
+
+
+def make_segment(name, uid=None):
+    posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, mode=0o600, size=4096).close_fd()
+    if uid is not None:
+        os.chown(os.path.join(_store.SHM_DIR, name), uid, uid)
+
+
+def exists(name):
+    return os.path.exists(os.path.join(_store.SHM_DIR, name))
+
+
+@root_only
+def test_a_stale_segment_of_another_user_is_left_alone():
+    make_segment(STALE, uid=65534)
+    try:
+        assert STALE not in _store.our_segments()
+        assert STALE not in _store.cleanup()
+        with actors.ObjectStore(capacity="1M"):
+            pass
+        assert exists(STALE)
+    finally:
+        posix_ipc.unlink_shared_memory("/" + STALE)
+
+
+@root_only
+def test_a_stale_segment_or_run_directory_of_another_user_blocks_no_one():
+    make_segment(STALE)                                 # root's, as another user sees it
+    rundir = os.path.join(tempfile.gettempdir(), "actors.999999999.1.stale")
+    os.mkdir(rundir, 0o700)
+
+    def as_nobody():
+        with actors.ObjectStore(capacity="1M") as store:
+            name = store.name
+        from actors import _cli
+        return name, _store.cleanup(), _store.cleanup_rundirs(), _cli.main(["cleanup"])
+
+    try:
+        name, removed, rundirs, code = as_other_user(as_nobody)
+        assert name.startswith(_store.PREFIX) and not exists(name)
+        assert (removed, rundirs, code) == ([], [], 0)
+        assert exists(STALE) and os.path.isdir(rundir)
+    finally:
+        posix_ipc.unlink_shared_memory("/" + STALE)
+        shutil.rmtree(rundir)
+
+
+def test_the_leak_check_counts_this_runs_segments_only():
+    tag = _store.segment_tag()
+    assert tag, "tests/conftest.py tags this run's segments"
+    other_run = f"actors.999999999.1.store.{'0' * 12}-deadbeef"
+    this_run = f"actors.999999999.1.store.{tag}deadbeef"
+    for name in (other_run, this_run):
+        make_segment(name)
+    try:
+        found = leftover_segments()
+        assert this_run in found and other_run not in found
+    finally:
+        for name in (other_run, this_run):
+            posix_ipc.unlink_shared_memory("/" + name)
+    # the tag reaches the run's subprocesses
+    script = "import actors\nwith actors.ObjectStore(capacity='1M') as s: print(s.name)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(".")[4].startswith(tag), out.stdout
+
+
+def test_a_segment_tag_that_cannot_go_in_a_name_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(_store.TAG_ENV, "a/b")
+    with pytest.raises(actors.ActorsError, match=re.escape(
+            "ACTORS_SEGMENT_TAG='a/b' cannot go in a segment name; use 1 to 32 letters or digits")):
+        actors.ObjectStore(capacity="1M")

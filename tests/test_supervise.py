@@ -25,15 +25,8 @@ from actors import (
     Terminated,
 )
 from actors import _store
-from _process_helpers import alive  # noqa: E402
-from _process_helpers import run as _run  # noqa: E402
-
-
-TIMEOUT = 60            # seconds for one system's `main`; the machine is shared and loaded: be generous
-
-
-def run(main, *, timeout=TIMEOUT, **options):
-    return _run(main, timeout=timeout, **options)
+from _helpers.actors import PersistentAdder
+from _helpers.processes import alive, gone, retry, run, wait_until  # noqa: E402
 
 
 FAST = {"restart_backoff": 0.01}
@@ -41,36 +34,6 @@ FAST = {"restart_backoff": 0.01}
 
 def my_segments():
     return [n for n in _store.our_segments() if n.startswith(f"{_store.PREFIX}{os.getpid()}.")]
-
-
-async def retry(call, *, timeout=20.0, errors=(ActorsError,)):
-    """`await call()` until it does not raise one of `errors` (an actor restarting); TooSlowError after `timeout`."""
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                return await call()
-            except errors:
-                await trio.sleep(0.02)
-
-
-async def wait_until(predicate, *, timeout=20.0, what="the condition"):
-    """Poll the async `predicate` until it is true."""
-    deadline = trio.current_time() + timeout
-    while True:
-        if await predicate():
-            return
-        if trio.current_time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await trio.sleep(0.02)
-
-
-async def gone(system, name):
-    """True once no running actor is named `name`."""
-    try:
-        await system.lookup(name)
-    except ActorNotFoundError:
-        return True
-    return False
 
 
 # -- actors -----------------------------------------------------------------------------------------------------------
@@ -144,12 +107,13 @@ class Watcher(actors.Actor):
 
 async def terminated_of(watcher, count, timeout=20.0):
     """The watcher's first `count` Terminated messages, once it has that many."""
-    with trio.fail_after(timeout):
-        while True:
-            seen = await watcher.proxy.terminated(timeout=10)
-            if len(seen) >= count:
-                return seen
-            await trio.sleep(0.02)
+    seen = []
+
+    async def enough():
+        seen[:] = await watcher.proxy.terminated(timeout=10)
+        return len(seen) >= count
+    await wait_until(enough, timeout=timeout, what=f"{count} Terminated message(s)")
+    return seen
 
 
 # -- restart policies -------------------------------------------------------------------------------------------------
@@ -227,9 +191,13 @@ def test_stopping_a_restarted_actor_is_graceful(tmp_path):
         ref = await system.spawn(Stoppable, str(tmp_path), name="phoenix", options={"restart": "on-failure", **FAST})
         pid1 = await ref.ask("pid", timeout=10)
         os.kill(pid1, signal.SIGKILL)
-        # restarted: wait without talking to it (a lookup is answered by the driver itself)
+        # restarted: wait without talking to it (the driver's own record says when its on_start has finished)
         await wait_until(lambda: trio.to_thread.run_sync(lambda: not alive(pid1)), what="the old process to die")
-        await trio.sleep(0.5)
+
+        async def restarted():
+            info = system.actors.get(ref.id)
+            return info is not None and info.started and info.pid != pid1
+        await wait_until(restarted, what="the restart to finish")
         assert await system.lookup("phoenix") == ref
         t0 = trio.current_time()
         await system.stop(ref, timeout=3)
@@ -335,9 +303,8 @@ def test_a_crash_during_a_restart_counts_towards_the_intensity_instead_of_stoppi
             "restart": "always", "max_restarts": 10, "restart_backoff": 0.01})
         pid1 = await ref.ask("pid", timeout=10)
         os.kill(pid1, signal.SIGKILL)
-        with trio.fail_after(20):
-            while len(os.listdir(tmp_path)) < 2:
-                await trio.sleep(0.005)
+        await wait_until(lambda: trio.to_thread.run_sync(lambda: len(os.listdir(tmp_path)) >= 2),
+                         what="the restart to begin")
         [second] = [n for n in os.listdir(tmp_path) if n.startswith("1-")]
         os.kill(int(second.split("-")[1]), signal.SIGKILL)      # in the middle of its (slow) restart
         pid3 = await retry(lambda: ref.ask("pid", timeout=5))
@@ -410,12 +377,12 @@ def test_on_error_restart_the_supervisors_log_names_the_failure(caplog):
     assert any(r.getMessage() == "actor 'restarter' restarted (restart 1 within 60 s)" for r in caplog.records)
 
 
-def _busy_driver_while_the_actor_fails(ref):
+def _busy_driver_while_the_actor_fails(system, ref):
     """Tell `ref` to raise in 0.2 s, and keep the driver's loop busy meanwhile (a loaded machine does the same):
     the actor's report of why it ends and the news of its exit then reach the driver together."""
     async def go():
         await ref.tell("raise later")
-        await trio.sleep(0.05)              # the tell has left
+        system.endpoint.flush_all()         # the tell has left: written to the actor's socket now
         time.sleep(1.0)                     # the driver does not run while the actor fails and exits
     return go()
 
@@ -429,7 +396,7 @@ def test_on_error_restart_names_the_failure_when_the_driver_is_busy(caplog):
             "restart": "on-failure", "on_error": "restart", **FAST})
         assert await watcher.proxy.watch(ref, timeout=10)
         pid1 = await ref.proxy.pid(timeout=10)
-        await _busy_driver_while_the_actor_fails(ref)
+        await _busy_driver_while_the_actor_fails(system, ref)
         pid2 = await retry(lambda: ref.proxy.pid(timeout=5))
         assert pid2 != pid1
         [(_who, _name, reason, restarting)] = await terminated_of(watcher, 1)
@@ -473,7 +440,7 @@ def test_on_error_stop_stays_stopped_when_the_driver_is_busy():
         ref = await system.spawn(Crasher, name="stopper", options={
             "restart": "always", "on_error": "stop", **FAST})
         assert await ref.ask(1, timeout=10) == 1
-        await _busy_driver_while_the_actor_fails(ref)
+        await _busy_driver_while_the_actor_fails(system, ref)
         await trio.sleep(0.5)               # it stopped during the busy second; past the restart backoff too
         with pytest.raises(ActorNotFoundError):
             await system.lookup("stopper")
@@ -598,3 +565,49 @@ def test_a_killed_actor_leaks_nothing_it_held_in_the_store():
         return store.stats()["used"] - baseline
 
     assert run(main, timeout=300) == 0
+
+
+def test_restart_delay_doubles_up_to_a_cap():
+    from actors._actor import MAX_RESTART_BACKOFF, restart_delay
+    assert restart_delay(0.1, 0) == 0.1
+    assert restart_delay(0.1, 3) == pytest.approx(0.8)
+    assert restart_delay(0.1, 40) == MAX_RESTART_BACKOFF
+    assert restart_delay(0.1, 10_000) == MAX_RESTART_BACKOFF
+    assert restart_delay(60, 5) == 60          # a longer backoff than the cap is taken as it is
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs (a disk that fills up) needs root")
+def test_a_full_disk_names_its_cause_and_loses_nothing_once_space_is_back(tmp_path, caplog):
+    import subprocess
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(disk)], check=True)
+    try:
+        filler = disk / "filler"
+
+        async def main(system):
+            counter = await system.spawn(PersistentAdder, name="counter", options={
+                "max_restarts": 10_000, "restart_backoff": 0.02, "snapshot_every": 10**9})
+            assert await counter.ask(1) is None
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:                                    # the disk is full from here on
+                while os.write(fd, b"x" * 4096):
+                    pass
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+            for _ in range(200):
+                await counter.tell(1)
+
+            async def cause_logged_twice():     # it crash-loops on ENOSPC, and the driver says so
+                return sum("No space left" in r.getMessage() for r in caplog.records) >= 2
+            await wait_until(cause_logged_twice, timeout=30, what="the driver to log the cause")
+            filler.unlink()                         # space is back
+            return await counter.ask("count", timeout=30)
+
+        with caplog.at_level("INFO", logger="actors"):
+            count = run(main, timeout=90, resilience_dir=str(disk))
+        assert count == 201, f"{201 - count} tells were lost while the disk was full"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -54,7 +54,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child(payload: bytes) -> None:
+def _child(payload: bytes, why_fd: int) -> None:
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -62,10 +62,16 @@ def _child(payload: bytes) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         _die_with_parent()
-        from actors import _worker
-        code = _worker.main(payload)
-    except BaseException:
+        from actors._runtime import worker
+        code = worker.main(payload)
+    except BaseException as exc:
         traceback.print_exc()
+        # it died before it could report to the system (its class cannot be loaded here, say): say why through
+        # the fork server, which adds it to the exit report
+        try:
+            os.write(why_fd, "".join(traceback.format_exception_only(exc)).strip().encode()[-4000:])
+        except OSError:
+            pass
     finally:
         try:
             sys.stdout.flush()
@@ -81,7 +87,7 @@ def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None) -
         directory, module = app
         sys.path.insert(0, directory)
         importlib.import_module(module)
-    children: set[int] = set()
+    children: dict[int, int] = {}      # pid -> the read end of its "why I failed early" pipe
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -103,31 +109,44 @@ def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None) -
                         break
                     if pid == 0:
                         break
-                    children.discard(pid)
-                    send_frame(ctl, ("exit", pid, os.waitstatus_to_exitcode(status)))
+                    why_fd = children.pop(pid, -1)
+                    why = ""
+                    if why_fd >= 0:
+                        try:
+                            why = os.read(why_fd, 4096).decode(errors="replace")
+                        except OSError:
+                            pass
+                        os.close(why_fd)
+                    send_frame(ctl, ("exit", pid, os.waitstatus_to_exitcode(status), why))
                 continue
             msg = recv_frame(ctl)
             if msg is None:             # the system is gone: take its actors with us
-                for pid in children:
+                for pid in list(children):
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
                 return
             _op, token, payload = msg
+            why_r, why_w = os.pipe()
+            os.set_blocking(why_r, False)
             pid = os.fork()
             if pid == 0:
                 sel.close()
                 ctl.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _child(payload)
-            children.add(pid)
+                os.close(why_r)
+                for fd in children.values():
+                    os.close(fd)
+                _child(payload, why_w)
+            os.close(why_w)
+            children[pid] = why_r
             send_frame(ctl, ("spawned", token, pid))
 
 
 def main() -> None:
-    """Entry point: `python -c "from actors._forkserver import main; main()" FD SPEC`."""
+    """Entry point: `python -c "from actors._runtime.forkserver import main; main()" FD SPEC`."""
     fd = int(sys.argv[1])
     spec = pickle.loads(bytes.fromhex(sys.argv[2]))
     sys.argv = spec.get("argv") or sys.argv[:1]     # the app sees its own arguments, as in the driver

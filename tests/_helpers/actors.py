@@ -330,3 +330,45 @@ class Spammer(actors.Actor):
         for i in range(n):
             await target.tell((self.ref.name, i))
         return n
+
+
+async def block(ref, gate):
+    """Park `ref`'s (a Blocker's) handler; return once it is parked (it signals with the file `gate`.blocked)."""
+    from _helpers.processes import wait_for_file
+    await ref.tell("block")
+    await wait_for_file(gate + ".blocked")
+
+
+class Sink(actors.Actor):
+    """Counts what it is told and keeps nothing of it; answers with the count."""
+
+    def __init__(self):
+        self.n = 0
+
+    async def receive(self, msg):
+        self.n += 1
+        return self.n
+
+
+class PidReporter(actors.Actor):
+    """Restarted whenever it ends; answers "pid" with its process id, anything else with itself."""
+    restart = "always"
+
+    async def receive(self, msg):
+        if msg == "pid":
+            return os.getpid()
+        return msg
+
+
+class PersistentAdder(actors.Actor):
+    """A persistent running total, restarted whenever it ends; "count" answers the total."""
+    persistent = True
+    restart = "always"
+
+    def __init__(self):
+        self.n = 0
+
+    async def receive(self, msg):
+        if msg == "count":
+            return self.n
+        self.n += msg

@@ -1,0 +1,127 @@
+"""ActorRef, the handle through which actors are told and asked, and its method-call proxy.
+
+A ref talks through the current system of its process (`System.install` registers it; one per process), using
+the endpoint's public sending API only: `post`, `post_when_room`, `full`, `room`, and the system's `ask`.
+"""
+from __future__ import annotations
+
+from _fastser import _codec
+from actors._exceptions import RemoteActorError, StoreFull
+from actors._wire.protocol import ASK, CALL, TELL
+
+# The running system of this process; ActorRefs decoded here talk through it. Set by `set_current_system` only.
+_system = None
+
+
+def set_current_system(system) -> None:
+    """Make `system` the one this process's refs talk through (None when it ends)."""
+    global _system
+    _system = system
+
+
+class ActorRef:
+    """A handle on a running actor: `tell`, `tell_nowait`, `ask`, and `proxy` for method calls.
+
+    Encodable: send it inside messages to other actors.
+    """
+    __slots__ = ("id", "name", "persistent")
+
+    def __init__(self, actor_id: int, name: str, persistent: bool = False):
+        self.id = actor_id
+        self.name = name
+        self.persistent = persistent
+
+    async def tell(self, message) -> None:
+        """Send `message`; waits only while the receiver's mailbox (or the store) is full. Raises the codec's
+        `SerializationError` (and sends nothing) if the message cannot be encoded."""
+        system = _system
+        ep = system.endpoint
+        if self.id not in ep.links:
+            ep.introduce(self.id, self.name, self.persistent)
+        if system.serialize is not None:
+            message = system.serialize(message)
+        try:
+            link = ep.post(self.id, TELL, message)
+        except StoreFull as full:
+            link = await ep.post_when_room(self.id, TELL, full.prepared, 0)
+        if ep.full(link):
+            await ep.room(link)
+
+    def tell_nowait(self, message) -> None:
+        """Send `message` without waiting; raises `MailboxFullError` if the mailbox is full."""
+        system = _system
+        ep = system.endpoint
+        if self.id not in ep.links:
+            ep.introduce(self.id, self.name, self.persistent)
+        ep.post_nowait(self.id, TELL, system.outgoing(message))
+
+    async def ask(self, message, *, timeout: float | None = None):
+        """Send `message` and return the receiver's answer (the return value of its `receive`). A handler that
+        raises makes this raise `RemoteActorError`; no answer within `timeout` seconds raises
+        `AskTimeoutError`. The timeout covers the whole call: waiting for mailbox or store room, for an actor that
+        is being restarted, and for the answer."""
+        check_timeout(timeout, "ask")
+        return await _system.ask(self, ASK, _system.outgoing(message), timeout)
+
+    @property
+    def proxy(self) -> _Proxy:
+        """`await ref.proxy.method(*args, **kwargs)` calls the actor's `async def method` and returns its result."""
+        return _Proxy(self)
+
+    def __eq__(self, other):
+        return isinstance(other, ActorRef) and other.id == self.id
+
+    def __hash__(self):
+        return hash(("ActorRef", self.id))
+
+    def __repr__(self):
+        return f"<ActorRef {self.name!r} #{self.id}>"
+
+    def __reduce__(self):
+        return (ActorRef, (self.id, self.name, self.persistent))
+
+
+class _Proxy:
+    __slots__ = ("_ref",)
+
+    def __init__(self, ref: ActorRef):
+        self._ref = ref
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(f"cannot call private method {method!r} of an actor")
+        ref = self._ref
+
+        async def call(*args, timeout: float | None = None, **kwargs):
+            check_timeout(timeout, method)
+            return await _system.ask(ref, CALL, (method, args, kwargs), timeout)
+
+        call.__name__ = method
+        return call
+
+
+def check_timeout(timeout, call: str, *, optional: bool = True) -> None:
+    """Refuse a timeout that is not a number of seconds, before the call acts on anything."""
+    if timeout is None and optional:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{call}(timeout={timeout!r}): the timeout must be a number of seconds"
+                        f"{' or None' if optional else ''}, not {type(timeout).__qualname__}")
+    if not timeout >= 0:            # also refuses NaN
+        raise ValueError(f"{call}(timeout={timeout!r}): the timeout must be a number of seconds, 0 or more")
+
+
+def _ref_to_wire(ref: ActorRef):
+    return (ref.id, ref.name, ref.persistent)
+
+
+def _ref_from_wire(value):
+    return ActorRef(*value)
+
+
+_codec.register_class(ActorRef, serializer=_ref_to_wire, deserializer=_ref_from_wire)
+
+
+def remote_error(ref_name: str, payload) -> RemoteActorError:
+    type_name, message, tb = payload
+    return RemoteActorError(ref_name, type_name, message, tb)

@@ -1,0 +1,202 @@
+"""The driver: the process that called `actors.run` (or the `actors run` launcher). It owns the store, the run
+directory, the fork server and the actors' processes; it is endpoint 0 and answers the actors' system requests.
+
+`Driver` is one object made of rooms: spawn.py (the fork server, starting and stopping actors), supervise.py
+(exits, restarts, watches) and registry.py (its tables, class registrations); this module routes the system
+requests to them and runs the whole (`run`).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+
+import trio
+
+from actors import _output, _persist, _store
+from actors._exceptions import ActorsError
+from actors._runtime.registry import ActorInfo, Registry
+from actors._runtime.spawn import Spawner
+from actors._runtime.supervise import Supervisor
+from actors._runtime.system import System, error_payload, reply
+from actors._wire.endpoint import Endpoint, Handler
+from actors._wire.protocol import ERROR, REPLY, REPORTS, SYSTEM, SYSTEM_TELL, SystemOp
+from actors._wire.uds import UnixTransport
+
+log = logging.getLogger("actors")
+
+
+class Driver(Spawner, Supervisor, Registry, System, Handler):
+    """The system as seen from the driver process: it owns the store, the sockets' directory and the processes."""
+
+    def __init__(self, *, store_capacity=None, mailbox_size: int = 4096, serialize=None, deserialize=None,
+                 stop_timeout: float = 5.0, app: tuple[str, str] | None = None, resilience_dir=None):
+        self.resilience_dir = os.path.abspath(resilience_dir) if resilience_dir else None
+        # first: a second system on the directory fails here, before it has made anything
+        self.dir_lock = _persist.DirectoryLock(self.resilience_dir)
+        self.fatal: BaseException | None = None
+        self.main_scope = None
+        self.mailbox_size = mailbox_size
+        self.stop_timeout = stop_timeout
+        self.app = app
+        # 0700: only we can reach the sockets. Named after its owner, for `actors cleanup` after a crash.
+        _store.cleanup_rundirs()
+        self.rundir = tempfile.mkdtemp(prefix=f"actors.{os.getpid()}.{_store._start_time(os.getpid())}.")
+        self.transport = UnixTransport(self.rundir)
+        self.actors: dict[int, ActorInfo] = {}
+        self.by_name: dict[str, int] = {}
+        self.by_pid: dict[int, ActorInfo] = {}
+        self._ids = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self._spawned: dict[int, list] = {}
+        self._early_exits: dict[int, tuple] = {}   # pid -> (exit code, why), for an exit before its spawn report
+        self._forkserver = None
+        self._ctl = None
+        # The system operations, by number: what an actor's SYSTEM request runs (never looked up by name).
+        self._ops = {
+            SystemOp.SPAWN: self._op_spawn, SystemOp.LOOKUP: self._op_lookup, SystemOp.STOP: self._op_stop,
+            SystemOp.WATCH: self._op_watch, SystemOp.REGISTER: self._op_register,
+            SystemOp.REGISTRY: self._op_registry,
+        }
+        self._reports = {SystemOp.READY: self._note_ready, SystemOp.FAILURE: self._note_failure,
+                         SystemOp.STOPPING: self._note_stopping}
+        try:
+            store = _store.ObjectStore(store_capacity)
+        except BaseException:
+            self.dir_lock.release()         # now, not whenever the garbage collector gets to it
+            raise
+        _store.set_current_store(store)
+        try:
+            endpoint = Endpoint(0, self.transport, store._arena, self, mailbox_size=mailbox_size)
+        except BaseException:
+            store.close()
+            self.dir_lock.release()
+            raise
+        super().__init__(endpoint, store, serialize, deserialize)
+
+    # -- system requests -----------------------------------------------------------------------------------------
+
+    async def _system_request(self, op: SystemOp, *args):
+        return await self._ops[op](*args)
+
+    async def handle(self, off, kind, src, call) -> bool:
+        """The driver's endpoint handler: each system request runs in its own task (spawning takes a while)."""
+        ep = self.endpoint
+        try:
+            msg = ep.arena.read(off, True)
+        except Exception as exc:
+            log.error("system: cannot decode a request from %s: %s", ep.describe(src), exc)
+            ep.arena.decref_id(off)
+            return False
+        if kind == SYSTEM_TELL and msg[0] in REPORTS:
+            self._reports[msg[0]](*msg[1:])     # in order, before any exit report is decided
+        elif kind == SYSTEM or kind == SYSTEM_TELL:
+            ep.nursery.start_soon(self._answer, src, kind, call, msg)
+        else:
+            log.warning("the driver is not an actor: dropped a message from %s", ep.describe(src))
+        return False
+
+    async def _answer(self, src, kind, call, msg) -> None:
+        ep = self.endpoint
+        try:
+            op = msg[0]
+            if op in REPORTS:
+                result = self._reports[op](*msg[1:])
+            else:
+                result = await self._ops[op](*msg[1:])
+        except Exception as exc:
+            if kind == SYSTEM:
+                await reply(ep, src, ERROR, error_payload(exc), call)
+            else:
+                log.error("system request %s from %s failed: %s", msg[0], ep.describe(src), exc)
+            return
+        if kind == SYSTEM:
+            await reply(ep, src, REPLY, result, call)
+
+    def close(self) -> None:
+        """Kill whatever is left, and unlink every resource of the system."""
+        for info in list(self.actors.values()):
+            if info.pid:
+                try:
+                    os.kill(info.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.endpoint.close()
+        if self._ctl is not None:
+            self._ctl.close()       # the fork server sees EOF, kills any actor left, exits
+        if self._forkserver is not None:
+            try:
+                self._forkserver.wait(10)
+            except subprocess.TimeoutExpired:
+                self._forkserver.kill()
+                self._forkserver.wait()
+        _store.set_current_store(None)
+        self.store.close()
+        shutil.rmtree(self.rundir, ignore_errors=True)
+        self.dir_lock.release()         # last: no actor of ours writes to the directory any more
+
+
+async def _driver_main(main, options: dict):
+    driver = Driver(**options)
+    driver.install()
+    terminated = False
+    failure = None
+    result = None
+    try:
+        driver.start_forkserver()
+        async with trio.open_nursery() as nursery:
+            driver.endpoint.start_handling()
+            await nursery.start(driver.endpoint.serve)
+            nursery.start_soon(driver._forkserver_events)
+
+            async def on_sigterm():
+                nonlocal terminated
+                with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        terminated = True
+                        main_scope.cancel()
+                        return
+
+            nursery.start_soon(on_sigterm)
+            with trio.CancelScope() as main_scope:
+                driver.main_scope = main_scope
+                try:
+                    result = await main(driver)
+                except trio.Cancelled:
+                    raise                           # ours (SIGTERM, or a fatal supervision error)
+                except BaseException as exc:       # raised as itself below, not inside an ExceptionGroup
+                    failure = exc
+            with trio.CancelScope(shield=True):
+                await driver.stop_all(driver.stop_timeout)
+            nursery.cancel_scope.cancel()
+    finally:
+        driver.uninstall()
+        driver.close()
+    if driver.fatal is not None:
+        raise driver.fatal
+    if failure is not None:
+        raise failure
+    if terminated:
+        raise SystemExit(143)
+    return result
+
+
+def run(main, *, store_capacity: int | str | None = None, mailbox_size: int = 4096, serialize=None,
+        deserialize=None, stop_timeout: float = 5.0, resilience_dir: str | None = None,
+        _app: tuple[str, str] | None = None):
+    """Run a system: call `await main(system)` in this process, then stop every actor gracefully.
+
+    Like `trio.run`, it returns main's result. Options: the store's capacity (bytes, or "512M"); the mailbox size in
+    messages; `serialize`/`deserialize` to replace the fast codec for message payloads; how long actors get to
+    stop before they are killed.
+    """
+    if (serialize is None) != (deserialize is None):
+        raise ActorsError("serialize and deserialize go together: pass both or neither")
+    options = dict(store_capacity=store_capacity, mailbox_size=mailbox_size, serialize=serialize,
+                   deserialize=deserialize, stop_timeout=stop_timeout, app=_app, resilience_dir=resilience_dir)
+    with _output.whole_lines():     # an actor's line never lands inside one of ours
+        return trio.run(_driver_main, main, options)

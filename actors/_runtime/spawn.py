@@ -1,0 +1,164 @@
+"""Spawning: the driver's side of the fork server (start it, ask it to fork an actor, hear of exits), starting an
+actor and waiting for its on_start, and stopping actors."""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+
+import cloudpickle
+import trio
+
+from _fastser import _codec
+from actors._actor import actor_options
+from actors._exceptions import ActorsError, ActorStoppedError, SpawnError
+from actors._ref import ActorRef
+from actors._runtime import forkserver
+from actors._runtime.registry import ActorInfo
+from actors._wire.protocol import STOP, SpawnSpec
+
+log = logging.getLogger("actors")
+
+PRELOAD = ["numpy", "trio", "cloudpickle", "actors", "actors._runtime.worker"]
+
+# The fork server imports `actors` from the driver's sys.path, not from its working directory (which `python -c`
+# would put first): a source checkout in the cwd must not shadow the installed, compiled package.
+_FORKSERVER_MAIN = ("import pickle, sys; sys.path[:] = pickle.loads(bytes.fromhex(sys.argv[2]))['path']; "
+                    "from actors._runtime.forkserver import main; main()")
+
+
+class Spawner:
+    """The spawning part of `Driver` (kept in its own room)."""
+
+    def start_forkserver(self) -> None:
+        ours, theirs = socket.socketpair()
+        spec = pickle.dumps({"preload": PRELOAD, "app": self.app, "path": sys.path, "argv": sys.argv}).hex()
+        env = dict(os.environ)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, "1")     # one BLAS thread per actor: actors are the parallelism
+        self._forkserver = subprocess.Popen(
+            [sys.executable, "-c", _FORKSERVER_MAIN, str(theirs.fileno()), spec],
+            pass_fds=[theirs.fileno()], env=env)
+        theirs.close()
+        self._ctl = ours
+
+    async def _forkserver_events(self) -> None:
+        ctl = trio.socket.from_stdlib_socket(self._ctl)
+        buf = b""
+        while True:
+            data = await ctl.recv(65536)
+            if not data:
+                # the fork server is gone (it failed to import the app, say): no actor can start any more
+                self.fail(ActorsError("the fork server that starts actor processes exited; see its error above"))
+                for waiting in self._spawned.values():
+                    waiting.append(0)
+                    waiting[0].set()
+                return
+            buf += data
+            while len(buf) >= 4:
+                n = forkserver.LEN.unpack_from(buf)[0]
+                if len(buf) < 4 + n:
+                    break
+                msg = pickle.loads(buf[4:4 + n])
+                buf = buf[4 + n:]
+                if msg[0] == "spawned":
+                    self._spawned[msg[1]].append(msg[2])
+                    self._spawned[msg[1]][0].set()
+                elif msg[0] == "exit":
+                    if msg[1] in self.by_pid:
+                        self._on_exit(msg[1], msg[2], msg[3])
+                    else:
+                        self._early_exits[msg[1]] = msg[2:]     # before we handled its "spawned": see _start
+
+    async def _op_spawn(self, pickled: bytes, name: str | None, opts: dict | None = None) -> ActorRef:
+        cls, args, kwargs = cloudpickle.loads(pickled) if isinstance(pickled, bytes) else pickled
+        opts = opts if opts is not None else actor_options(cls, None)
+        actor_id = next(self._ids)
+        if opts["persistent"] and name is None:
+            raise ActorsError(f"cannot spawn persistent {cls.__qualname__} without a name: its state is stored "
+                              f"under its name, to be found again after a restart; pass name=")
+        name = name if name is not None else f"{cls.__name__}-{actor_id}"
+        if name in self.by_name:
+            raise ActorsError(f"cannot spawn {cls.__qualname__} as {name!r}: an actor of that name is running")
+        payload = cloudpickle.dumps(SpawnSpec(
+            id=actor_id, name=name, cls=cls, args=args, kwargs=kwargs, rundir=self.rundir,
+            store=self.store.name, registry=_codec.default_registry.entries(),
+            serialize=self.serialize, deserialize=self.deserialize, mailbox_size=self.mailbox_size,
+            app=self.app, options=opts, resilience_dir=self.resilience_dir,
+        ))
+        info = ActorInfo(actor_id, name, cls, opts, payload)
+        self.actors[actor_id] = info
+        self.by_name[name] = actor_id
+        self.endpoint.names[actor_id] = name
+        await self._start(info)
+        return info.ref()
+
+    async def _start(self, info: ActorInfo) -> None:
+        """Fork the actor's process and wait for its on_start."""
+        name, cls = info.name, info.cls
+        token = next(self._tokens)
+        done = self._spawned[token] = [trio.Event()]
+        forkserver.send_frame(self._ctl, ("spawn", token, info.payload))
+        await done[0].wait()
+        info.pid = self._spawned.pop(token)[1]
+        if not info.pid:
+            raise SpawnError(f"actor {name!r} ({cls.__qualname__}) cannot start: the fork server exited")
+        self.by_pid[info.pid] = info
+        if info.pid in self._early_exits:
+            self._on_exit(info.pid, *self._early_exits.pop(info.pid))
+        await info.ready.wait()
+        if info.error is not None or info.returncode is not None:
+            if info.restarting:         # keep its name and id for the next try
+                if info.returncode is None:
+                    await self._wait_or_kill(info, self.stop_timeout)
+                raise SpawnError(f"actor {name!r} ({cls.__qualname__}) failed to restart: " + (
+                    f"{info.error[0]}: {info.error[1]}" if info.error else
+                    f"{info.last_failure} (exit code {info.returncode})" if info.last_failure else
+                    f"exit code {info.returncode}"))
+            self.by_name.pop(name, None)
+            if info.returncode is None:
+                await self._wait_or_kill(info, self.stop_timeout)
+            self.actors.pop(info.id, None)
+            detail = (f"{info.error[0]}: {info.error[1]}\n\nremote traceback:\n{info.error[2]}" if info.error
+                      else f"{info.last_failure} (its process exited with code {info.returncode})"
+                      if info.last_failure
+                      else f"its process exited with code {info.returncode} before it could report why (its "
+                           f"error output, above, says)")
+            raise SpawnError(f"actor {name!r} ({cls.__qualname__}) failed to start: {detail}")
+        info.started = True
+
+    async def _op_stop(self, actor_id: int, timeout: float = 5.0) -> None:
+        info = self.actors.get(actor_id)
+        if info is None:
+            return
+        info.stopping = True
+        try:
+            await self.endpoint.send(actor_id, STOP, None)
+            self.endpoint.flush_all()
+        except ActorStoppedError:
+            pass
+        await self._wait_or_kill(info, timeout)
+        self.endpoint.forget(actor_id)
+
+    async def _wait_or_kill(self, info: ActorInfo, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await info.exited.wait()
+            return
+        if info.pid <= 0:
+            return
+        log.warning("actor %r did not stop within %g s; killing it", info.name, timeout)
+        try:
+            os.kill(info.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        with trio.move_on_after(5):
+            await info.exited.wait()
+
+    async def stop_all(self, timeout: float) -> None:
+        async with trio.open_nursery() as nursery:
+            for info in list(self.actors.values()):
+                nursery.start_soon(self._op_stop, info.id, timeout)

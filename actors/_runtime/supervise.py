@@ -1,0 +1,162 @@
+"""Supervision: what the driver does when an actor's process ends (restart it within its restart intensity, or
+forget it), watches (`Terminated`), and the reports actors send before they exit.
+
+The actor side of supervision (a handler's error policy) is in dispatch.py.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+
+from _fastser import _codec
+from actors._actor import restart_delay
+from actors._exceptions import SpawnError, SupervisionError
+from actors._ref import ActorRef
+from actors._runtime.registry import ActorInfo
+from actors._wire.protocol import TELL
+
+log = logging.getLogger("actors")
+
+
+class Terminated:
+    """The message `system.watch` delivers: the watched actor stopped (restarting False) or crashed."""
+
+    def __init__(self, ref: ActorRef, reason: str, restarting: bool):
+        self.ref = ref
+        self.reason = reason
+        self.restarting = restarting
+
+    def __repr__(self):
+        return f"Terminated({self.ref!r}, {self.reason!r}, restarting={self.restarting})"
+
+
+_codec.register_class(Terminated)
+
+
+class Supervisor:
+    """The supervising part of `Driver` (kept in its own room)."""
+
+    def _on_exit(self, pid: int, code: int, why: str = "") -> None:
+        self.store.reclaim(pid)         # what the dead process held in the store (refs, views, shared arrays)
+        info = self.by_pid.pop(pid, None)
+        if info is None:
+            return
+        if why and info.last_failure is None:
+            info.last_failure = why         # it died before it could report (it could not load its class, say)
+        if not info.options["persistent"]:
+            # its connection went with it; a restart gets a fresh one. (A persistent actor's link is left to its
+            # acker, which holds the unacked tells and resends them once the actor is back.)
+            self.endpoint.forget(info.id)
+        if info.started and self.endpoint.nursery is not None:
+            self.endpoint.nursery.start_soon(self._after_exit, info, pid, code)
+        else:
+            self._decide(info, pid, code)
+
+    async def _after_exit(self, info: ActorInfo, pid: int, code: int) -> None:
+        # Read what the actor sent before it died (a failure or stopping report) before deciding.
+        with trio.move_on_after(1.0):
+            await self.endpoint.closed_by.setdefault(info.id, trio.Event()).wait()
+        self.endpoint.closed_by.pop(info.id, None)
+        self._decide(info, pid, code)
+
+    def _decide(self, info: ActorInfo, pid: int, code: int) -> None:
+        info.returncode = code
+        info.exited.set()
+        info.ready.set()
+        if info.restarting and not info.started:
+            return                      # this restart failed: _restart counts it and decides
+        how = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+        reason = f"{info.last_failure} ({how})" if info.last_failure else how
+        policy = info.options["restart"]
+        restart = not info.stopping and info.started and info.pid and (
+            policy == "always" or (policy == "on-failure" and code != 0))
+        if not info.stopping and info.error is None and info.ready.is_set() and info.started:
+            log.error("actor %r (pid %d) %s: %s", info.name, pid,
+                      "failed" if code else "ended", reason)
+        for watcher_id, watcher_name in list(info.watchers.items()):
+            self._notify(watcher_id, watcher_name, Terminated(info.ref(), reason, bool(restart)))
+        if restart and self.endpoint.nursery is not None:
+            info.last_failure = None
+            self.endpoint.nursery.start_soon(self._restart, info, reason)
+            return
+        self._gone(info)
+
+    def _gone(self, info: ActorInfo) -> None:
+        """The actor ended for good: forget it, and tell reconnecting senders not to wait for it."""
+        self.by_name.pop(info.name, None)
+        self.actors.pop(info.id, None)
+        self.transport.mark_gone(info.id)
+
+    def _notify(self, watcher_id: int, watcher_name: str, message) -> None:
+        try:
+            self.endpoint.names.setdefault(watcher_id, watcher_name)
+            self.endpoint.post(watcher_id, TELL, self.outgoing(message))
+        except Exception as exc:
+            log.warning("could not tell %r that an actor it watches ended: %s", watcher_name, exc)
+
+    async def _restart(self, info: ActorInfo, reason: str) -> None:
+        """Start a failed actor again, same id and name (refs to it stay valid), within its restart intensity."""
+        opts = info.options
+        while True:
+            now = trio.current_time()
+            info.restarts = [t for t in info.restarts if now - t < opts["restart_window"]]
+            if len(info.restarts) >= opts["max_restarts"]:
+                self._gone(info)
+                self.fail(SupervisionError(
+                    f"actor {info.name!r} failed {len(info.restarts) + 1} times within "
+                    f"{opts['restart_window']:g} s, more than its restart intensity allows "
+                    f"({opts['max_restarts']}); the system stops. Its last failure: {reason}"))
+                return
+            await trio.sleep(restart_delay(opts["restart_backoff"], len(info.restarts)))
+            info.restarts.append(trio.current_time())
+            info.ready = trio.Event()
+            info.exited = trio.Event()
+            info.returncode = None
+            info.error = None
+            info.started = False        # until this start's on_start has finished
+            info.restarting = True
+            try:
+                await self._start(info)
+            except SpawnError as exc:
+                reason = str(exc)       # a failed restart is a failure like any other: within the intensity
+                continue
+            finally:
+                info.restarting = False
+            break
+        log.warning("actor %r restarted (restart %d within %g s)", info.name, len(info.restarts),
+                    opts["restart_window"])
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the whole system with `exc` (raised from actors.run)."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("%s", exc)
+            if self.main_scope is not None:
+                self.main_scope.cancel()
+
+    def _note_ready(self, actor_id: int, error) -> None:
+        info = self.actors.get(actor_id)
+        if info is not None:
+            info.error = error
+            info.ready.set()
+
+    def _note_failure(self, actor_id: int, reason: str) -> None:
+        info = self.actors.get(actor_id)
+        if info is not None:
+            info.last_failure = reason
+
+    def _note_stopping(self, actor_id: int, reason: str) -> None:
+        info = self.actors.get(actor_id)
+        if info is not None:
+            info.stopping = True
+            info.last_failure = reason
+
+    async def _op_watch(self, target_id: int, watcher_id: int, watcher_name: str) -> None:
+        info = self.actors.get(target_id)
+        if info is None:
+            self._notify(watcher_id, watcher_name, Terminated(ActorRef(target_id, self.endpoint.names.get(
+                target_id, f"#{target_id}")), "it was not running", False))
+            return
+        info.watchers[watcher_id] = watcher_name

@@ -1,0 +1,201 @@
+"""An actor's process: bootstrap (registry, store, output prefixing), construct or recover the actor, then its trio
+loop handling messages (through dispatch.ActorHandler) until it is stopped."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import traceback
+
+import cloudpickle
+import trio
+
+from _fastser import _codec
+from actors import _output, _persist, _store
+from actors import _codec as _public_codec
+from actors._exceptions import PersistenceError
+from actors._ref import ActorRef
+from actors._runtime.dispatch import ActorHandler, has_own, method_of
+from actors._runtime.system import System, error_payload
+from actors._wire.endpoint import Endpoint
+from actors._wire.protocol import ASK, CALL, CALL_TELL, SYSTEM_TELL, TELL, SpawnSpec, SystemOp
+from actors._wire.uds import UnixTransport
+
+log = logging.getLogger("actors")
+_persist_none = object()      # "no snapshot": construct with __init__
+
+
+def _prefix_output(name: str) -> list[threading.Thread]:
+    """Send this process's stdout and stderr (Python's and C's alike) through pipes that prefix each line with the
+    actor's name, so one terminal shows every actor's lines apart."""
+    pumps = []
+    prefix = f"[{name}] ".encode()
+    for fd in (1, 2):
+        read_end, write_end = os.pipe()
+        target = os.dup(fd)
+        os.dup2(write_end, fd)
+        os.close(write_end)
+
+        def pump(read_end=read_end, target=target):
+            with os.fdopen(read_end, "rb", buffering=0) as pipe:
+                pending = b""
+                while True:
+                    chunk = pipe.read(65536)
+                    if not chunk:
+                        break
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    _output.write_lines(target, [prefix + line + b"\n" for line in lines])
+                if pending:
+                    _output.write_lines(target, [prefix + pending + b"\n"])
+
+        thread = threading.Thread(target=pump, name=f"output-{fd}", daemon=True)
+        thread.start()
+        pumps.append(thread)
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    return pumps
+
+
+def main(payload: bytes) -> int:
+    """Run one actor; the process's exit code."""
+    spec: SpawnSpec = cloudpickle.loads(payload)
+    if spec.app is not None and spec.app[0] not in sys.path:
+        sys.path.insert(0, spec.app[0])
+    pumps = _prefix_output(spec.name)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import numpy
+        numpy.random.seed()         # forked from one server: without this every actor draws the same numbers
+    except ImportError:
+        pass
+    try:
+        return trio.run(_actor_main, spec)
+    except BaseException:
+        traceback.print_exc()       # while stderr still reaches the terminal
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.close(1)
+        os.close(2)
+        for pump in pumps:
+            pump.join(2)
+
+
+async def _actor_main(spec: SpawnSpec) -> int:
+    _codec.default_registry.add_entries(spec.registry)
+    store = _store.ObjectStore.attach(spec.store)
+    _store.set_current_store(store)
+    store._arena.defer_frees = True     # freed at the end of each batch, under one lock acquisition
+    system = System(None, store, spec.serialize, spec.deserialize)
+    handler = ActorHandler(system, spec)
+    endpoint = system.endpoint = Endpoint(spec.id, UnixTransport(spec.rundir), store._arena, handler,
+                                          mailbox_size=spec.mailbox_size)
+    system.me = ActorRef(spec.id, spec.name, spec.options["persistent"])
+    system.install()
+    status = 0
+    journal = None
+    try:
+        async with trio.open_nursery() as nursery:
+            handler.scope = nursery.cancel_scope
+            await nursery.start(endpoint.serve)
+            endpoint.connect(0)
+
+            def report_late_registration(entry) -> None:
+                try:
+                    endpoint.post_nowait(0, SYSTEM_TELL, (int(SystemOp.REGISTER), cloudpickle.dumps(entry)))
+                except Exception as exc:
+                    log.warning("could not report the registration of %s to the system: %s", entry.cls, exc)
+
+            _public_codec.on_register = report_late_registration
+            actor = None
+            try:
+                if spec.options["persistent"]:
+                    actor, journal = await _recover(spec, system)
+                else:
+                    actor = _construct(spec, system)
+                await actor.on_start()
+            except Exception as exc:
+                await endpoint.send(0, SYSTEM_TELL, (int(SystemOp.READY), spec.id, error_payload(exc)))
+                await endpoint.drain()
+                status = 1
+            if actor is not None and status == 0:
+                await endpoint.send(0, SYSTEM_TELL, (int(SystemOp.READY), spec.id, None))
+                endpoint.flush_all()
+                handler.bind(actor, journal)
+                if journal is not None and spec.options["fsync"] == "interval":
+                    nursery.start_soon(handler.sync_every_interval)
+                endpoint.start_handling()
+                await endpoint.stopped.wait()       # handle messages, in order per sender, until told to stop
+                try:
+                    await actor.on_stop()
+                except Exception:
+                    log.exception("actor %r: on_stop raised", spec.name)
+                await endpoint.drain()
+            nursery.cancel_scope.cancel()
+    except Exception as exc:        # a handler's failure, a full disk under the journal: the system hears why
+        _report_failure(endpoint, spec, exc)
+        raise
+    finally:
+        _public_codec.on_register = None
+        endpoint.close()
+        if journal is not None:
+            journal.close()
+    return status
+
+
+def _report_failure(endpoint: Endpoint, spec: SpawnSpec, exc: BaseException) -> None:
+    """Tell the system why this process is about to fail (a full disk under the journal, say), so that its log
+    names the cause rather than only an exit code."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    try:
+        endpoint.post_nowait(0, SYSTEM_TELL, (int(SystemOp.FAILURE), spec.id, f"{type(exc).__qualname__}: {exc}"))
+        endpoint.flush_all()
+    except Exception:
+        pass
+
+
+def _construct(spec: SpawnSpec, system: System, state=_persist_none):
+    cls = spec.cls
+    actor = cls.__new__(cls)
+    actor.system = system
+    actor.ref = ActorRef(spec.id, spec.name, spec.options["persistent"])
+    if state is _persist_none:
+        actor.__init__(*spec.args, **spec.kwargs)
+    elif has_own(cls, "__setstate__"):
+        actor.__setstate__(state)
+    else:
+        actor.__dict__.update(state)
+    return actor
+
+
+async def _recover(spec: SpawnSpec, system: System):
+    """A persistent actor: its latest snapshot (or its constructor), then the journal replayed after it."""
+    opts = spec.options
+    if not spec.resilience_dir:
+        raise PersistenceError(
+            f"actor {spec.name!r} is persistent but the system has no resilience directory; run with "
+            f"`actors run --resilience-dir DIR` or actors.run(main, resilience_dir=DIR)")
+    journal = _persist.Journal(spec.resilience_dir, spec.name, fsync=opts["fsync"],
+                               interval=opts["fsync_interval"], serialize=spec.serialize,
+                               deserialize=spec.deserialize)
+    restored, state, replay = journal.recover()
+    actor = _construct(spec, system, state if restored else _persist_none)
+    incoming = system.incoming
+    for kind, message in replay:
+        try:
+            msg = _codec.loads(message)
+            if kind in (TELL, ASK):
+                await actor.receive(incoming(msg))
+            elif kind in (CALL, CALL_TELL):
+                method, args, kwargs = msg
+                await method_of(actor, method)(*args, **kwargs)
+        except Exception as exc:
+            log.error("actor %r: replaying a journaled message raised (skipped): %r", spec.name, exc)
+    if replay or restored:
+        log.info("actor %r recovered: %s, %d journaled message(s) replayed", spec.name,
+                 "from its snapshot" if restored else "with no snapshot", len(replay))
+    return actor, journal

@@ -1,0 +1,412 @@
+"""Endpoints: how object IDs travel between processes.
+
+A message's payload is put into the shared-memory store by its sender; only a 24-byte record (store offset, kind,
+sender id, call id) crosses a link. Records are appended to a per-destination outbox and written in batches with
+non-blocking sends; a reader queues each batch it reads for the handler in one step (`inbox.py`). So the hot path
+costs no scheduler pass per message: a `tell` only yields when the mailbox is full.
+
+Bounds (backpressure, never dropping): the sender's outbox (`mailbox_size` records), the transport's buffers, and
+the receiver's queue of batches. Records from one sender to one receiver arrive in the order they were sent.
+
+The endpoint is one object made of rooms: this module (routing a peer to its link, post/send/room, flushing,
+liveness), `inbox.py` (reading and handling what arrives), `asks.py` (requests and their replies) and `delivery.py`
+(at-least-once delivery to persistent receivers). It reaches peers through a `Transport` and its `Link`s
+(`link.py`), so it does not know what carries the records.
+"""
+from __future__ import annotations
+
+import abc
+import collections
+import itertools
+import logging
+import secrets
+import time
+
+import numpy as np
+import trio
+
+from _fastser._shm import SharedBlock
+from actors._exceptions import ActorStoppedError, MailboxFullError, StoreFull, StoreFullError
+from actors._wire.asks import Asks, resolve
+from actors._wire.delivery import Delivery
+from actors._wire.inbox import Inbox
+from actors._wire.link import FLUSH_RECORDS, Link, Transport
+from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, TELL
+
+log = logging.getLogger("actors")
+
+_ndarray = np.ndarray
+FLUSH_BYTES = 1 << 20
+
+
+class Handler(abc.ABC):
+    """What an endpoint calls, passed to it at construction: one object instead of hooks set from outside.
+
+    `handle` runs each record that is not a reply; the optional attributes, when set, change how a batch is run.
+    The endpoint looks them up once, when it starts handling (`Endpoint.start_handling`), not per record.
+    """
+    fast_tell = None        # async (message) -> None: tells are decoded by the endpoint and go straight to it
+    journal_batch = None    # (batch, epoch) -> (records to handle, seq to ack): a persistent receiver's journal
+    after_batch = None      # () -> None, after each handled batch (a persistent receiver's snapshots)
+
+    @abc.abstractmethod
+    async def handle(self, offset: int, kind: int, src: int, call: int) -> bool:
+        """Handle one record (its payload's count is the handler's); True to stop receiving."""
+
+    def on_tell_error(self, record: tuple, exc: BaseException) -> None:
+        """`fast_tell` raised on `record`."""
+
+    def on_death(self, peer: int) -> None:
+        """The link to `peer` died (it stopped or crashed)."""
+
+
+class Endpoint(Inbox, Asks, Delivery):
+    """One process's place in the system: it listens for records, and sends them to other endpoints."""
+
+    def __init__(self, endpoint_id: int, transport: Transport, arena, handler: Handler, *,
+                 mailbox_size: int = 4096, names: dict | None = None):
+        self.id = endpoint_id
+        self.transport = transport
+        self.arena = arena
+        self.handler = handler
+        self.on_death = handler.on_death
+        self.limit = mailbox_size * RECORD_SIZE
+        self.names = names if names is not None else {}
+        self.links: dict[int, Link] = {}
+        self.reply_links: dict[int, Link] = {}  # src -> the connection its requests arrive on
+        self.closed_by: dict[int, trio.Event] = {}  # src -> set when its connection to us has ended
+        self.pending: dict = {}
+        self.calls = itertools.count(1)     # call ids, and the sequence numbers of tells to persistent actors
+        self.epoch = secrets.randbits(62) + 1   # names this process's sequence numbers to receivers
+        self.persistent: set[int] = set()   # peers that journal what they receive (and ack it)
+        # The handler's per-record methods, set by start_handling; until then, what arrives waits in the queue.
+        self.handle = None
+        self.fast_tell = None
+        self.on_tell_error = None
+        self.journal_batch = None
+        self.after_batch = None
+
+        self.dirty: list[Link] = []
+        self.wake = trio.Event()
+        self.queue: collections.deque = collections.deque()
+        self.busy = False
+        self.queue_room = trio.Event()
+        self.stopped = trio.Event()
+        self.nursery: trio.Nursery | None = None
+        self.closed = False
+        self.listener = transport.listen(endpoint_id)
+
+    def describe(self, peer: int) -> str:
+        name = self.names.get(peer)
+        return f"actor {name!r}" if name else ("the system" if peer == 0 else f"actor #{peer}")
+
+    def introduce(self, peer: int, name: str, persistent: bool) -> None:
+        """What the endpoint needs to know of a peer before it first connects: its name (for errors), and whether
+        it journals what it receives (then tells to it are numbered, held and acked)."""
+        self.names[peer] = name
+        if persistent:
+            self.persistent.add(peer)
+
+    # -- running -------------------------------------------------------------------------------------------------
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED):
+        """Accept connections and flush outboxes until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self._flusher)
+            task_status.started()
+            listener = self.listener
+            while True:
+                await listener.wait_readable()
+                while True:
+                    link = listener.accept()
+                    if link is None:
+                        break
+                    nursery.start_soon(self._reader, link)
+
+    def close(self):
+        """Release every payload still queued here, and stop listening."""
+        if self.closed:
+            return
+        self.closed = True
+        for link in self.links.values():
+            self._drop_outbox(link)
+            link.close()
+        while self.queue:
+            self._release(self.queue.popleft()[0])
+        self.listener.close()
+
+    def forget(self, peer: int) -> None:
+        """`peer` has stopped for good: its link is dead, so the next message to it raises at once."""
+        link = self.links.get(peer)
+        if link is not None and not link.dead:
+            link.persistent = False
+            self._died(link)
+            link.close()
+
+    # -- sending -------------------------------------------------------------------------------------------------
+
+    def _link(self, peer: int) -> Link:
+        link = self.links.get(peer)
+        if link is not None:
+            if not link.dead:
+                return link
+            if link.persistent:
+                raise ActorStoppedError(f"cannot send to {self.describe(peer)} now: it is restarting, or has "
+                                        f"stopped")
+            del self.links[peer]        # it may have been restarted: try a fresh connection
+        try:
+            link = self.transport.connect(peer)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ActorStoppedError(f"cannot send to {self.describe(peer)}: it is not running") from None
+        self.links[peer] = link
+        link.out += RECORD.pack(0, HELLO, self.id, self.epoch)
+        if peer in self.persistent:
+            link.persistent = True
+            link.reading = True             # the ack reader reads this link for good (replies included)
+            self.nursery.start_soon(self._acker, link)
+        return link
+
+    def connect(self, peer: int) -> None:
+        """Open the link to `peer` now (the first message would otherwise); ActorStoppedError if it is not
+        running."""
+        self._link(peer)
+
+    def post(self, peer: int, kind: int, obj, call: int = 0, flush: bool = False) -> Link:
+        """Put `obj` in the store and queue its record for `peer`. Raises before anything is queued if `obj`
+        cannot be encoded, the peer is gone, or the store is full. Replies go back on the connection the request
+        came in on."""
+        if kind == REPLY or kind == ERROR:
+            link = self.reply_links.get(peer)
+            if link is None or link.dead:
+                raise ActorStoppedError(f"cannot reply to {self.describe(peer)}: it has stopped")
+        else:
+            link = self.links.get(peer)
+            if link is not None and not link.out and not link.reading and not link.dead:
+                self._check_alive(link)
+            if link is None or link.dead:
+                if link is not None and link.persistent and kind == TELL:
+                    return self._post_unacked(link, obj)      # it is restarting: held, resent when it is back
+                link = self._link(peer)
+            if link.persistent and kind == TELL:
+                return self._post_unacked(link, obj)
+        arena = self.arena
+        if type(obj) is _ndarray and type(obj.base) is SharedBlock and obj.base.owns(obj):
+            obj.flags.writeable = False         # an actors.shared_array is its own message: no copy
+            placed = arena.put_shared(obj.base)
+            size = obj.nbytes
+            link.out += RECORD.pack(placed[0], kind, self.id, call)
+        else:
+            size = arena.post_record(obj, link.out, kind, self.id, call)
+            if size < 0:
+                raise self._store_full(obj)
+        # What _queued does, inline: this runs for every message, and a call costs it 5%.
+        link.unsent_bytes += size
+        if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
+            self._flush(link)
+            link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
+        if not link.draining:
+            link.draining = True
+            self.dirty.append(link)
+            if not flush:   # the flusher writes it as soon as this task yields (a batch's end flushes sooner)
+                self.wake.set()
+        return link
+
+    def _store_full(self, obj) -> StoreFull:
+        return StoreFull(self.arena.prepare(obj))
+
+    def _queued(self, link: Link, size: int, wake: bool) -> None:
+        """Account for a record just appended to `link.out`, with `size` payload bytes behind it."""
+        link.unsent_bytes += size
+        if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
+            # Stream rather than burst: a few hundred records per write keep a busy receiver fed (and on its
+            # own CPU) for a syscall per few hundred messages. Large payloads go out at once: batching them
+            # would hold many blocks of fresh, cold memory, where a prompt send lets the receiver release each
+            # one for the next to reuse, warm.
+            self._flush(link)
+            link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
+        self._dirty(link, wake)
+
+    def _dirty(self, link: Link, wake: bool) -> None:
+        """`link` has records to write: list it for the next flush, and wake the flusher if asked."""
+        if not link.draining:
+            link.draining = True
+            self.dirty.append(link)
+            if wake:
+                self.wake.set()
+
+    def _check_alive(self, link: Link) -> None:
+        # Has the peer closed our connection (it stopped or died)? Then a message now raises, rather than going
+        # out and being dropped as a dead letter. A peek costs a syscall: at most once a millisecond a link.
+        now = time.perf_counter()
+        if now - link.checked < 0.001:
+            return
+        link.checked = now
+        if link.peer_closed():
+            self._died(link)
+
+    def post_nowait(self, peer: int, kind: int, obj, call: int = 0) -> None:
+        link = self.links.get(peer)
+        if link is not None and len(link.out) >= self.limit:
+            self._flush(link)
+            if len(link.out) >= self.limit:
+                raise MailboxFullError(f"the mailbox of {self.describe(peer)} is full; use `await tell(...)` "
+                                       f"to wait for room")
+        try:
+            self.post(peer, kind, obj, call)
+        except StoreFull as full:
+            self.arena.abandon(full.prepared)
+            if full.prepared[1] > self.arena.capacity:
+                raise StoreFullError(f"cannot send a message of {full.prepared[1]} bytes: it is larger than the "
+                                     f"whole store ({self.arena.capacity} bytes)") from None
+            raise StoreFullError("cannot send: the shared-memory store is full; use `await tell(...)` to "
+                                 "wait for room") from None
+
+    async def send(self, peer: int, kind: int, obj, call: int = 0, flush: bool = False) -> None:
+        """`post`, waiting (only) while the store or the peer's mailbox is full."""
+        try:
+            link = self.post(peer, kind, obj, call, flush)
+        except StoreFull as full:
+            link = await self.post_when_room(peer, kind, full.prepared, call)
+        if self.full(link):
+            await self.room(link)
+
+    async def post_when_room(self, peer, kind, prepared, call):
+        if prepared[1] > self.arena.capacity:
+            self.arena.abandon(prepared)
+            raise StoreFullError(f"cannot send a message of {prepared[1]} bytes: it is larger than the whole "
+                                 f"store ({self.arena.capacity} bytes); start the system with a larger "
+                                 f"store_capacity")
+        delay = 0.0005
+        try:
+            with trio.move_on_after(30) as scope:
+                while True:
+                    await trio.sleep(delay)    # polling for room in the store, with backoff (no event to await)
+                    delay = min(delay * 2, 0.05)
+                    placed = self.arena.commit(prepared)
+                    if placed is not None:
+                        break
+        except BaseException:
+            self.arena.abandon(prepared)        # cancelled (an ask's timeout, say): the message is not sent
+            raise
+        if scope.cancelled_caught:
+            self.arena.abandon(prepared)
+            raise StoreFullError("cannot send: the shared-memory store stayed full for 30 s")
+        link = self._link(peer)
+        link.out += RECORD.pack(placed[0], kind, self.id, call)
+        self._flush(link)
+        self._dirty(link, wake=True)
+        return link
+
+    def full(self, link: Link) -> bool:
+        return len(link.out) >= self.limit or (link.persistent and len(link.unacked) >= self.limit // RECORD_SIZE)
+
+    async def room(self, link: Link) -> None:
+        while link.persistent and (link.dead or len(link.unacked) >= self.limit // RECORD_SIZE):
+            if link.room.is_set():
+                link.room = trio.Event()
+            await link.room.wait()
+        while len(link.out) >= self.limit and not link.dead:
+            self._flush(link)
+            if len(link.out) < self.limit:
+                return
+            if link.room.is_set():
+                link.room = trio.Event()
+            self.wake.set()             # make sure a drain task is writing this outbox while we wait
+            await link.room.wait()
+        if link.dead:
+            raise ActorStoppedError(f"cannot send to {self.describe(link.peer)}: it has stopped")
+
+    # -- flushing ------------------------------------------------------------------------------------------------
+
+    def _flush(self, link: Link) -> bool:
+        """Write as much of the outbox as the link takes now; True when it is empty."""
+        if not link.out:
+            return True
+        try:
+            n = link.send(link.out)
+        except BlockingIOError:
+            return False
+        except OSError:
+            if link.persistent:
+                return True             # its acker sees the connection end, and reconnects
+            self._died(link)
+            return True
+        del link.out[:n]
+        if not link.out:
+            link.unsent_bytes = 0
+        if len(link.out) < self.limit:
+            link.room.set()
+        return not link.out
+
+    def flush_all(self) -> None:
+        """Write every dirty outbox now, as far as the links take it; the flusher finishes the rest."""
+        if not self.dirty:
+            return
+        left = []
+        for link in self.dirty:
+            if self._flush(link):
+                link.draining = False
+            else:
+                left.append(link)
+        self.dirty = left
+        if left:
+            self.wake.set()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Give queued outgoing records a chance to leave (before the process ends)."""
+        with trio.move_on_after(timeout):
+            while any(link.out and not link.dead for link in self.links.values()):
+                self.flush_all()
+                await trio.sleep(0.001)    # polling the outboxes, with a deadline
+
+    async def _flusher(self):
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            dirty, self.dirty = self.dirty, []
+            for link in dirty:
+                if self._flush(link):
+                    link.draining = False
+                else:
+                    self.nursery.start_soon(self._drain, link)
+            await trio.sleep(0)
+
+    async def _drain(self, link: Link):
+        try:
+            while not self._flush(link):
+                await link.wait_writable()
+        except (trio.ClosedResourceError, OSError):
+            self._died(link)
+        link.draining = False
+
+    # -- peers that go away --------------------------------------------------------------------------------------
+
+    def _died(self, link: Link):
+        if link.dead:
+            return
+        link.dead = True
+        dropped = self._drop_outbox(link)
+        if dropped:
+            log.warning("%d message(s) to %s were not delivered: it stopped (dead letters)", dropped,
+                        self.describe(link.peer))
+        link.room.set()
+        if not self.closed:
+            self.on_death(link.peer)
+        self._fail_asks(link.peer)
+
+    def _fail_asks(self, peer: int) -> None:
+        for call, waiter in list(self.pending.items()):
+            if waiter.peer == peer:
+                del self.pending[call]
+                resolve(waiter, -1, 0)
+
+    def _drop_outbox(self, link: Link) -> int:
+        n = 0
+        for off, kind, _src, _call in RECORD.iter_unpack(link.out[:len(link.out) - len(link.out) % RECORD_SIZE]):
+            if kind == HELLO or kind == ACK:
+                continue                    # no payload behind these
+            self.arena.decref_id(off)
+            n += 1
+        link.out.clear()
+        return n

@@ -1,0 +1,114 @@
+"""The Link interface: one connection between two endpoints, whatever carries it.
+
+An endpoint sees a peer only through a `Link` (send bytes of records, read them, notice it closed) and a
+`Transport` (listen, connect to a peer by id, learn that a peer is gone for good). `uds.py` is the Unix-socket
+implementation; a transport between machines is another file implementing the same two classes.
+
+A link also carries the endpoint's per-connection state (its outbox, backpressure, the reading of replies, and the
+unacked tells of a persistent receiver), which is the same whatever the transport.
+"""
+from __future__ import annotations
+
+import abc
+import collections
+
+import trio
+
+from actors._wire.protocol import RECORD_SIZE
+
+FLUSH_RECORDS = 256     # stream rather than burst: write once this many records are waiting
+
+
+class Link(abc.ABC):
+    """The connection from this endpoint to one peer, with its outbox of records.
+
+    The transport methods (`send`, `recv_into`, `wait_readable`, `wait_writable`) are set per instance by an
+    implementation to the connection's own bound methods, so a call costs no more than calling the socket itself:
+    they run for every read and write of the hot path.
+    """
+    __slots__ = ("peer", "out", "draining", "room", "dead", "reading", "handover", "inbuf", "have", "unsent_bytes",
+                 "flush_mark", "persistent", "unacked", "checked")
+
+    def __init__(self, peer: int):
+        self.peer = peer
+        self.out = bytearray()
+        self.unsent_bytes = 0           # payload bytes behind the records not yet written
+        self.flush_mark = FLUSH_RECORDS * RECORD_SIZE   # outbox size at which to write without waiting
+        # To a persistent actor: the tells it has not yet journaled, (seq, offset), each holding a count on its
+        # payload, resent if the actor restarts.
+        self.persistent = False
+        self.unacked: collections.deque = collections.deque()
+        self.checked = 0.0
+        self.draining = False
+        self.room = trio.Event()
+        self.dead = False
+        # Replies to our asks come back on this same connection, read by one of the asking tasks at a time.
+        self.reading = False
+        self.handover = None            # made when a second asker has to wait for the reading
+        self.inbuf = bytearray(RECORD_SIZE * 64)
+        self.have = 0
+
+    @abc.abstractmethod
+    def send(self, data) -> int:
+        """Write what the connection takes now of `data`; the count. BlockingIOError if it takes nothing, OSError
+        if the connection is broken."""
+
+    @abc.abstractmethod
+    def recv_into(self, view) -> int:
+        """Read into `view` what has arrived; 0 once the peer closed. BlockingIOError if nothing has."""
+
+    @abc.abstractmethod
+    async def wait_readable(self) -> None:
+        """Sleep until `recv_into` has something (or the end) to give."""
+
+    @abc.abstractmethod
+    async def wait_writable(self) -> None:
+        """Sleep until `send` can take more."""
+
+    @abc.abstractmethod
+    def peer_closed(self) -> bool:
+        """Has the peer closed the connection (it stopped or died)? Without reading or waiting."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+
+    @abc.abstractmethod
+    def adopt(self, fresh: Link) -> None:
+        """Carry on over `fresh`'s connection (a reconnect): this link's outbox and state stay."""
+
+
+class Listener(abc.ABC):
+    """Where an endpoint accepts the links its peers open to it."""
+
+    @abc.abstractmethod
+    async def wait_readable(self) -> None:
+        """Sleep until a connection can be accepted."""
+
+    @abc.abstractmethod
+    def accept(self) -> Link | None:
+        """A new incoming link, or None if none is waiting. Its peer is -1 until its first record names it."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop listening, and remove whatever made this endpoint reachable."""
+
+
+class Transport(abc.ABC):
+    """How endpoints of one system reach each other by id."""
+
+    @abc.abstractmethod
+    def listen(self, endpoint_id: int) -> Listener:
+        """Make `endpoint_id` reachable here."""
+
+    @abc.abstractmethod
+    def connect(self, peer: int) -> Link:
+        """A new link to `peer`. ConnectionRefusedError (or FileNotFoundError) if it is not running."""
+
+    @abc.abstractmethod
+    def is_gone(self, peer: int) -> bool:
+        """Has `peer` stopped for good (no point waiting for it to come back)?"""
+
+    @abc.abstractmethod
+    def mark_gone(self, peer: int) -> None:
+        """Record that `peer` stopped for good, for the senders waiting to reconnect to it."""

@@ -1,0 +1,110 @@
+"""The Unix-socket transport: each endpoint listens on `<run directory>/<endpoint id>.sock` (mode 0600, in a 0700
+directory). The only module that knows AF_UNIX and socket paths."""
+from __future__ import annotations
+
+import functools
+import os
+import socket
+
+import trio
+
+from actors._wire.link import Link, Listener, Transport
+
+
+def socket_path(rundir: str, endpoint_id: int) -> str:
+    return os.path.join(rundir, f"{endpoint_id}.sock")
+
+
+class UnixLink(Link):
+    """A Link over a connected, non-blocking Unix stream socket."""
+    __slots__ = ("sock", "send", "recv_into", "wait_readable", "wait_writable")
+
+    def __init__(self, peer: int, sock: socket.socket):
+        super().__init__(peer)
+        self._attach(sock)
+
+    def _attach(self, sock: socket.socket) -> None:
+        self.sock = sock
+        # The socket's own bound methods (and partials, which add no Python frame): see Link.
+        self.send = sock.send
+        self.recv_into = sock.recv_into
+        self.wait_readable = functools.partial(trio.lowlevel.wait_readable, sock)
+        self.wait_writable = functools.partial(trio.lowlevel.wait_writable, sock)
+
+    def peer_closed(self) -> bool:
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def adopt(self, fresh: UnixLink) -> None:
+        self._attach(fresh.sock)
+
+
+class UnixListener(Listener):
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            os.unlink(path)         # left by an earlier incarnation of this actor, killed before it could
+        except FileNotFoundError:
+            pass
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        os.chmod(path, 0o600)
+        self.sock.listen(128)
+        self.sock.setblocking(False)
+
+    async def wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self.sock)
+
+    def accept(self) -> UnixLink | None:
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return None
+        conn.setblocking(False)
+        return UnixLink(-1, conn)
+
+    def close(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.sock.close()
+
+
+class UnixTransport(Transport):
+    """Endpoints of one system on one machine, reached through the sockets in its run directory."""
+
+    def __init__(self, rundir: str):
+        self.rundir = rundir
+
+    def listen(self, endpoint_id: int) -> UnixListener:
+        return UnixListener(socket_path(self.rundir, endpoint_id))
+
+    def connect(self, peer: int) -> UnixLink:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(socket_path(self.rundir, peer))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return UnixLink(peer, sock)
+
+    def is_gone(self, peer: int) -> bool:
+        return os.path.exists(socket_path(self.rundir, peer) + ".gone")
+
+    def mark_gone(self, peer: int) -> None:
+        path = socket_path(self.rundir, peer)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        with open(path + ".gone", "w"):
+            pass

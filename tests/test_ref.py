@@ -1,0 +1,102 @@
+"""ActorRef (actors/_ref.py): tell, tell_nowait, ask and the proxy; refs inside messages and an actor's own ref.
+
+Every system runs in this process through `run()` (a deadline around `main`), with real actor processes."""
+
+import pytest
+
+import actors
+from actors import RemoteActorError
+from _helpers.actors import (
+    Counter,
+    Echo,
+    Forwarder,
+    Parent,
+    Pinger,
+    Ponger,
+)
+from _helpers.processes import run, wait_until
+
+
+def test_counter_tell_tell_nowait_ask_and_proxy():
+    async def main(system):
+        ref = await system.spawn(Counter, 10)
+        assert isinstance(ref, actors.ActorRef)
+        await ref.tell(1)
+        ref.tell_nowait(1)
+        assert await ref.ask(1) == 13
+        assert await ref.proxy.reset(5) == 5
+        assert await ref.ask(0) == 5
+        assert await ref.proxy.reset(value=7) == 7
+        assert await ref.ask(0) == 7
+        assert await ref.proxy.received_count() == 5      # proxy calls are not messages to `receive`
+        return "done"
+
+    assert run(main) == "done"
+
+
+def test_proxy_rejects_private_unknown_and_hook_methods():
+    async def main(system):
+        ref = await system.spawn(Counter, 0)
+        with pytest.raises(AttributeError):
+            ref.proxy._secret
+        with pytest.raises(RemoteActorError) as info:
+            await ref.proxy.no_such_method()
+        assert info.value.type_name == "AttributeError"
+        assert "no_such_method" in info.value.message
+        with pytest.raises(RemoteActorError) as info:
+            await ref.proxy.on_stop()
+        assert info.value.type_name == "AttributeError"
+        with pytest.raises(RemoteActorError) as info:
+            await ref.proxy.not_async()               # not an `async def`: a clear error, not a hang
+        assert info.value.type_name == "TypeError"
+        assert await ref.ask(2) == 2                  # and the actor goes on
+        assert await ref.proxy.received_count() == 1
+
+    run(main)
+
+
+def test_actor_knows_its_ref_and_spawns_and_asks_a_child():
+    async def main(system):
+        parent = await system.spawn(Parent, name="parent")
+        me = await parent.ask("whoami")
+        assert me == parent and me.name == "parent"
+        child, answer = await parent.ask("spawn-child")
+        assert answer == ("echo", "child-of-parent", "hi")
+        assert child.name == "child-of-parent"
+        assert await system.lookup("child-of-parent") == child
+        assert await child.ask("from-driver") == ("echo", "child-of-parent", "from-driver")
+
+    run(main)
+
+
+def test_actor_replies_through_a_ref_it_was_sent():
+    async def main(system):
+        pinger = await system.spawn(Pinger, name="pinger")
+        ponger = await system.spawn(Ponger, name="ponger")
+        await pinger.tell(("start", ponger, 100))
+        pongs = []
+
+        async def all_back():
+            pongs[:] = await pinger.ask(("pongs",))
+            return len(pongs) >= 100
+        await wait_until(all_back, what="100 pongs")
+        assert pongs == [("ponger", i) for i in range(100)]
+
+    run(main)
+
+
+def test_actor_refs_travel_inside_messages():
+    async def main(system):
+        e1 = await system.spawn(Echo, name="e1")
+        e2 = await system.spawn(Echo, name="e2")
+        fwd = await system.spawn(Forwarder, name="forwarder")
+        result = await fwd.ask({"targets": [e1, e2], "note": "n"})
+        assert result["answers"] == [("echo", "e1", "n"), ("echo", "e2", "n")]
+        assert result["types"] == ["ActorRef", "ActorRef"]
+        assert result["refs"] == [e1, e2]
+        assert [r.name for r in result["refs"]] == ["e1", "e2"]
+        assert {*result["refs"], e1, e2} == {e1, e2}          # equal refs hash alike
+        back = result["refs"][1]
+        assert await back.ask("again") == ("echo", "e2", "again")
+
+    run(main)

@@ -1,0 +1,130 @@
+"""The endpoint (actors/_wire/endpoint.py): sending to peers that stopped or died, what cannot be sent, numpy
+arrays through the store.
+
+Every system runs in this process through `run()` (a deadline around `main`), with real actor processes."""
+import numpy as np
+import pytest
+
+from actors import ActorStoppedError, RemoteActorError, SerializationError
+from _helpers.actors import (
+    ArrayChecker,
+    ArrayMaker,
+    Counter,
+    Opaque,
+    Relay,
+    Suicidal,
+)
+from _helpers.processes import gone, run, wait_until
+
+
+def test_tells_from_an_actor_to_a_stopped_actor_it_never_contacted_raise_actor_stopped():
+    async def main(system):
+        ref = await system.spawn(Counter, 0, name="stopped-early")
+        relay = await system.spawn(Relay, name="relay")
+        await system.stop(ref)
+        for op in ("tell", "tell_nowait", "ask"):
+            kind, message = await relay.ask((op, ref, 1))
+            assert kind == "ActorStoppedError", (op, kind, message)
+
+    run(main)
+
+
+def test_tell_errors_name_the_stopped_actor():
+    async def main(system):
+        ref = await system.spawn(Counter, 0, name="stopped-early")
+        relay = await system.spawn(Relay, name="relay")
+        await system.stop(ref)
+        for op in ("tell", "tell_nowait"):
+            kind, message = await relay.ask((op, ref, 1))
+            assert kind == "ActorStoppedError" and "stopped-early" in message, (op, kind, message)
+
+    run(main)
+
+
+def test_tells_to_a_stopped_actor_already_contacted_raise_actor_stopped():
+    async def main(system):
+        relay = await system.spawn(Relay, name="relay")
+        for k in range(3):
+            ref = await system.spawn(Counter, 0, name=f"short-lived-{k}")
+            await ref.tell(1)
+            assert await ref.ask(1) == 2
+            assert await relay.ask(("ask", ref, 1)) == ("answer", 3)
+            await system.stop(ref)
+            with pytest.raises(ActorStoppedError):
+                await ref.tell(1)
+            with pytest.raises(ActorStoppedError):
+                ref.tell_nowait(1)
+            for op in ("tell", "tell_nowait"):
+                kind, message = await relay.ask((op, ref, 1))
+                assert kind == "ActorStoppedError", (op, kind, message)
+
+    run(main, timeout=40)
+
+
+def test_tell_to_an_actor_that_died_raises_actor_stopped():
+    async def main(system):
+        ref = await system.spawn(Suicidal, name="dies-on-a-tell")
+        await ref.tell("die")
+        # the driver learns of the exit, then forgets the name
+        await wait_until(lambda: gone(system, "dies-on-a-tell"), what="the actor to be gone")
+        with pytest.raises(ActorStoppedError):
+            await ref.tell("anyone there?")
+
+    run(main, timeout=40)
+
+
+def test_unencodable_message_raises_at_the_sender_and_sends_nothing():
+    async def main(system):
+        ref = await system.spawn(Counter, 0, name="counter")
+        await ref.tell(1)
+        assert await ref.proxy.received_count() == 1
+        objects = system.store.stats()["objects"]
+
+        with pytest.raises(SerializationError) as info:
+            await ref.tell({"a": [1, 2, Opaque()]})
+        assert "obj['a'][2]" in str(info.value) and "Opaque" in str(info.value)
+        with pytest.raises(SerializationError) as info:
+            ref.tell_nowait((0, {"k": Opaque()}))
+        assert "obj[1]['k']" in str(info.value)
+        with pytest.raises(SerializationError) as info:
+            await ref.ask([Opaque()], timeout=30)
+        assert "obj[0]" in str(info.value)
+        with pytest.raises(SerializationError):
+            await ref.proxy.reset(Opaque())
+
+        assert system.store.stats()["objects"] == objects   # nothing was left in the store either
+        assert await ref.proxy.received_count() == 1        # and nothing arrived
+        assert await ref.ask(1) == 2
+
+        # an unencodable answer: the asker gets the reason, not a hang
+        with pytest.raises(RemoteActorError) as info:
+            await ref.proxy.give_unencodable()
+        assert info.value.type_name == "SerializationError"
+        assert "obj['bad'][0]" in info.value.message
+        assert await ref.ask(0) == 2
+
+    run(main)
+
+
+def test_numpy_arrays_travel_read_only_and_equal():
+    async def main(system):
+        checker = await system.spawn(ArrayChecker, name="checker")
+        maker = await system.spawn(ArrayMaker, name="maker")
+        for n in (4000, 1 << 20):                              # 32 KB and 8 MB
+            expected = np.arange(n, dtype=np.float64).reshape(-1, 4) * 1.5
+            res = await maker.ask((checker, n))
+            assert res["writeable"] is False
+            assert res["wrote"] is False
+            assert res["shape"] == (n // 4, 4)
+            assert res["dtype"] == "float64"
+            assert res["sum"] == float(expected.sum())
+            assert np.array_equal(res["array"], expected)
+            assert not res["array"].flags.writeable
+
+        mine = np.linspace(0, 1, 1000).astype(np.float32)
+        res = await checker.ask(("check", mine))
+        assert res["writeable"] is False and res["wrote"] is False
+        assert np.array_equal(res["array"], mine) and res["array"].dtype == np.float32
+        assert mine.flags.writeable                             # the sender's array is untouched
+
+    run(main)

@@ -1,0 +1,174 @@
+"""The inbox (actors/_wire/inbox.py): per-sender order, fan-in, backpressure (full mailboxes), batches that
+arrive while a handler awaits, and the blocks of handled messages released at once.
+
+Every system runs in this process through `run()` (a deadline around `main`), with real actor processes."""
+import numpy as np
+import pytest
+import trio
+
+from actors import MailboxFullError
+from _helpers.actors import (
+    Blocker,
+    Producer,
+    Recorder,
+    Sender,
+    Sink,
+    Spammer,
+    block,
+    write_file,
+)
+from _helpers.processes import run, wait_until
+
+
+def test_per_sender_order_of_ten_thousand_tells():
+    async def main(system):
+        rec = await system.spawn(Recorder, name="recorder")
+        for i in range(10_000):
+            await rec.tell(i)
+        got = await rec.ask("get")
+        assert len(got) == 10_000
+        assert got == list(range(10_000))
+
+        rec2 = await system.spawn(Recorder, name="recorder-2")
+        sender = await system.spawn(Sender, name="sender")
+        got = await sender.ask((rec2, 10_000))
+        assert got == list(range(10_000))
+
+    run(main)
+
+
+def test_fan_in_from_several_actors():
+    n, producers = 2000, 4
+
+    async def main(system):
+        sink = await system.spawn(Recorder, name="sink")
+        refs = [await system.spawn(Producer, name=f"producer-{k}") for k in range(producers)]
+        async with trio.open_nursery() as nursery:
+            for ref in refs:
+                nursery.start_soon(ref.ask, (sink, n))
+        got = await sink.ask("get")
+        assert len(got) == n * producers
+        for ref in refs:
+            assert [i for name, i in got if name == ref.name] == list(range(n))
+
+    run(main)
+
+
+def test_full_mailbox_tell_nowait_raises_mailbox_full(tmp_path):
+    gate = str(tmp_path / "gate")
+
+    async def main(system):
+        ref = await system.spawn(Blocker, gate, name="blocker")
+        await block(ref, gate)
+        sent = 0
+        with pytest.raises(MailboxFullError, match="blocker"):
+            while sent < 2_000_000:
+                ref.tell_nowait(sent)
+                sent += 1
+        assert 16 <= sent < 2_000_000
+        with pytest.raises(MailboxFullError):         # still full: nothing was taken meanwhile
+            ref.tell_nowait(-1)
+        write_file(gate, "")
+        return sent
+
+    run(main, mailbox_size=16, stop_timeout=2)
+
+
+def test_full_mailbox_tell_waits_and_delivers_everything_once_unblocked(tmp_path):
+    gate = str(tmp_path / "gate")
+
+    async def main(system):
+        ref = await system.spawn(Blocker, gate, name="blocker")
+        await block(ref, gate)
+        sent = 0
+        with pytest.raises(MailboxFullError):
+            while sent < 2_000_000:
+                ref.tell_nowait(sent)
+                sent += 1
+        extra = 500
+        done = trio.Event()
+
+        async def more():
+            for i in range(sent, sent + extra):
+                await ref.tell(i)
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(more)
+            await trio.sleep(1.0)
+            assert not done.is_set(), "`await tell` did not wait for room in a full mailbox"
+            write_file(gate, "")
+            await done.wait()
+        got = await ref.ask("get")
+        assert len(got) == sent + extra
+        assert got == list(range(sent + extra))
+
+    run(main, mailbox_size=16, stop_timeout=2)
+
+
+def test_messages_sent_while_a_handler_awaits_are_all_handled(tmp_path):
+    """Many small batches arrive while a handler awaits: none is lost or reordered."""
+    gate = str(tmp_path / "gate")
+
+    async def main(system):
+        ref = await system.spawn(Blocker, gate, name="blocker")
+        await block(ref, gate)
+        for i in range(300):
+            await ref.tell(i)
+            await trio.sleep(0.001)         # one small batch each
+        write_file(gate, "")
+        assert await ref.ask("get") == list(range(300))
+
+    run(main, stop_timeout=2)
+
+
+def test_many_senders_to_a_blocked_actor_are_all_handled_once_unblocked(tmp_path):
+    gate = str(tmp_path / "gate")
+    senders, n = 12, 50
+
+    async def main(system):
+        ref = await system.spawn(Blocker, gate, name="blocker")
+        spammers = [await system.spawn(Spammer, name=f"spammer-{k}") for k in range(senders)]
+        await block(ref, gate)
+        for spammer in spammers:                # one connection, and one batch, per sender
+            assert await spammer.ask((ref, n)) == n
+        # each spammer answers after its batch has been written to the blocker, whose idle readers take it (and
+        # queue it, or hold it back once 8 batches wait) while the handler stays parked
+        write_file(gate, "")
+        with trio.move_on_after(10):            # every message arrived before the gate opened: all get handled
+            while await ref.ask("count") < senders * n:
+                await trio.sleep(0.05)
+        got = await ref.ask("get")
+        assert len(got) == senders * n
+        for spammer in spammers:
+            assert [i for name, i in got if name == spammer.name] == list(range(n))
+
+    run(main, timeout=15, stop_timeout=1)
+
+
+async def _store_back_to(system, used, timeout=10):
+    async def back():
+        return system.store.stats()["used"] <= used
+    await wait_until(back, timeout=timeout, what="the store's use to fall back")
+
+
+def test_an_idle_actor_releases_the_block_of_its_last_message():
+    async def main(system):
+        sink = await system.spawn(Sink, name="sink")
+        await sink.ask("warm")
+        base = system.store.stats()["used"]
+        await sink.tell(np.ones(4 << 20))            # 32 MiB: far above anything else in the store
+        await _store_back_to(system, base)          # with nothing more sent to it
+        return True
+
+    assert run(main, timeout=30, store_capacity="128M")
+
+
+def test_a_message_nearly_as_large_as_the_store_does_not_wedge_it():
+    async def main(system):
+        sink = await system.spawn(Sink, name="sink")
+        for _ in range(3):                         # each needs the previous one's block to be free
+            await sink.tell(np.ones(6 << 20))      # 48 MiB into a 64 MiB store
+        return await sink.ask("count")
+
+    assert run(main, timeout=30, store_capacity="64M") == 4
