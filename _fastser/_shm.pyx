@@ -6,6 +6,7 @@ encoded by `Encoder.write_to` straight into its block; a decoded array is a read
 by a `Pin` that holds one count, so the block is freed only when no ref and no view remains in any process.
 """
 import os as _os
+import weakref as _weakref
 
 import numpy as _np
 
@@ -49,6 +50,10 @@ cdef extern from "arena.h":
         uint64_t used
         uint64_t high_water
         uint64_t objects
+        uint64_t committed
+        uint64_t slots_off
+        uint64_t rebuilds
+        uint64_t free_head[48]
     ctypedef struct object_header:
         uint64_t generation
         int64_t refcount
@@ -57,8 +62,30 @@ cdef extern from "arena.h":
         uint64_t refs_at
         uint32_t magic
         uint32_t order
+    ctypedef struct hold_entry:
+        uint64_t key
+        int64_t count
+    ctypedef struct defer_list:
+        uint64_t n
+    ctypedef struct proc_slot:
+        int32_t pid
+        uint32_t overflow
+        uint64_t start_time
+        defer_list deferred
+        hold_entry entries[1]
     uint64_t ARENA_MAGIC
     uint32_t OBJECT_MAGIC
+    int HEADER_BYTES, PROC_SLOTS, SLOT_ENTRIES, MAX_ORDERS, MIN_SHIFT, FREE_BIT, DEFER_MAX
+    bint defer_free(arena_header* h, defer_list* d, uint64_t off) nogil
+    void defer_flush_locked(arena_header* h, defer_list* d, int checked) nogil
+    uint8_t* arena_table(arena_header* h) nogil
+    uint64_t* links(arena_header* h, uint64_t off) nogil
+    proc_slot* arena_slot(arena_header* h, int i) nogil
+    void slot_hold(proc_slot* s, uint64_t off, int64_t delta) nogil
+    void arena_test_die_in_lock(arena_header* h, int step) nogil
+    bint __atomic_compare_exchange_n(int32_t* p, int32_t* expected, int32_t desired, bint weak, int s, int f) nogil
+    void __atomic_store_n(int32_t* p, int32_t v, int order) nogil
+    int __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE, __ATOMIC_RELEASE
     int arena_init(arena_header* h, uint64_t segment_size, uint64_t capacity, uint64_t table_off,
                    uint64_t arena_off, int32_t pid) nogil
     int arena_lock(arena_header* h) nogil
@@ -75,7 +102,7 @@ cdef enum:
     OBJ_HEADER = 64
     PAGE = 4096
     COMMIT_CHUNK = 1 << 24      # /dev/shm space is reserved 16 MiB at a time, ahead of first use
-    DEFER_MAX = 256             # deferred frees held at most
+    MAX_DIMS = 64               # numpy's own limit, and the codec's
 
 
 cdef uint32_t _crc_table[256]
@@ -115,9 +142,35 @@ class StaleRefError(ActorsError, LookupError):
 
 def layout(uint64_t capacity):
     """(table offset, arena offset, segment size) of a store of `capacity` bytes (a power of two)."""
-    table_off = PAGE
+    table_off = HEADER_BYTES + (PROC_SLOTS * sizeof(proc_slot) + PAGE - 1) // PAGE * PAGE
     arena_off = (table_off + capacity // 64 + PAGE - 1) // PAGE * PAGE
     return table_off, arena_off, arena_off + capacity
+
+
+def start_time(int pid):
+    """The start time of process `pid` (clock ticks since boot, field 22 of /proc/<pid>/stat), or None if there is
+    no such process. With the pid it names a process for good."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
+
+
+cdef bint _slot_alive(proc_slot* s):
+    now = start_time(s.pid)
+    return now is not None and (s.start_time == 0 or now == s.start_time)
+
+
+# Every mapped arena of this process: a forked child must not write its holdings into its parent's slots.
+_arenas = _weakref.WeakSet()
+
+def _after_fork_in_child():
+    for a in list(_arenas):
+        a._forget_slot()
+
+_os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # The refs met while encoding one message: the message holds a count on each for as long as it lives.
@@ -135,18 +188,23 @@ cdef class Arena:
     cdef readonly bint owner
     cdef list _encoders
     cdef Decoder decoder
-    cdef uint64_t* deferred       # blocks whose last count was dropped, to free under one lock acquisition
-    cdef Py_ssize_t ndeferred
-    cdef public bint defer_frees  # set by a mailbox, which calls flush_frees() after each batch
+    cdef defer_list* deferred     # blocks whose last count was dropped, to free under one lock acquisition: in
+    cdef defer_list* own_deferred # this process's slot once it has one, else in its own memory
+    cdef bint _defer_frees
     cdef public uint64_t last_offset  # the block of the last post_record
     cdef object _shm           # the posix_ipc object (keeps the fd)
+    cdef proc_slot* slot       # this process's holdings; NULL until it first holds a count (or no slot was free)
+    cdef bint slot_tried
+    cdef object __weakref__
 
     def __cinit__(self):
         self.h = NULL
+        self.slot = NULL
         self._encoders = []
-        self.deferred = <uint64_t*>malloc(DEFER_MAX * sizeof(uint64_t))
+        self.own_deferred = self.deferred = <defer_list*>malloc(sizeof(defer_list))
         if self.deferred == NULL:
             raise MemoryError()
+        self.deferred.n = 0
 
     @staticmethod
     def map(shm, str name, bint create, uint64_t capacity=0):
@@ -159,6 +217,8 @@ cdef class Arena:
         a.name = name
         a.owner = create
         a.mapsize = shm.size
+        if not create and a.mapsize < HEADER_BYTES:
+            raise ActorsError(f"shared memory {name} is not an actors store: {a.mapsize} bytes is too small")
         p = mmap(NULL, a.mapsize, PROT_READ | PROT_WRITE, MAP_SHARED, a.fd, 0)
         if p == MAP_FAILED:
             raise OSError(f"cannot map shared memory {name}")
@@ -169,29 +229,233 @@ cdef class Arena:
                 raise ValueError("segment smaller than its layout")
             if arena_init(a.h, size, capacity, table_off, arena_off, _os.getpid()) != 0:
                 raise OSError("cannot initialise the store's lock")
-        elif a.h.magic != ARENA_MAGIC or a.h.segment_size > a.mapsize:
-            raise ActorsError(f"shared memory {name} is not an actors store (or it is still being created)")
+        else:
+            problem = a._header_problem()
+            if problem is not None:
+                raise ActorsError(f"shared memory {name} is not an actors store: {problem}")
         a.base = arena_base(a.h)
         a.decoder = Decoder()
+        _arenas.add(a)
         return a
+
+    cdef str _header_problem(self):
+        # Everything the allocator trusts the header for, checked before anything is read through it or its lock
+        # is touched: a forged header must not send us past the mapping.
+        cdef arena_header* h = self.h
+        cdef uint64_t cap = h.capacity
+        if h.magic != ARENA_MAGIC:
+            return "bad magic (or it is still being created)"
+        if cap < 64 or cap & (cap - 1) or cap > (<uint64_t>1 << 46):
+            return f"bad capacity {cap}"
+        if (h.table_off, h.arena_off, h.segment_size) != layout(cap) or h.slots_off != HEADER_BYTES:
+            return "its layout does not match its capacity"
+        if h.segment_size > self.mapsize:
+            return f"it says {h.segment_size} bytes, the segment holds {self.mapsize}"
+        if h.max_order < 0 or h.max_order + MIN_SHIFT > 46 or (<uint64_t>1 << (h.max_order + MIN_SHIFT)) != cap:
+            return f"bad order {h.max_order}"
+        return None
 
     def __dealloc__(self):
         if self.h != NULL:
-            if self.ndeferred:
+            if self.deferred.n:
                 self._flush_frees()
             munmap(<void*>self.h, self.mapsize)
             self.h = NULL
-        free(self.deferred)
+        free(self.own_deferred)
 
     @property
     def capacity(self):
         return self.h.capacity
 
     def stats(self):
-        """used bytes, allocated objects, capacity, highest byte ever used."""
+        """used bytes, allocated objects, capacity, highest byte ever used, free-list rebuilds (each one after a
+        process died holding the allocator's lock)."""
         self._flush_frees()
         return {"used": self.h.used, "objects": self.h.objects, "capacity": self.h.capacity,
-                "high_water": self.h.high_water}
+                "high_water": self.h.high_water, "rebuilds": self.h.rebuilds}
+
+    def check(self):
+        """The allocator's inconsistencies, as a list of messages (empty when consistent): every arena byte is in
+        exactly one block, every free block is on its order's free list exactly once and nothing else is, no two
+        free buddies are left unmerged, and the counters match the blocks. Takes the lock (for tests and tools)."""
+        self._flush_frees()
+        with nogil:
+            arena_lock(self.h)
+        try:
+            return self._check_unlocked()
+        finally:
+            arena_unlock(self.h)
+
+    def _check_unlocked(self):
+        # check()'s walk, without the lock: a test reads a state that taking the lock would repair
+        cdef arena_header* h = self.h
+        cdef uint8_t* table = arena_table(h)
+        cdef uint64_t p = 0, size, used = 0, objects = 0, node, prev, steps, unit = 1 << MIN_SHIFT
+        cdef uint8_t t
+        cdef int order
+        problems = []
+        free_blocks = {}
+        while p < h.capacity and len(problems) < 20:
+            t = table[p >> MIN_SHIFT]
+            order = (t & ~FREE_BIT) - 1
+            if t == 0 or order > h.max_order:
+                problems.append(f"offset {p}: no block starts here (table byte {t})")
+                p += unit
+                continue
+            size = (<uint64_t>1) << (order + MIN_SHIFT)
+            if p & (size - 1) or p + size > h.capacity:
+                problems.append(f"offset {p}: a block of order {order} cannot start here")
+                p += unit
+                continue
+            for node in range((p >> MIN_SHIFT) + 1, (p + size) >> MIN_SHIFT):
+                if table[node]:
+                    problems.append(f"offset {node << MIN_SHIFT}: a block starts inside the block at {p}")
+                    break
+            if t & FREE_BIT:
+                free_blocks[p] = order
+                if free_blocks.get(p ^ size) == order:
+                    problems.append(f"offsets {p ^ size} and {p}: free buddies of order {order} not merged")
+            else:
+                used += size
+                objects += 1
+            p += size
+        on_lists = set()
+        for order in range(h.max_order + 1):
+            node, prev, steps = h.free_head[order], 0, 0
+            while node and steps <= h.capacity >> MIN_SHIFT:
+                steps += 1
+                if free_blocks.get(node - 1) != order:
+                    problems.append(f"free list {order} holds offset {node - 1}, not a free block of order "
+                                    f"{order}")
+                    break
+                if node - 1 in on_lists:
+                    problems.append(f"free list {order} holds offset {node - 1} twice (a cycle)")
+                    break
+                if links(h, node - 1)[1] != prev:
+                    problems.append(f"free list {order}: offset {node - 1} has a wrong back link")
+                on_lists.add(node - 1)
+                prev = node
+                node = links(h, node - 1)[0]
+        for off in sorted(set(free_blocks) - on_lists)[:10]:
+            problems.append(f"offset {off}: marked free but on no free list")
+        if used != h.used or objects != h.objects:
+            problems.append(f"counters say {h.used} bytes in {h.objects} blocks, the table {used} in {objects}")
+        return problems
+
+    def _test_die_in_lock(self, int step):
+        """Test-only: end this process inside the allocator's lock with an operation half done (see arena.h)."""
+        arena_test_die_in_lock(self.h, step)
+
+    # -- per-process holdings ------------------------------------------------------------------------------------
+
+    cdef int _hold(self, uint64_t off, int64_t delta) except -1:
+        """Record a count this process takes (+1) or drops (-1) through a ref, a view or a shared array, so that
+        `reclaim` can drop what it held if it dies. A couple of plain stores in this process's own slot."""
+        if self.slot == NULL:
+            if self.slot_tried or delta < 0:
+                return 0
+            self._claim_slot()
+            if self.slot == NULL:
+                return 0
+        slot_hold(self.slot, off, delta)
+        return 0
+
+    cdef _claim_slot(self):
+        cdef int i, round
+        cdef int32_t free_pid
+        cdef proc_slot* s
+        cdef int32_t pid = _os.getpid()
+        self.slot_tried = True
+        for round in range(2):
+            for i in range(PROC_SLOTS):
+                s = arena_slot(self.h, i)
+                free_pid = 0
+                if s.pid == 0 and __atomic_compare_exchange_n(&s.pid, &free_pid, -1, False, __ATOMIC_ACQ_REL,
+                                                               __ATOMIC_ACQUIRE):
+                    s.start_time = start_time(pid) or 0
+                    __atomic_store_n(&s.pid, pid, __ATOMIC_RELEASE)
+                    self._flush_frees()
+                    self.slot = s
+                    self.deferred = &s.deferred
+                    return
+            if round == 0:
+                self.reclaim_dead()          # every slot taken: free those of dead processes
+
+    def _forget_slot(self):
+        # In a forked child: the slot, and the frees deferred in it, are the parent's.
+        self.slot = NULL
+        self.slot_tried = False
+        self.deferred = self.own_deferred
+        self.deferred.n = 0
+
+    def holders(self):
+        """{pid: (start time, objects held, counts held)} of the processes with a slot in this store."""
+        cdef int i
+        cdef uint64_t j
+        cdef proc_slot* s
+        out = {}
+        for i in range(PROC_SLOTS):
+            s = arena_slot(self.h, i)
+            if s.pid > 0:
+                n = held = 0
+                for j in range(SLOT_ENTRIES):
+                    if s.entries[j].key and s.entries[j].count > 0:
+                        n += 1
+                        held += s.entries[j].count
+                out[s.pid] = (s.start_time, n, held)
+        return out
+
+    def reclaim(self, int32_t pid):
+        """Drop every count that process `pid` held, once it is dead: what a killed process held is not lost
+        until the store is recreated. (objects, counts) released; (0, 0) when it held none. Raises ValueError if
+        `pid` is still running."""
+        cdef int i
+        cdef uint64_t j, off
+        cdef int32_t expected
+        cdef proc_slot* s
+        cdef dict held
+        objects = counts = 0
+        for i in range(PROC_SLOTS):
+            s = arena_slot(self.h, i)
+            if s.pid != pid or pid <= 0:
+                continue
+            if _slot_alive(s):
+                raise ValueError(f"process {pid} is still running: only a dead process's holdings are reclaimed")
+            expected = pid
+            if not __atomic_compare_exchange_n(&s.pid, &expected, -1, False, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE):
+                continue                        # another process is reclaiming it
+            with nogil:
+                arena_lock(self.h)
+                defer_flush_locked(self.h, &s.deferred, True)      # the frees it had not done yet
+                arena_unlock(self.h)
+            held = {}
+            for j in range(SLOT_ENTRIES):
+                if s.entries[j].key and s.entries[j].count > 0:
+                    held[s.entries[j].key - 1] = s.entries[j].count     # a duplicate is an exact copy
+            memset(s.entries, 0, SLOT_ENTRIES * sizeof(hold_entry))
+            s.overflow = 0
+            s.start_time = 0
+            __atomic_store_n(&s.pid, 0, __ATOMIC_RELEASE)
+            for off, n in held.items():
+                objects += 1
+                counts += n
+                for _ in range(n):
+                    self.decref(off)
+        self._flush_frees()
+        return objects, counts
+
+    def reclaim_dead(self):
+        """`reclaim` every process with a slot here that is no longer running; (objects, counts) released."""
+        cdef int i
+        cdef proc_slot* s
+        objects = counts = 0
+        for i in range(PROC_SLOTS):
+            s = arena_slot(self.h, i)
+            if s.pid > 0 and not _slot_alive(s):
+                o, c = self.reclaim(s.pid)
+                objects += o
+                counts += c
+        return objects, counts
 
     # -- allocation ----------------------------------------------------------------------------------------------
 
@@ -201,9 +465,7 @@ cdef class Arena:
         cdef Py_ssize_t i
         with nogil:
             arena_lock(self.h)
-            for i in range(self.ndeferred):        # give back deferred blocks under the same acquisition
-                arena_free_locked(self.h, self.deferred[i])
-            self.ndeferred = 0
+            defer_flush_locked(self.h, self.deferred, False)   # deferred blocks, under the same acquisition
             off = arena_alloc_locked(self.h, size)
             if off >= 0:
                 if arena_commit_locked(self.h, self.fd, COMMIT_CHUNK) != 0:
@@ -212,33 +474,42 @@ cdef class Arena:
                 else:
                     self.h.generation += 1
                     generation[0] = self.h.generation
+                    # under the lock, so a reclaimer freeing a dead process's deferred block can tell it apart
+                    (<object_header*>(self.base + off)).generation = self.h.generation
             arena_unlock(self.h)
         return off
 
     cdef void _free(self, uint64_t off) noexcept nogil:
-        if self.defer_frees:
-            self.deferred[self.ndeferred] = off
-            self.ndeferred += 1
-            if self.ndeferred == DEFER_MAX:
+        if self._defer_frees:
+            if defer_free(self.h, self.deferred, off):
                 self._flush_frees()
             return
         arena_lock(self.h)
         arena_free_locked(self.h, off)
         arena_unlock(self.h)
 
+    @property
+    def defer_frees(self):
+        """Set by a mailbox, which calls flush_frees() after each batch: blocks are then freed a batch at a time."""
+        return self._defer_frees
+
+    @defer_frees.setter
+    def defer_frees(self, bint on):
+        self._flush_frees()
+        if on and self.slot == NULL and not self.slot_tried:
+            self._claim_slot()
+        self._defer_frees = on
+
     def flush_frees(self):
         """Free the deferred blocks, under one lock acquisition."""
         self._flush_frees()
 
     cdef void _flush_frees(self) noexcept nogil:
-        cdef Py_ssize_t i
-        if not self.ndeferred:
+        if not self.deferred.n:
             return
         arena_lock(self.h)
-        for i in range(self.ndeferred):
-            arena_free_locked(self.h, self.deferred[i])
+        defer_flush_locked(self.h, self.deferred, False)
         arena_unlock(self.h)
-        self.ndeferred = 0
 
     cdef void decref(self, uint64_t off) noexcept:
         """Drop one count; the last one frees the block and drops the counts its message held."""
@@ -402,12 +673,13 @@ cdef class Arena:
         memcpy(&total, p + 8, 8)
         if total > 16 + <uint64_t>stream_len:        # it has out-of-band data: views may point into it
             pin = Pin.__new__(Pin)
-            pin.arena = self
-            pin.offset = off
             if release:
                 pin_took_count = True
             else:
                 self.incref(off)
+            self._hold(off, 1)
+            pin.arena = self
+            pin.offset = off
             release = False
         try:
             obj = self.decoder.decode_ptr(p, o.size, pin)
@@ -422,6 +694,7 @@ cdef class Arena:
     def ref(self, uint64_t off, uint64_t generation):
         """An `ObjectRef` that takes over one count the caller holds."""
         cdef ObjectRef r = ObjectRef.__new__(ObjectRef)
+        self._hold(off, 1)
         r.arena = self
         r.offset = off
         r.generation = generation
@@ -443,6 +716,9 @@ cdef class Arena:
         cdef int64_t off
         cdef Py_ssize_t n, data_at
         cdef object_header* o
+        if len(shape) > MAX_DIMS:
+            self._encoders.append(enc)
+            raise ValueError(f"a shared array has at most {MAX_DIMS} dimensions, not {len(shape)}")
         dtype = _np.dtype(dtype)
         placeholder = _np.lib.stride_tricks.as_strided(_np.zeros(1, dtype), shape=shape,
                                                        strides=(0,) * len(shape))
@@ -465,6 +741,7 @@ cdef class Arena:
         data_at = enc.write_stream_to(<char*>o + OBJ_HEADER)
         self._encoders.append(enc)
         block = SharedBlock.__new__(SharedBlock)
+        self._hold(<uint64_t>off, 1)
         (<SharedBlock>block).arena = self
         (<SharedBlock>block).offset = <uint64_t>off
         (<SharedBlock>block).generation = generation
@@ -541,6 +818,7 @@ cdef class SharedBlock:
 
     def __dealloc__(self):
         if self.arena is not None:
+            self.arena._hold(self.offset, -1)
             self.arena.decref(self.offset)
 
     def owns(self, arr):
@@ -550,7 +828,7 @@ cdef class SharedBlock:
 
 
 cdef object _make_writable_array(object base, object dtype, object shape, uint8_t* data):
-    cdef cnp.npy_intp dims[32]
+    cdef cnp.npy_intp dims[MAX_DIMS]
     cdef int i, nd = len(shape)
     for i in range(nd):
         dims[i] = shape[i]
@@ -569,6 +847,7 @@ cdef class Pin:
 
     def __dealloc__(self):
         if self.arena is not None:
+            self.arena._hold(self.offset, -1)
             self.arena.decref(self.offset)
 
 
@@ -582,16 +861,26 @@ cdef class ObjectRef:
     cdef readonly uint64_t offset
     cdef readonly uint64_t generation
 
+    def __init__(self, *args, **kwargs):
+        # Refs come from put() (or arrive in messages); one made here would name no object.
+        raise TypeError("ObjectRef cannot be created directly: put() an object to get its ref")
+
     def __dealloc__(self):
         if self.arena is not None:
+            self.arena._hold(self.offset, -1)
             self.arena.decref(self.offset)
+
+    cdef Arena _arena(self):
+        if self.arena is None:
+            raise ValueError("empty ObjectRef (made without put()): it names no object")
+        return self.arena
 
     @property
     def store(self):
-        return self.arena.name
+        return self._arena().name
 
     def __hash__(self):
-        return hash((self.arena.name, self.offset, self.generation))
+        return hash((self._arena().name, self.offset, self.generation))
 
     def __eq__(self, other):
         if type(other) is not ObjectRef:
@@ -600,18 +889,21 @@ cdef class ObjectRef:
                 and self.generation == (<ObjectRef>other).generation)
 
     def __repr__(self):
+        if self.arena is None:
+            return "ObjectRef(<empty>)"
         return f"ObjectRef({self.arena.name}, offset={self.offset}, generation={self.generation})"
 
     def __reduce__(self):
-        return (_ref_from_wire, (self.arena.name, self.offset, self.generation))
+        return (_ref_from_pickle, (self._arena().name, self.offset, self.generation))
 
     def get(self):
-        return self.arena.read(self.offset, False)
+        return self._arena().read(self.offset, False)
 
 
 def ref_to_wire(ObjectRef ref):
     """The codec serializer of ObjectRef: while a message is being put, it records the ref so the message holds a
     count on it."""
+    ref._arena()
     if _collecting is not None:
         if _putting_into is not None and ref.arena is not _putting_into:
             raise ValueError(f"{ref!r} belongs to another store ({ref.arena.name}); a ref can travel only in "
@@ -620,13 +912,15 @@ def ref_to_wire(ObjectRef ref):
     return (ref.arena.name, ref.offset, ref.generation)
 
 
-# Registered by actors._store (set_ref_resolver): maps a store name to its mapped Arena, attaching on first use.
+# Registered by actors._store (set_ref_resolver): _resolve(name, attach) is the mapped Arena of the store `name`;
+# with `attach`, a store this process has not mapped yet is attached (validated), else such a name is refused.
 _resolve = None
 
 
 def set_ref_resolver(resolver):
-    """Register `resolver(store name) -> Arena`, which decoded refs use to find their store. The store core cannot
-    map a segment by name itself (naming and attaching belong to `actors._store`), so the owner registers it."""
+    """Register `resolver(store name, attach) -> Arena`, which decoded refs use to find their store. The store core
+    cannot map a segment by name itself (naming and attaching belong to `actors._store`), so the owner registers
+    it."""
     global _resolve
     _resolve = resolver
 
@@ -637,12 +931,17 @@ def record_layout():
     return {"size": RECORD_SIZE, "kind_at": RECORD_KIND_AT, "src_at": RECORD_SRC_AT, "call_at": RECORD_CALL_AT,
             "TELL": KIND_TELL, "STOP": KIND_STOP}
 
-def _ref_from_wire(name, offset, generation):
-    return _resolve(name).checked_ref(offset, generation)
+
+def _ref_from_pickle(name, offset, generation):
+    # pickle runs whatever code its bytes name anyway, so a pickled ref may attach the store it names
+    return _resolve(name, True).checked_ref(offset, generation)
 
 
 def ref_from_wire(value):
-    """The codec deserializer of ObjectRef."""
-    if type(value) is not tuple or len(value) != 3:
+    """The codec deserializer of ObjectRef: bytes from anywhere may carry it, so it only names a store this process
+    already has (its own, or one it attached); any other name is refused, never opened."""
+    if (type(value) is not tuple or len(value) != 3 or type(value[0]) is not str or type(value[1]) is not int
+            or type(value[2]) is not int or value[1] < 0 or value[2] < 0 or value[1].bit_length() > 64
+            or value[2].bit_length() > 64):
         raise ValueError("corrupted ObjectRef")
-    return _ref_from_wire(*value)
+    return _resolve(value[0], False).checked_ref(value[1], value[2])

@@ -29,14 +29,8 @@ MAX_DEFAULT_CAPACITY = 8 << 30
 DEFAULT_PUT_TIMEOUT = 10.0
 
 
-def _start_time(pid: int) -> int | None:
-    # Field 22 of /proc/<pid>/stat: start time in clock ticks since boot. With the pid it names a process for good.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
+_start_time = _shm.start_time
+_NAME = re.compile(r"actors\.[0-9]+\.[0-9]+\.[a-z]+\.(?:[A-Za-z0-9]{1,32}-)?[0-9a-f]+")   # see segment_name
 
 
 TAG_ENV = "ACTORS_SEGMENT_TAG"
@@ -164,21 +158,43 @@ _mapped: dict[str, _shm.Arena] = {}
 _current: ObjectStore | None = None
 
 
-def _resolve(name: str) -> _shm.Arena:
-    # Map a store named in a ref that arrived from another process, once; later refs reuse the mapping.
+def _resolve(name: str, attach: bool = True) -> _shm.Arena:
+    """The mapped store `name`. A store this process has not mapped yet is attached only with `attach` (a caller
+    naming it: `ObjectStore.attach`, a pickled ref); a ref decoded from bytes names only a store this process
+    already has, so hostile bytes never make it open a segment."""
     arena = _mapped.get(name)
     if arena is not None:
         return arena
+    if not attach:
+        raise StaleRefError(f"the ref names store {name!r}, which this process has not attached (not its "
+                            f"system's store); attach it first with ObjectStore.attach(name)")
     with _lock:
         arena = _mapped.get(name)
         if arena is None:
-            try:
-                shm = posix_ipc.SharedMemory("/" + name)
-            except posix_ipc.ExistentialError:
-                raise StaleRefError(f"the store {name} no longer exists (its system shut down)") from None
-            arena = _shm.Arena.map(shm, name, False)
-            _mapped[name] = arena
+            arena = _mapped[name] = _attach(name)
     return arena
+
+
+def _attach(name: str) -> _shm.Arena:
+    # Only a name of ours, a segment of ours (our uid, a regular file) and a header that checks out get mapped.
+    if type(name) is not str or not _NAME.fullmatch(name) or len(name) > 200:
+        raise ActorsError(f"{name!r} is not the name of an actors store (actors.<pid>.<start>.<kind>.<hex>)")
+    try:
+        shm = posix_ipc.SharedMemory("/" + name)
+    except posix_ipc.ExistentialError:
+        raise StaleRefError(f"the store {name} no longer exists (its system shut down)") from None
+    except posix_ipc.PermissionsError:
+        raise ActorsError(f"the store {name} is not ours: no permission to open it") from None
+    try:
+        st = os.fstat(shm.fd)
+        if st.st_uid != os.geteuid():
+            raise ActorsError(f"the store {name} belongs to uid {st.st_uid}, not to us ({os.geteuid()}): refused")
+        if not stat.S_ISREG(st.st_mode):
+            raise ActorsError(f"the store {name} is not a shared-memory segment (mode {st.st_mode:o}): refused")
+        return _shm.Arena.map(shm, name, False)
+    except BaseException:
+        shm.close_fd()
+        raise
 
 
 _shm.set_ref_resolver(_resolve)
@@ -276,6 +292,16 @@ class ObjectStore:
         if type(ref) is not ObjectRef:
             raise TypeError(f"get() takes an ObjectRef, not {type(ref).__qualname__}")
         return ref.get()
+
+    def reclaim(self, pid: int) -> tuple[int, int]:
+        """Release what process `pid` held in this store (refs, views, shared arrays) once it has died: a killed
+        process's objects are not lost until the store is recreated. (objects, counts) released. ValueError if
+        `pid` is still running."""
+        return self._arena.reclaim(pid)
+
+    def reclaim_dead(self) -> tuple[int, int]:
+        """`reclaim` every process that used this store and is no longer running; (objects, counts) released."""
+        return self._arena.reclaim_dead()
 
     def shared_array(self, shape, dtype=float) -> np.ndarray:
         """A writable numpy array allocated in shared memory: fill it in place, then `put` or send it with no copy

@@ -681,3 +681,16 @@ def test_corrupted_pickle_payload_gives_decode_error():
     payload = b"\x80\x05\x8e" + u64(2 ** 60)        # BINBYTES8 claiming 2**60 bytes
     text = decode_error(_pickled_message(type(lambda: 0), payload), _fastser.Decoder(receiver))
     assert text.startswith("cannot decode: MemoryError")
+
+
+# -- refs in hostile bytes ------------------------------------------------------------------------------------------
+
+def test_fuzz_with_refs_never_crashes_hangs_or_opens_a_segment():
+    # Mutated valid messages, refs to shared memory among them, decoded in a watched child (tests/fuzz, which
+    # also runs a million inputs from the command line).
+    from fuzz import fuzz_loads
+    result = fuzz_loads.run(200_000, seed=7, hang=10.0)
+    assert result["decode_errors"] > result["inputs"] // 2     # the mutations did reach the decoder's checks
+    assert result["ok"] > 0
+    assert {k: result[k] for k in ("other_errors", "segments_opened", "crashes", "hangs")} == \
+        {"other_errors": 0, "segments_opened": 0, "crashes": 0, "hangs": 0}

@@ -2,8 +2,10 @@
 import gc
 import multiprocessing as mp
 import os
+import pickle
 import re
 import signal
+import struct
 import subprocess
 import shutil
 import sys
@@ -15,6 +17,7 @@ import posix_ipc
 import pytest
 
 import actors
+from _fastser import _shm
 from actors import _store
 from _helpers.processes import as_other_user, leftover_segments
 
@@ -298,6 +301,180 @@ def test_next_start_removes_stale_segments():
     posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, mode=0o600, size=4096).close_fd()
     with actors.ObjectStore(capacity="1M"):
         assert name not in _store.our_segments()
+
+
+# -- refs and stores named by bytes -----------------------------------------------------------------------------
+
+def _segment(name, data=b"", size=None, owner=None):
+    shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, mode=0o600, size=size or max(len(data), 1))
+    os.pwrite(shm.fd, data, 0)
+    if owner is not None:
+        os.fchown(shm.fd, owner, -1)
+    shm.close_fd()
+
+
+def _sibling_name(name):
+    # a name of our format and of the same length as `name`, so it can replace it inside an encoded ref
+    return name[:-1] + ("0" if name[-1] != "0" else "1")
+
+
+def _unlink(name):
+    try:
+        posix_ipc.unlink_shared_memory("/" + name)
+    except posix_ipc.ExistentialError:
+        pass
+
+
+def test_a_decoded_ref_never_attaches_a_store_this_process_has_not(store):
+    name = _sibling_name(store.name)
+    shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, mode=0o600, size=_shm.layout(1 << 16)[2])
+    try:
+        _shm.Arena.map(shm, name, True, 1 << 16)        # a real store, but not one this process has attached
+        data = actors.dumps(store.put("x")).replace(store.name.encode(), name.encode())
+        with pytest.raises(actors.DecodeError, match=f"names store '{re.escape(name)}', which this process has "
+                                                     f"not attached"):
+            actors.loads(data)
+        assert name not in _store._mapped
+    finally:
+        _unlink(name)
+
+
+@pytest.mark.parametrize("forged", ["\0", "/", ".", "é"])
+def test_a_decoded_ref_with_a_forged_store_name_is_a_decode_error(store, forged):
+    data = actors.dumps(store.put("x"))
+    name = store.name[:-1] + forged
+    data = data.replace(store.name.encode(), name.encode()).replace(
+        struct.pack("<I", len(store.name)) + name.encode(), struct.pack("<I", len(name.encode())) + name.encode())
+    with pytest.raises(actors.DecodeError):
+        actors.loads(data)
+
+
+@pytest.mark.parametrize("name, match", [
+    ("../../etc/passwd", "is not the name of an actors store"),
+    ("actors.1.2.store.ab\0cd", "is not the name of an actors store"),
+    ("actors.1.2.store." + "a" * 300, "is not the name of an actors store"),
+    ("actors.999999999.1.store.deadbeef", "no longer exists"),
+])
+def test_attach_refuses_names_that_are_not_ours(name, match):
+    with pytest.raises(actors.ActorsError, match=match):
+        actors.ObjectStore.attach(name)
+
+
+def _header(capacity=1 << 16, **change):
+    table_off, arena_off, size = _shm.layout(capacity)
+    fields = dict(magic=0x314152454e415241, capacity=capacity, arena_off=arena_off, table_off=table_off,
+                  segment_size=size, max_order=capacity.bit_length() - 1 - 6, slots_off=4096)
+    fields.update(change)
+    # arena_header up to slots_off (arena.h): generation, used, high_water, objects and committed are zero
+    return struct.pack("<QQQQQii5QQ", fields["magic"], fields["capacity"], fields["arena_off"], fields["table_off"],
+                       fields["segment_size"], fields["max_order"], 0, 0, 0, 0, 0, 0, fields["slots_off"])
+
+
+@pytest.mark.parametrize("data, size, match", [
+    (b"", 100, "too small"),
+    (b"", None, "bad magic"),
+    (_header(capacity=3 << 16), None, "bad capacity"),
+    (_header(arena_off=1 << 40), None, "layout does not match"),
+    (_header(segment_size=1 << 40), None, "layout does not match"),
+    (_header(max_order=40), None, "bad order"),
+    (_header(slots_off=1 << 40), None, "layout does not match"),
+], ids=["small", "magic", "capacity", "offsets", "size", "order", "slots"])
+def test_attach_validates_the_header_before_using_it(store, data, size, match):
+    name = _sibling_name(store.name)
+    _segment(name, data, size or _shm.layout(1 << 16)[2])
+    try:
+        with pytest.raises(actors.ActorsError, match=match):
+            actors.ObjectStore.attach(name)
+        assert name not in _store._mapped
+    finally:
+        _unlink(name)
+
+
+def test_attach_accepts_a_large_store(store):
+    # 8 GiB of capacity (sparse: only the pages written are backed), as a default store on a large machine gets
+    name = _sibling_name(store.name)
+    capacity = 1 << 33
+    shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, mode=0o600, size=_shm.layout(capacity)[2])
+    try:
+        _shm.Arena.map(shm, name, True, capacity)
+        attached = actors.ObjectStore.attach(name)
+        assert attached.capacity == capacity
+        attached.close()
+    finally:
+        _unlink(name)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a segment to another user takes root")
+def test_attach_refuses_a_segment_of_another_user(store):
+    name = _sibling_name(store.name)
+    table_off, arena_off, size = _shm.layout(1 << 16)
+    _segment(name, _header(), size, owner=65534)
+    try:
+        with pytest.raises(actors.ActorsError, match="belongs to uid 65534"):
+            actors.ObjectStore.attach(name)
+    finally:
+        _unlink(name)
+
+
+# -- misuse that must raise, not crash ----------------------------------------------------------------------------
+
+def test_a_bare_object_ref_cannot_be_made():
+    with pytest.raises(TypeError, match="ObjectRef cannot be created directly: put\\(\\) an object to get its ref"):
+        actors.ObjectRef()
+
+
+def test_an_empty_object_ref_raises_on_use():
+    ref = actors.ObjectRef.__new__(actors.ObjectRef)
+    assert repr(ref) == "ObjectRef(<empty>)"
+    for use in (ref.get, lambda: hash(ref), lambda: actors.dumps(ref), lambda: actors.get(ref), lambda: ref.store,
+                lambda: pickle.dumps(ref)):
+        with pytest.raises((ValueError, actors.SerializationError), match="empty ObjectRef"):
+            use()
+
+
+def test_shared_array_dimensions(store):
+    arr = store.shared_array((1,) * 40 + (3,), np.int8)
+    assert arr.shape == (1,) * 40 + (3,)
+    arr[...] = 7
+    assert store.get(store.put(arr)).sum() == 21
+    with pytest.raises(ValueError, match="a shared array has at most 64 dimensions, not 65"):
+        store.shared_array((1,) * 65)
+    assert store._arena.check() == []
+
+
+# -- what a killed process held -----------------------------------------------------------------------------------
+
+def _hold_and_wait(name, ref, ready):
+    store = actors.ObjectStore.attach(name)
+    held = [store.put(np.zeros(1 << 20, np.uint8)) for _ in range(8)]          # its own objects
+    held += [store.get(ref), ref, store.shared_array((1000,))]                  # a view, a ref, a shared array
+    held.append(store.put({"refs": held[:2]}))                                  # an object holding refs
+    ready.set()
+    while True:
+        ready.wait(60)
+
+
+def test_reclaim_releases_everything_a_killed_process_held(store):
+    keep = store.put(np.arange(1000.0))
+    baseline = store.stats()
+    ready = CTX.Event()
+    proc = CTX.Process(target=_hold_and_wait, args=(store.name, keep, ready))
+    proc.start()
+    try:
+        assert ready.wait(TIMEOUT)
+        with pytest.raises(ValueError, match=f"process {proc.pid} is still running"):
+            store.reclaim(proc.pid)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(TIMEOUT)
+    assert store.stats()["used"] >= baseline["used"] + 8 * (1 << 20)
+    objects, counts = store.reclaim(proc.pid)
+    assert (objects, counts) == (11, 12)       # 8 arrays, the shared one, the holder; `keep` by view and by ref
+    after = store.stats()
+    assert (after["used"], after["objects"]) == (baseline["used"], baseline["objects"])
+    assert store.get(keep)[999] == 999.0
+    assert store.reclaim(proc.pid) == (0, 0)
+    assert store._arena.check() == []
 
 
 # -- other users' segments, and this run's segments ---------------------------------------------------------------------

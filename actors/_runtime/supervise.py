@@ -39,6 +39,7 @@ class Supervisor:
     """The supervising part of `Driver` (kept in its own room)."""
 
     def _on_exit(self, pid: int, code: int, why: str = "") -> None:
+        self.store.reclaim(pid)         # what the dead process held in the store (refs, views, shared arrays)
         info = self.by_pid.pop(pid, None)
         if info is None:
             return
