@@ -7,7 +7,7 @@ import stat
 import trio
 
 import actors
-from _helpers.actors import Counter, Relay, Sleeper, Suicidal
+from _helpers.actors import Counter, Relay, Sleeper, StatusReader, Suicidal
 from _helpers.processes import retry, run, run_cli, wait_until
 from _helpers.processes import launched  # noqa: F401  (the fixture)
 
@@ -138,3 +138,12 @@ def test_status_counts_the_tells_the_driver_holds_for_a_persistent_actor(tmp_pat
 
 async def _unacked(system, name, n):
     return by_name(await system.status())[name].unacked == n
+
+
+def test_an_actor_reads_the_status_through_the_driver():
+    async def main(system):
+        await system.spawn(Counter, 0, name="counter")
+        reader = await system.spawn(StatusReader, name="reader")
+        assert await reader.ask(None) == ([("counter", "running"), ("reader", "running")], os.getpid())
+
+    run(main)

@@ -110,6 +110,9 @@ class Status:
         return SystemStatus(os.getpid(), self.rundir, rows, st["used"], st["high_water"], st["capacity"],
                             st["objects"])
 
+    async def _op_status(self) -> str:
+        return (await self.status()).to_json()
+
     async def serve_status(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Answer each connection to the status socket with the system's status, as JSON, then close it."""
         path = os.path.join(self.rundir, SOCKET)

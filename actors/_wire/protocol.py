@@ -50,6 +50,7 @@ class SystemOp(enum.IntEnum):
     FAILURE = 8         # (actor id, reason): it is about to exit as failed
     STOPPING = 9        # (actor id, reason): it stops for good (on_error="stop")
     LOG = 10            # (actor id, a log record's fields): for the system's logging to handle
+    STATUS = 11         # () -> system.status() as JSON
 
 
 REPORTS = frozenset((SystemOp.READY, SystemOp.FAILURE, SystemOp.STOPPING, SystemOp.LOG))

@@ -378,3 +378,11 @@ class PersistentAdder(actors.Actor):
         if msg == "count":
             return self.n
         self.n += msg
+
+
+class StatusReader(actors.Actor):
+    """Answers with the names and states of the system's actors, from its own `self.system.status()`."""
+
+    async def receive(self, msg):
+        status = await self.system.status()
+        return [(a.name, a.state) for a in status.actors], status.pid
