@@ -53,17 +53,11 @@ COMMAND_TIMEOUT = 120
 # Known drifts not fixed in the page yet, by (test, page): the test is expected to fail until they are. Strict, so
 # that the suite fails as soon as the page is fixed and its entry here is left behind.
 KNOWN_DRIFTS: dict[tuple[str, str], str] = {
-    ("programs", "docs/store.md"): "its `actors cleanup` session needs `<!-- test: skip=... -->`, and its program's "
-                                   "output block needs to follow the program directly",
-    ("doctests", "docs/serialization.md"): "the depth limit is 1000 levels, not 10,000, and the Decimal "
-                                           "registration error reads `it is a C type, whose state is not in its "
-                                           "fields`",
 }
 
 
-# Of those, the pages whose commands must not run meanwhile: store.md's `actors cleanup` would remove the stale
-# segments that other test runs on the machine plant on purpose.
-NOT_RUN = {("programs", "docs/store.md")}
+# Of those, the pages whose commands must not run meanwhile.
+NOT_RUN: set[tuple[str, str]] = set()
 
 
 def pages(test: str, candidates: list[str]) -> list:

@@ -114,7 +114,7 @@ class Asks:
         delay = 0.001
         while not self.transport.is_gone(peer) and not self.closed:
             try:
-                self.transport.connect(peer).close()    # a probe: is the new incarnation listening yet?
+                self.open_link(peer).close()    # a probe: is the new incarnation listening yet?
                 return True
             except OSError:
                 pass

@@ -57,6 +57,8 @@ class Delivery:
     def _lost(self, link) -> None:
         """A persistent actor went away: fail the asks waiting on it, keep its unacked tells, and reconnect."""
         link.dead = True
+        if link.incarnation is not None:
+            self.dead_incarnations[link.peer] = link.incarnation
         for off, kind, _src, _call in RECORD.iter_unpack(link.out[:len(link.out) - len(link.out) % RECORD_SIZE]):
             if kind != TELL and kind != HELLO:
                 self.arena.decref_id(off)       # asks in flight: their askers are told below
@@ -75,7 +77,7 @@ class Delivery:
             if self.transport.is_gone(link.peer):
                 break
             try:
-                fresh = self.transport.connect(link.peer)
+                fresh = self.open_link(link.peer)
             except OSError:
                 continue
             link.adopt(fresh)               # the same link (senders hold it), on the new connection

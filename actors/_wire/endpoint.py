@@ -79,6 +79,7 @@ class Endpoint(Inbox, Asks, Delivery):
         self.calls = itertools.count(1)     # call ids, and the sequence numbers of tells to persistent actors
         self.epoch = secrets.randbits(62) + 1   # names this process's sequence numbers to receivers
         self.persistent: set[int] = set()   # peers that journal what they receive (and ack it)
+        self.dead_incarnations: dict = {}   # peer -> the incarnation its last link died with
         # The handler's per-record methods, set by start_handling; until then, what arrives waits in the queue.
         self.handle = None
         self.fast_tell = None
@@ -158,7 +159,7 @@ class Endpoint(Inbox, Asks, Delivery):
                                         f"stopped")
             del self.links[peer]        # it may have been restarted: try a fresh connection
         try:
-            link = self.transport.connect(peer)
+            link = self.open_link(peer)
         except (FileNotFoundError, ConnectionRefusedError):
             raise ActorStoppedError(f"cannot send to {self.describe(peer)}: it is not running") from None
         self.links[peer] = link
@@ -167,6 +168,15 @@ class Endpoint(Inbox, Asks, Delivery):
             link.persistent = True
             link.reading = True             # the ack reader reads this link for good (replies included)
             self.nursery.start_soon(self._acker, link)
+        return link
+
+    def open_link(self, peer: int) -> Link:
+        """A new link to `peer` from the transport, refused (ConnectionRefusedError) if it reaches the process whose
+        link to `peer` died: that one is still exiting, and anything sent to it would be lost."""
+        link = self.transport.connect(peer)
+        if link.incarnation is not None and link.incarnation == self.dead_incarnations.get(peer):
+            link.close()
+            raise ConnectionRefusedError(f"{self.describe(peer)} is still exiting")
         return link
 
     def connect(self, peer: int) -> None:
@@ -388,6 +398,8 @@ class Endpoint(Inbox, Asks, Delivery):
         if link.dead:
             return
         link.dead = True
+        if link.incarnation is not None:
+            self.dead_incarnations[link.peer] = link.incarnation
         dropped = self._drop_outbox(link)
         if dropped:
             log.warning("%d message(s) to %s were not delivered: it stopped (dead letters)", dropped,

@@ -27,7 +27,7 @@ class Link(abc.ABC):
     they run for every read and write of the hot path.
     """
     __slots__ = ("peer", "out", "draining", "room", "dead", "reading", "handover", "inbuf", "have", "unsent_bytes",
-                 "flush_mark", "persistent", "unacked", "checked")
+                 "flush_mark", "persistent", "unacked", "checked", "incarnation")
 
     def __init__(self, peer: int):
         self.peer = peer
@@ -39,6 +39,9 @@ class Link(abc.ABC):
         self.persistent = False
         self.unacked: collections.deque = collections.deque()
         self.checked = 0.0
+        # Which process answers at the other end, where the transport can tell (None where it cannot): a link
+        # opened to a peer whose previous link just died must not reach that dying process again.
+        self.incarnation = None
         self.draining = False
         self.room = trio.Event()
         self.dead = False

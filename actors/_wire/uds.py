@@ -53,6 +53,7 @@ class UnixLink(Link):
 
     def adopt(self, fresh: UnixLink) -> None:
         self._attach(fresh.sock)
+        self.incarnation = fresh.incarnation
 
 
 class UnixListener(Listener):
@@ -104,7 +105,10 @@ class UnixTransport(Transport):
             sock.close()
             raise
         sock.setblocking(False)
-        return UnixLink(peer, sock)
+        link = UnixLink(peer, sock)
+        # the pid of the process that accepted: a dying actor's listener still accepts until its last thread exits
+        link.incarnation = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        return link
 
     def is_gone(self, peer: int) -> bool:
         return os.path.exists(socket_path(self.rundir, peer) + ".gone")
