@@ -56,10 +56,15 @@ cdef inline object _key(const char* p, Py_ssize_t n, const char* end):
 cdef inline const char* _take(Decoder d, Py_ssize_t n) except NULL:
     cdef const char* p
     if n < 0 or n > d.end - d.pos:
-        raise d._error(f"truncated data (needs {n} bytes, {d.end - d.pos} left)")
+        return _truncated(d, n)
     p = d.base + d.pos
     d.pos += n
     return p
+
+
+cdef const char* _truncated(Decoder d, Py_ssize_t n) except NULL:
+    # Out of line, so that the callers of `_take` stay small.
+    raise d._error(f"truncated data (needs {n} bytes, {d.end - d.pos} left)")
 
 
 cdef class Decoder:
@@ -454,7 +459,7 @@ cdef object _dec_tuple(Decoder d, Py_ssize_t depth):
     return out
 
 
-cdef object _dec_key(Decoder d, Py_ssize_t depth):
+cdef inline object _dec_key(Decoder d, Py_ssize_t depth):
     # A dict key or field name: short str keys come from the key cache.
     cdef uint32_t n32
     cdef const char* p
