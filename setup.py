@@ -31,11 +31,12 @@ extensions = [
         [path],
         include_dirs=[numpy.get_include(), "_fastser/includes"],
         define_macros=macros,
+        libraries=libraries,
         extra_compile_args=["-O0", "-g"] if debug else ["-O3"],
     )
-    for name, path in [
-        ("_fastser._codec", "_fastser/_codec.pyx"),
-        ("_fastser._shm", "_fastser/_shm.pyx"),
+    for name, path, libraries in [
+        ("_fastser._codec", "_fastser/_codec.pyx", []),
+        ("_fastser._shm", "_fastser/_shm.pyx", ["z"]),        # zlib's crc32 for the journal
     ]
 ]
 

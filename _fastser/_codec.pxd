@@ -51,8 +51,10 @@ cdef class Encoder:
     cpdef Py_ssize_t prepare(self, object obj) except -1
     cdef int write_to(self, char* dst) except -1
     cdef Py_ssize_t write_stream_to(self, char* dst) except -1
+    cdef bytes encode_c(self, object obj)
     cdef int _grow(self, Py_ssize_t n) except -1
-    cdef int _enc(self, object obj, Py_ssize_t depth) except -1
+    cdef int _enc_rest(self, object obj, Py_ssize_t depth) except -1
+    cdef int _too_deep(self, object obj, Py_ssize_t depth) except -1
     cdef int _enc_str_slow(self, object obj, Py_ssize_t depth) except -1
     cdef int _enc_int_big(self, object obj, Py_ssize_t depth) except -1
     cdef int _enc_blob(self, unsigned char tag_inline, unsigned char tag_oob, const char* p, Py_ssize_t n,
@@ -63,7 +65,6 @@ cdef class Encoder:
     cdef int _enc_fields(self, Entry entry, object obj, Py_ssize_t depth) except -1
     cdef int _enc_dtype(self, object dtype, object obj, Py_ssize_t depth) except -1
     cdef int _add_oob(self, const char* src, Py_ssize_t nbytes, object owner, bint strided) except -1
-    cdef int _enter(self, object obj, Py_ssize_t depth, int kind) except -1
     cdef object _fail(self, object obj, Py_ssize_t depth, str reason)
     cdef void _release(self)
 
@@ -84,8 +85,7 @@ cdef class Decoder:
     cdef bint live
 
     cdef object decode_ptr(self, const char* p, Py_ssize_t n, object keepalive)
-    cdef object _dec(self, Py_ssize_t depth)
-    cdef object _dec_key(self, Py_ssize_t depth)
+    cdef object _dec_rest(self, unsigned char tag, Py_ssize_t depth)
     cdef object _dec_array(self, Py_ssize_t depth)
     cdef object _dec_npscalar(self, Py_ssize_t depth)
     cdef object _dec_dtype(self)

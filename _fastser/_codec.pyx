@@ -23,7 +23,7 @@ from cpython.object cimport PyObject_GenericSetAttr
 from cpython.object cimport Py_TYPE, PyObject_Hash, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.set cimport PySet_Add
-from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_AsEncodedString, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
@@ -36,6 +36,11 @@ cdef extern from "Python.h":
     PyTypeObject PyLong_Type
     PyTypeObject PyFloat_Type
     PyTypeObject PyBool_Type
+    PyTypeObject PyDict_Type
+    PyTypeObject PyList_Type
+    PyTypeObject PyTuple_Type
+    PyObject* Py_None
+    PyObject* Py_True
     bint PyUnicode_IS_COMPACT_ASCII(object)
     void* PyUnicode_DATA(object)
     Py_ssize_t PyUnicode_GET_LENGTH(object)
@@ -44,6 +49,13 @@ cdef extern from "Python.h":
     Py_ssize_t Py_SIZE(object)
     object _PyDict_NewPresized(Py_ssize_t)
     object PyObject_GenericGetDict(object, void*)
+
+cdef extern from "codec.h":
+    Py_ssize_t FS_U32_MAX
+    void fs_copy(char* dst, const void* src, Py_ssize_t n) noexcept
+    bint fs_long_small(object o, long long* v) noexcept
+    bint fs_is_ascii(const char* p, Py_ssize_t n) noexcept
+    object fs_ascii_str(const char* p, Py_ssize_t n)
 
 cdef extern from "numpy/arrayobject.h":
     # Declared here with raw pointers: both steal references, which Cython's numpy declarations hide.
@@ -73,21 +85,31 @@ cdef Decoder _decoder = Decoder()
 
 
 def dumps(obj):
-    """Encode `obj` into bytes."""
+    """Encode `obj` into bytes.
+
+    Native types (None, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset), numpy
+    scalars and arrays, and instances of registered classes. Raises `SerializationError` naming the object, where it
+    sits in `obj`, and the fix.
+    """
     if _encoder.busy:        # called again from inside a serializer: use a fresh encoder
-        return Encoder().encode(obj)
-    return _encoder.encode(obj)
+        return Encoder().encode_c(obj)
+    return _encoder.encode_c(obj)
 
 
 cdef bint _decoder_busy = False
 
 def loads(buffer):
-    """Decode a message from `buffer`, any object with the buffer protocol. Arrays are read-only views into it."""
+    """Decode a message from any object with the buffer protocol.
+
+    numpy arrays come back as read-only views into `buffer`, which they keep alive. Bad input raises `DecodeError`.
+    """
     global _decoder_busy
-    if _decoder_busy:
+    if _decoder_busy:        # called again from inside a deserializer: use a fresh decoder
         return Decoder().decode(buffer)
     _decoder_busy = True
     try:
+        if type(buffer) is bytes:       # immutable: its own arrays' base, and no buffer export needed
+            return _decoder.decode_ptr(PyBytes_AS_STRING(buffer), PyBytes_GET_SIZE(buffer), buffer)
         return _decoder.decode(buffer)
     finally:
         _decoder_busy = False

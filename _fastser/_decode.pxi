@@ -7,77 +7,64 @@
 cdef enum:
     KEY_CACHE = 2048        # slots, a power of two
     KEY_MAX = 40            # longest key cached
-    KEY_WORDS = 5           # KEY_MAX / 8
 
 # Dict keys and field names repeat from message to message: a decoded short ASCII key is kept and handed out again,
-# which saves allocating it and hashing it on insert. Each slot keeps the key's bytes as zero-padded 64-bit words,
-# so a lookup hashes and compares whole words, with no calls into libc.
+# which saves allocating it and hashing it on insert. A slot keeps the key's first and last 8 bytes as words (zero
+# padded below 8 bytes), so a lookup hashes and compares two words; only keys longer than 16 bytes compare the
+# bytes between them too.
 cdef struct KeySlot:
     PyObject* key
     Py_ssize_t n
-    uint64_t words[KEY_WORDS]
+    uint64_t head
+    uint64_t tail
 
 cdef KeySlot _key_cache[KEY_CACHE]
 
 
-cdef inline uint64_t _word(const char* p, Py_ssize_t left, const char* end) noexcept nogil:
-    # The next (up to) 8 key bytes as a word, zero above the key's end. A full 8-byte load when it stays inside the
-    # buffer, else byte by byte.
-    cdef uint64_t w = 0
-    cdef Py_ssize_t i
-    if p + 8 <= end:
-        memcpy(&w, p, 8)
-        if left < 8:
-            w &= (<uint64_t>1 << (8 * left)) - 1
-        return w
-    for i in range(left if left < 8 else 8):
-        w |= (<uint64_t><unsigned char>p[i]) << (8 * i)
-    return w
-
-
 cdef inline object _key(const char* p, Py_ssize_t n, const char* end):
-    cdef uint64_t words[KEY_WORDS]
-    cdef uint64_t h = <uint64_t>n * 0x9E3779B97F4A7C15ULL
-    cdef Py_ssize_t i, nw = (n + 7) >> 3
+    cdef uint64_t head = 0, tail = 0, h
+    cdef Py_ssize_t i
     cdef KeySlot* slot
-    for i in range(nw):
-        words[i] = _word(p + 8 * i, n - 8 * i, end)
-        h = (h ^ words[i]) * 0xFF51AFD7ED558CCDULL
+    if n >= 8:
+        memcpy(&head, p, 8)
+        memcpy(&tail, p + n - 8, 8)
+    elif p + 8 <= end:          # one load, the bytes past the key masked off
+        memcpy(&head, p, 8)
+        head &= (<uint64_t>1 << (8 * n)) - 1
+    else:
+        for i in range(n):
+            head |= (<uint64_t><unsigned char>p[i]) << (8 * i)
+    h = (head ^ (<uint64_t>n << 56)) * 0x9E3779B97F4A7C15ULL
+    h = (h ^ tail ^ (h >> 29)) * 0xFF51AFD7ED558CCDULL
     h ^= h >> 32
     slot = &_key_cache[h & (KEY_CACHE - 1)]
-    if slot.key != NULL and slot.n == n:
-        for i in range(nw):
-            if slot.words[i] != words[i]:
-                break
-        else:
-            return <object>slot.key
-    key = PyUnicode_DecodeUTF8(p, n, NULL)
+    if slot.key != NULL and slot.n == n and slot.head == head and slot.tail == tail \
+            and (n <= 16 or memcmp(<const char*>PyUnicode_DATA(<object>slot.key) + 8, p + 8, n - 16) == 0):
+        return <object>slot.key
+    key = _str(p, n)
     if PyUnicode_IS_COMPACT_ASCII(key):
         PyObject_Hash(key)
         Py_INCREF(key)
         Py_XDECREF(slot.key)
         slot.key = <PyObject*>key
         slot.n = n
-        for i in range(KEY_WORDS):
-            slot.words[i] = words[i] if i < nw else 0
+        slot.head = head
+        slot.tail = tail
     return key
 
 
 cdef inline const char* _take(Decoder d, Py_ssize_t n) except NULL:
     cdef const char* p
     if n < 0 or n > d.end - d.pos:
-        raise d._error(f"truncated data (needs {n} bytes, {d.end - d.pos} left)")
+        return _truncated(d, n)
     p = d.base + d.pos
     d.pos += n
     return p
 
 
-cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if a[i] != b[i]:
-            return False
-    return True
+cdef const char* _truncated(Decoder d, Py_ssize_t n) except NULL:
+    # Out of line, so that the callers of `_take` stay small.
+    raise d._error(f"truncated data (needs {n} bytes, {d.end - d.pos} left)")
 
 
 cdef class Decoder:
@@ -147,7 +134,7 @@ cdef class Decoder:
             self.data_start = _align(self.end)
             self.pos = HEADER
             try:
-                obj = self._dec(0)
+                obj = _dec(self, 0)
             except DecodeError:
                 raise
             except Exception as exc:        # incl. RecursionError and MemoryError raised by what the input holds
@@ -186,80 +173,21 @@ cdef class Decoder:
                 segments.append("<serialized>")
         return segments
 
-    cdef object _dec(self, Py_ssize_t depth):
-        cdef unsigned char tag
+    cdef object _dec_rest(self, unsigned char tag, Py_ssize_t depth):
+        # Every tag but the common ones `_dec` handles itself; the tag's byte is already taken.
         cdef uint32_t n32
         cdef uint64_t u64, off
         cdef double f, g
         cdef Py_ssize_t i, n
         cdef const char* p
-        cdef object key, val, out
-        self.cur = depth
-        p = _take(self, 1)
-        tag = <unsigned char>p[0]
-        if tag == T_STR:
-            memcpy(&n32, _take(self, 4), 4)
-            p = _take(self, n32)
-            return PyUnicode_DecodeUTF8(p, n32, NULL)
-        if tag == T_INT8:
-            return <long>(<signed char>_take(self, 1)[0])
-        if tag == T_INT64:
-            memcpy(&u64, _take(self, 8), 8)
-            return <long long>u64
-        if tag == T_FLOAT:
-            memcpy(&f, _take(self, 8), 8)
-            return PyFloat_FromDouble(f)
-        if tag == T_NONE:
-            return None
-        if tag == T_TRUE:
-            return True
-        if tag == T_FALSE:
-            return False
-        if tag == T_DICT or tag == T_LIST or tag == T_TUPLE or tag == T_SET or tag == T_FROZENSET:
-            if depth >= MAX_DEPTH:
-                raise self._error(f"nesting deeper than {MAX_DEPTH} levels")
-            memcpy(&n32, _take(self, 4), 4)
-            n = n32
-            # every value takes at least one byte: a count beyond the bytes left is corrupt, and is refused
-            # before anything is allocated for it
-            if n > (self.end - self.pos) // (2 if tag == T_DICT else 1):
-                raise self._error(f"corrupted count {n} (only {self.end - self.pos} bytes left)")
-            if tag == T_DICT:
-                self.kinds[depth] = K_DICT
-                out = _PyDict_NewPresized(n)
-                for i in range(n):
-                    self.idx[depth] = 2 * i
-                    key = self._dec_key(depth + 1)
-                    self.keys[depth] = <PyObject*>key     # borrowed: alive while its value decodes
-                    self.idx[depth] = 2 * i + 1
-                    val = self._dec(depth + 1)
-                    self.idx[depth] = 2 * i         # an unhashable key fails here: the path names the key
-                    self.cur = depth + 1
-                    PyDict_SetItem(out, key, val)
-                return out
-            if tag == T_LIST:
-                self.kinds[depth] = K_LIST
-                out = PyList_New(n)
-                for i in range(n):
-                    self.idx[depth] = i
-                    val = self._dec(depth + 1)
-                    Py_INCREF(val)
-                    PyList_SET_ITEM(out, i, val)
-                return out
-            if tag == T_TUPLE:
-                self.kinds[depth] = K_TUPLE
-                out = PyTuple_New(n)
-                for i in range(n):
-                    self.idx[depth] = i
-                    val = self._dec(depth + 1)
-                    Py_INCREF(val)
-                    PyTuple_SET_ITEM(out, i, val)
-                return out
+        cdef object val, out
+        if tag == T_SET or tag == T_FROZENSET:
+            n = _count(self, depth, 1)
             self.kinds[depth] = K_SET
             out = set()
             for i in range(n):
                 self.idx[depth] = i
-                val = self._dec(depth + 1)
+                val = _dec(self, depth + 1)
                 self.cur = depth + 1
                 PySet_Add(out, val)
             return out if tag == T_SET else frozenset(out)
@@ -300,17 +228,6 @@ cdef class Decoder:
             return self._dec_registered(tag, depth)
         self.pos -= 1
         raise self._error(f"unknown type tag 0x{tag:02x}")
-
-    cdef object _dec_key(self, Py_ssize_t depth):
-        cdef uint32_t n32
-        cdef const char* p
-        if self.pos + 5 <= self.end and <unsigned char>self.base[self.pos] == T_STR:
-            memcpy(&n32, self.base + self.pos + 1, 4)
-            if n32 <= KEY_MAX and n32 <= self.end - self.pos - 5:
-                p = self.base + self.pos + 5
-                self.pos += 5 + n32
-                return _key(p, n32, self.base + self.end)
-        return self._dec(depth)
 
     cdef const char* _oob(self, uint64_t off, uint64_t n) except NULL:
         if off > <uint64_t>self.total or n > <uint64_t>self.total \
@@ -401,7 +318,7 @@ cdef class Decoder:
         if tag == T_CUSTOM:
             self.kinds[depth] = K_CUSTOM
             self.idx[depth] = 0
-            value = self._dec(depth + 1)
+            value = _dec(self, depth + 1)
             self.cur = depth
             return entry.deserializer(value)
         if tag == T_PICKLED:
@@ -412,7 +329,7 @@ cdef class Decoder:
             if self.pos >= self.end or (<unsigned char>self.base[self.pos] != T_BYTES
                                         and <unsigned char>self.base[self.pos] != T_BYTES_OOB):
                 raise self._error("corrupted pickled value")
-            data = self._dec(depth + 1)
+            data = _dec(self, depth + 1)
             self.cur = depth
             obj = _pickle_loads(data)
             if type(obj) is not entry.cls and wire_code(type(obj)) != entry.code:
@@ -427,12 +344,12 @@ cdef class Decoder:
         self.kinds[depth] = K_FIELDS
         for i in range(n32):
             self.idx[depth] = 2 * i
-            name = self._dec_key(depth + 1)
+            name = _dec_key(self, depth + 1)
             if type(name) is not str:
                 raise self._error(f"corrupted field name {_short_repr(name)}")
             self.keys[depth] = <PyObject*>name
             self.idx[depth] = 2 * i + 1
-            val = self._dec(depth + 1)
+            val = _dec(self, depth + 1)
             self.cur = depth + 1
             if name in entry.slots:
                 PyObject_GenericSetAttr(obj, name, val)
@@ -441,3 +358,115 @@ cdef class Decoder:
             else:
                 raise self._error(f"class {_qualified(cls)} has no field {name!r}")
         return obj
+
+
+# -- the walk: module-level functions, so that they call each other directly ------------------------------------
+
+cdef inline object _str(const char* p, Py_ssize_t n):
+    if fs_is_ascii(p, n):
+        return fs_ascii_str(p, n)
+    return PyUnicode_DecodeUTF8(p, n, NULL)
+
+
+cdef inline Py_ssize_t _count(Decoder d, Py_ssize_t depth, Py_ssize_t min_item) except -1:
+    # A container's item count, refused when the nesting is too deep or when it is more than the bytes left could
+    # hold (every item takes at least `min_item` bytes): nothing is allocated for a forged count.
+    cdef uint32_t n32
+    if depth >= MAX_DEPTH:
+        raise d._error(f"nesting deeper than {MAX_DEPTH} levels")
+    memcpy(&n32, _take(d, 4), 4)
+    if <uint64_t>n32 * <uint64_t>min_item > <uint64_t>(d.end - d.pos):
+        raise d._error(f"corrupted count {n32} (only {d.end - d.pos} bytes left)")
+    return n32
+
+
+cdef object _dec(Decoder d, Py_ssize_t depth):
+    # The common tags, most frequent first (a switch); the rest in `Decoder._dec_rest`.
+    cdef unsigned char tag
+    cdef uint32_t n32
+    cdef uint64_t u64
+    cdef double f
+    cdef const char* p
+    d.cur = depth
+    tag = <unsigned char>_take(d, 1)[0]
+    if tag == T_STR:
+        memcpy(&n32, _take(d, 4), 4)
+        p = _take(d, n32)
+        return _str(p, n32)
+    elif tag == T_INT8:
+        return <long>(<signed char>_take(d, 1)[0])
+    elif tag == T_FLOAT:
+        memcpy(&f, _take(d, 8), 8)
+        return PyFloat_FromDouble(f)
+    elif tag == T_DICT:
+        return _dec_dict(d, depth)
+    elif tag == T_LIST:
+        return _dec_list(d, depth)
+    elif tag == T_NONE:
+        return None
+    elif tag == T_TRUE:
+        return True
+    elif tag == T_FALSE:
+        return False
+    elif tag == T_INT64:
+        memcpy(&u64, _take(d, 8), 8)
+        return <long long>u64
+    elif tag == T_TUPLE:
+        return _dec_tuple(d, depth)
+    return d._dec_rest(tag, depth)
+
+
+cdef object _dec_dict(Decoder d, Py_ssize_t depth):
+    cdef Py_ssize_t n = _count(d, depth, 2), i
+    cdef object key, val
+    cdef object out = _PyDict_NewPresized(n)
+    d.kinds[depth] = K_DICT
+    for i in range(n):
+        d.idx[depth] = 2 * i
+        key = _dec_key(d, depth + 1)
+        d.keys[depth] = <PyObject*>key     # borrowed: alive while its value decodes
+        d.idx[depth] = 2 * i + 1
+        val = _dec(d, depth + 1)
+        d.idx[depth] = 2 * i         # an unhashable key fails here: the path names the key
+        d.cur = depth + 1
+        PyDict_SetItem(out, key, val)
+    return out
+
+
+cdef object _dec_list(Decoder d, Py_ssize_t depth):
+    cdef Py_ssize_t n = _count(d, depth, 1), i
+    cdef object val
+    cdef object out = PyList_New(n)
+    d.kinds[depth] = K_LIST
+    for i in range(n):
+        d.idx[depth] = i
+        val = _dec(d, depth + 1)
+        Py_INCREF(val)
+        PyList_SET_ITEM(out, i, val)
+    return out
+
+
+cdef object _dec_tuple(Decoder d, Py_ssize_t depth):
+    cdef Py_ssize_t n = _count(d, depth, 1), i
+    cdef object val
+    cdef object out = PyTuple_New(n)
+    d.kinds[depth] = K_TUPLE
+    for i in range(n):
+        d.idx[depth] = i
+        val = _dec(d, depth + 1)
+        Py_INCREF(val)
+        PyTuple_SET_ITEM(out, i, val)
+    return out
+
+
+cdef inline object _dec_key(Decoder d, Py_ssize_t depth):
+    # A dict key or field name: short str keys come from the key cache.
+    cdef uint32_t n32
+    cdef const char* p
+    if d.pos + 5 <= d.end and <unsigned char>d.base[d.pos] == T_STR:
+        memcpy(&n32, d.base + d.pos + 1, 4)
+        if n32 <= KEY_MAX and n32 <= d.end - d.pos - 5:
+            p = d.base + d.pos + 5
+            d.pos += 5 + n32
+            return _key(p, n32, d.base + d.end)
+    return _dec(d, depth)

@@ -9,6 +9,13 @@ cdef inline int _reserve(Encoder e, Py_ssize_t n) except -1:
         e._grow(n)
     return 0
 
+cdef inline char* _room(Encoder e, Py_ssize_t n) except NULL:
+    # Where the next n bytes go. Writers fill them through this local pointer and advance `pos` once: a store
+    # through a char* may alias the encoder, so writing through e.buf would reload it after every byte.
+    if e.pos + n > e.cap:
+        e._grow(n)
+    return e.buf + e.pos
+
 cdef inline void _put_u8(Encoder e, unsigned char v) noexcept:
     e.buf[e.pos] = <char>v
     e.pos += 1
@@ -26,50 +33,50 @@ cdef inline void _put_f64(Encoder e, double v) noexcept:
     e.pos += 8
 
 
-cdef inline int _enc_leaf(Encoder e, PyObject* o) except -1:
-    # The common leaves (ASCII str, int, float, None, bool) from a borrowed pointer: no user code can run for
-    # them, so no reference needs taking. 1 if `o` was one of them, 0 for the general path.
-    cdef PyTypeObject* t = Py_TYPE(<object>o)
-    cdef Py_ssize_t n
-    cdef long long iv
-    cdef int overflow = 0
-    if t == &PyUnicode_Type:
-        if not PyUnicode_IS_COMPACT_ASCII(<object>o):
-            return 0
-        n = PyUnicode_GET_LENGTH(<object>o)
-        if n >= OOB_MIN:
-            return 0
-        _reserve(e, 5 + n)
-        _put_u8(e, T_STR)
-        _put_u32(e, <uint32_t>n)
-        memcpy(e.buf + e.pos, PyUnicode_DATA(<object>o), n)
-        e.pos += n
-        return 1
-    if t == &PyLong_Type:
-        iv = PyLong_AsLongLongAndOverflow(<object>o, &overflow)
-        if overflow:
-            return 0
-        _reserve(e, 9)
-        if -128 <= iv <= 127:
-            _put_u8(e, T_INT8)
-            _put_u8(e, <unsigned char>(<signed char>iv))
-        else:
-            _put_u8(e, T_INT64)
-            _put_u64(e, <uint64_t>iv)
-        return 1
-    if t == &PyFloat_Type:
-        _reserve(e, 9)
-        _put_u8(e, T_FLOAT)
-        _put_f64(e, PyFloat_AS_DOUBLE(<object>o))
-        return 1
-    if (<object>o) is None:
-        _reserve(e, 1)
-        _put_u8(e, T_NONE)
-        return 1
-    if t == &PyBool_Type:
-        _reserve(e, 1)
-        _put_u8(e, T_TRUE if (<object>o) is True else T_FALSE)
-        return 1
+cdef inline int _put_head(Encoder e, unsigned char tag, uint32_t n) except -1:
+    # A tag and a u32 count or length.
+    cdef char* p = _room(e, 5)
+    p[0] = <char>tag
+    memcpy(p + 1, &n, 4)
+    e.pos += 5
+    return 0
+
+
+cdef inline int _put_str(Encoder e, const void* data, Py_ssize_t n) except -1:
+    # A str's UTF-8 bytes, inline (n < OOB_MIN, so n fits the u32).
+    cdef uint32_t n32 = <uint32_t>n
+    cdef char* p = _room(e, 5 + n)
+    p[0] = <char>T_STR
+    memcpy(p + 1, &n32, 4)
+    fs_copy(p + 5, data, n)
+    e.pos += 5 + n
+    return 0
+
+
+cdef inline int _put_int(Encoder e, long long v) except -1:
+    cdef char* p = _room(e, 9)
+    if -128 <= v <= 127:
+        p[0] = <char>T_INT8
+        p[1] = <char>(<signed char>v)
+        e.pos += 2
+    else:
+        p[0] = <char>T_INT64
+        memcpy(p + 1, &v, 8)
+        e.pos += 9
+    return 0
+
+
+cdef inline int _put_float(Encoder e, double v) except -1:
+    cdef char* p = _room(e, 9)
+    p[0] = <char>T_FLOAT
+    memcpy(p + 1, &v, 8)
+    e.pos += 9
+    return 0
+
+
+cdef inline int _put_byte(Encoder e, unsigned char v) except -1:
+    _room(e, 1)[0] = <char>v
+    e.pos += 1
     return 0
 
 
@@ -147,7 +154,8 @@ cdef class Encoder:
 
     cdef void _release(self):
         cdef char* buf
-        self._keep.clear()
+        if PyList_GET_SIZE(self._keep):
+            del self._keep[:]
         self.noob = 0
         self.prepared = False
         self.busy = False
@@ -164,17 +172,17 @@ cdef class Encoder:
     cdef Py_ssize_t prepare_c(self, object obj) except -1:
         if self.busy:
             raise RuntimeError("this Encoder is already encoding a message; use one Encoder per message")
-        self._keep.clear()
+        # `_keep` is empty here: every prepare ends in a write or a release, and a second prepare before then fails
         self.noob = 0
         self.pos = 0
         self.data_size = 0
         self.busy = True
         try:
-            self._enc(obj, 0)
+            _enc(self, <PyObject*>obj, 0)
         except BaseException:
             self._release()
             raise
-        if self.pos > 0xFFFFFFFF:
+        if self.pos > FS_U32_MAX:
             self._release()
             raise SerializationError(f"cannot serialize {_describe(obj)} at obj: the message's structure takes "
                                      f"{self.pos} bytes, more than 4 GiB; split it into several messages")
@@ -258,10 +266,9 @@ cdef class Encoder:
             PyBuffer_Release(&view)
         return total
 
-    def encode(self, obj):
-        """Encode `obj` into a new bytes object."""
+    cdef bytes encode_c(self, object obj):
         cdef Py_ssize_t n = self.prepare_c(obj)
-        cdef object out
+        cdef bytes out
         try:
             out = PyBytes_FromStringAndSize(NULL, n)
         except BaseException:
@@ -270,73 +277,20 @@ cdef class Encoder:
         self.write_to(PyBytes_AS_STRING(out))
         return out
 
-    # -- the walk ------------------------------------------------------------------------------------------------
+    def encode(self, obj):
+        """Encode `obj` into a new bytes object."""
+        return self.encode_c(obj)
 
-    cdef int _enc(self, object obj, Py_ssize_t depth) except -1:
-        cdef type t
-        cdef Py_ssize_t n, i, ppos
-        cdef PyObject* k
-        cdef PyObject* v
-        cdef object key, val
-        if _enc_leaf(self, <PyObject*>obj):
-            return 0
-        t = type(obj)
+    # -- the cold paths of the walk (see `_enc` below the class) ---------------------------------------------------
+
+    cdef int _enc_rest(self, object obj, Py_ssize_t depth) except -1:
+        # Every type but the common ones `_enc` handles itself.
+        cdef type t = type(obj)
+        cdef Py_ssize_t n, i
         if t is str:                # not ASCII, or long enough to go out of band
             return self._enc_str_slow(obj, depth)
         if t is int:                # beyond 64 bits
             return self._enc_int_big(obj, depth)
-        if t is dict:
-            self._enter(obj, depth, K_DICT)
-            n = PyDict_Size(obj)
-            _reserve(self, 5)
-            _put_u8(self, T_DICT)
-            _put_u32(self, <uint32_t>n)
-            ppos = 0
-            i = 0
-            while PyDict_Next(obj, &ppos, &k, &v):
-                if i >= n:
-                    break
-                self.idx[depth] = 2 * i
-                if not _enc_leaf(self, k):
-                    # encoding this key may run user code (a serializer) that changes the dict: hold the value
-                    val = <object>v
-                    key = <object>k
-                    self._enc(key, depth + 1)
-                    self.idx[depth] = 2 * i + 1
-                    self._enc(val, depth + 1)
-                else:
-                    self.idx[depth] = 2 * i + 1
-                    if not _enc_leaf(self, v):
-                        val = <object>v
-                        self._enc(val, depth + 1)
-                i += 1
-            if i != n or PyDict_Size(obj) != n:
-                raise self._fail(obj, depth, "the dict changed size while it was being serialized")
-            return 0
-        if t is list or t is tuple:
-            self._enter(obj, depth, K_LIST if t is list else K_TUPLE)
-            n = Py_SIZE(obj)
-            if n > 0xFFFFFFFF:
-                raise self._fail(obj, depth, "more than 2**32 items; split it")
-            _reserve(self, 5)
-            _put_u8(self, T_LIST if t is list else T_TUPLE)
-            _put_u32(self, <uint32_t>n)
-            if t is list:
-                for i in range(n):
-                    if i >= PyList_GET_SIZE(obj):
-                        raise self._fail(obj, depth, "the list changed size while it was being serialized")
-                    self.idx[depth] = i
-                    if not _enc_leaf(self, PyList_GET_ITEM(obj, i)):
-                        val = <object>PyList_GET_ITEM(obj, i)
-                        self._enc(val, depth + 1)
-                if PyList_GET_SIZE(obj) != n:
-                    raise self._fail(obj, depth, "the list changed size while it was being serialized")
-            else:
-                for i in range(n):
-                    self.idx[depth] = i
-                    if not _enc_leaf(self, PyTuple_GET_ITEM(obj, i)):
-                        self._enc(<object>PyTuple_GET_ITEM(obj, i), depth + 1)
-            return 0
         if t is bytes:
             return self._enc_blob(T_BYTES, T_BYTES_OOB, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj), obj)
         if t is _ndarray:
@@ -353,7 +307,7 @@ cdef class Encoder:
                                   PyByteArray_GET_SIZE(obj),
                                   memoryview(obj) if PyByteArray_GET_SIZE(obj) >= OOB_MIN else obj)
         if t is set or t is frozenset:
-            self._enter(obj, depth, K_SET)
+            _enter(self, obj, depth, K_SET)
             n = len(obj)
             _reserve(self, 5)
             _put_u8(self, T_SET if t is set else T_FROZENSET)
@@ -361,29 +315,25 @@ cdef class Encoder:
             i = 0
             for val in obj:     # a set that changes size while iterated raises RuntimeError here
                 self.idx[depth] = i
-                self._enc(val, depth + 1)
+                _enc(self, <PyObject*>val, depth + 1)
                 i += 1
             return 0
         return self._enc_other(obj, depth)
 
-    cdef int _enter(self, object obj, Py_ssize_t depth, int kind) except -1:
+    cdef int _too_deep(self, object obj, Py_ssize_t depth) except -1:
         cdef Py_ssize_t d
-        if depth >= MAX_DEPTH:
-            seen = {}
-            for d in range(depth):
-                p = <size_t>self.stack[d]
-                first = seen.get(p)
-                if first is not None:
-                    raise SerializationError(
-                        f"cannot serialize {_describe(<object>self.stack[<Py_ssize_t>first])} at "
-                        f"{_join_path(self._segments(first))}: it contains itself (found again at "
-                        f"{_join_path(self._segments(d))}); break the cycle before sending it")
-                seen[p] = d
-            raise self._fail(obj, depth, f"it is nested more than {MAX_DEPTH} levels deep; flatten it, or "
-                                         f"pickle it by hand into bytes")
-        self.stack[depth] = <PyObject*>obj
-        self.kinds[depth] = kind
-        return 0
+        seen = {}
+        for d in range(depth):
+            p = <size_t>self.stack[d]
+            first = seen.get(p)
+            if first is not None:
+                raise SerializationError(
+                    f"cannot serialize {_describe(<object>self.stack[<Py_ssize_t>first])} at "
+                    f"{_join_path(self._segments(first))}: it contains itself (found again at "
+                    f"{_join_path(self._segments(d))}); break the cycle before sending it")
+            seen[p] = d
+        raise self._fail(obj, depth, f"it is nested more than {MAX_DEPTH} levels deep; flatten it, or "
+                                     f"pickle it by hand into bytes")
 
     def _segments(self, Py_ssize_t depth):
         # The path from the message's root to the object at `depth`, from the containers on the walk's stack.
@@ -448,7 +398,7 @@ cdef class Encoder:
             _put_u8(self, tag_oob)
             self._add_oob(p, n, owner, False)
             return 0
-        if n > 0xFFFFFFFF:
+        if n > FS_U32_MAX:
             raise SerializationError("cannot serialize a string of more than 4 GiB")
         _reserve(self, 5 + n)
         _put_u8(self, tag_inline)
@@ -544,7 +494,7 @@ cdef class Encoder:
                 _put_u8(self, T_PICKLED)
                 _put_u64(self, entry.code)
                 return self._enc_blob(T_BYTES, T_BYTES_OOB, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), data)
-            self._enter(obj, depth, K_CUSTOM)
+            _enter(self, obj, depth, K_CUSTOM)
             try:
                 value = entry.serializer(obj)
             except Exception as exc:
@@ -554,7 +504,7 @@ cdef class Encoder:
             _put_u8(self, T_CUSTOM)
             _put_u64(self, entry.code)
             self.idx[depth] = 0
-            return self._enc(value, depth + 1)
+            return _enc(self, <PyObject*>value, depth + 1)
         if isinstance(obj, _np_generic):
             return self._enc_npscalar(obj, depth)
         raise self._fail(obj, depth, _unregistered_reason(self.registry, t))
@@ -565,7 +515,7 @@ cdef class Encoder:
         cdef PyObject* k
         cdef PyObject* v
         cdef object key, val
-        self._enter(obj, depth, K_FIELDS)
+        _enter(self, obj, depth, K_FIELDS)
         _reserve(self, 13)
         _put_u8(self, T_OBJECT)
         _put_u64(self, entry.code)
@@ -579,20 +529,131 @@ cdef class Encoder:
                 if type(key) is not str:
                     raise self._fail(obj, depth, f"its __dict__ has a key that is not a str: {_short_repr(key)}")
                 self.idx[depth] = i
-                self._enc(key, depth + 1)
-                self._enc(val, depth + 1)
+                _enc(self, <PyObject*>key, depth + 1)
+                _enc(self, <PyObject*>val, depth + 1)
                 i += 1
         for name in entry.slots:
             val = getattr(obj, name, _MISSING)
             if val is _MISSING:
                 continue
             self.idx[depth] = i
-            self._enc(name, depth + 1)
-            self._enc(val, depth + 1)
+            _enc(self, <PyObject*>name, depth + 1)
+            _enc(self, <PyObject*>val, depth + 1)
             i += 1
         count = <uint32_t>i
         memcpy(self.buf + count_at, &count, 4)
         return 0
+
+
+# -- the walk: module-level functions, so that they call each other directly ------------------------------------
+
+cdef inline int _enter(Encoder e, object obj, Py_ssize_t depth, int kind) except -1:
+    # Note a container on the path (for error messages), refusing depth past the limit.
+    if depth >= MAX_DEPTH:
+        return e._too_deep(obj, depth)
+    e.stack[depth] = <PyObject*>obj
+    e.kinds[depth] = kind
+    return 0
+
+
+cdef int _enc(Encoder e, PyObject* o, Py_ssize_t depth) except -1:
+    # Exact types, most frequent first. `o` is borrowed: the leaves run no user code, so they are written from the
+    # pointer; a container or any other object is passed on as a reference, held for as long as it is walked (a
+    # serializer inside it may drop it from its parent).
+    cdef PyTypeObject* t = Py_TYPE(<object>o)
+    cdef Py_ssize_t n
+    cdef long long v
+    cdef int overflow = 0
+    if t == &PyUnicode_Type:
+        if PyUnicode_IS_COMPACT_ASCII(<object>o):
+            n = PyUnicode_GET_LENGTH(<object>o)
+            if n < OOB_MIN:
+                return _put_str(e, PyUnicode_DATA(<object>o), n)
+        return _enc_held(e, o, depth)
+    if t == &PyLong_Type:
+        if not fs_long_small(<object>o, &v):
+            v = PyLong_AsLongLongAndOverflow(<object>o, &overflow)
+            if overflow:
+                return _enc_held(e, o, depth)
+        return _put_int(e, v)
+    if t == &PyFloat_Type:
+        return _put_float(e, PyFloat_AS_DOUBLE(<object>o))
+    if t == &PyDict_Type:
+        return _enc_dict(e, o, depth)
+    if t == &PyList_Type:
+        return _enc_list(e, o, depth)
+    if o == <PyObject*>Py_None:
+        return _put_byte(e, T_NONE)
+    if t == &PyBool_Type:
+        return _put_byte(e, T_TRUE if o == <PyObject*>Py_True else T_FALSE)
+    if t == &PyTuple_Type:
+        return _enc_tuple(e, o, depth)
+    return _enc_held(e, o, depth)
+
+
+cdef int _enc_held(Encoder e, PyObject* o, Py_ssize_t depth) except -1:
+    cdef object obj = <object>o      # held while it is encoded
+    return e._enc_rest(obj, depth)
+
+
+cdef int _enc_dict(Encoder e, PyObject* o, Py_ssize_t depth) except -1:
+    cdef object obj = <object>o      # held while it is walked
+    cdef Py_ssize_t n = PyDict_Size(obj), ppos = 0, i = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef object key, val
+    _enter(e, obj, depth, K_DICT)
+    _put_head(e, T_DICT, <uint32_t>n)
+    while PyDict_Next(obj, &ppos, &k, &v):
+        if i >= n:
+            break
+        e.idx[depth] = 2 * i
+        if Py_TYPE(<object>k) == &PyUnicode_Type and PyUnicode_IS_COMPACT_ASCII(<object>k) \
+                and PyUnicode_GET_LENGTH(<object>k) < OOB_MIN:
+            _put_str(e, PyUnicode_DATA(<object>k), PyUnicode_GET_LENGTH(<object>k))
+            e.idx[depth] = 2 * i + 1
+            _enc(e, v, depth + 1)
+        else:
+            # encoding this key may run user code (a serializer) that changes the dict: hold the pair
+            key = <object>k
+            val = <object>v
+            _enc(e, k, depth + 1)
+            e.idx[depth] = 2 * i + 1
+            _enc(e, v, depth + 1)
+        i += 1
+    if i != n or PyDict_Size(obj) != n:
+        raise e._fail(obj, depth, "the dict changed size while it was being serialized")
+    return 0
+
+
+cdef int _enc_list(Encoder e, PyObject* o, Py_ssize_t depth) except -1:
+    cdef object obj = <object>o      # held while it is walked
+    cdef Py_ssize_t n = PyList_GET_SIZE(obj), i
+    _enter(e, obj, depth, K_LIST)
+    if n > FS_U32_MAX:
+        raise e._fail(obj, depth, "more than 2**32 items; split it")
+    _put_head(e, T_LIST, <uint32_t>n)
+    for i in range(n):
+        if i >= PyList_GET_SIZE(obj):       # a serializer below changed the list
+            raise e._fail(obj, depth, "the list changed size while it was being serialized")
+        e.idx[depth] = i
+        _enc(e, PyList_GET_ITEM(obj, i), depth + 1)
+    if PyList_GET_SIZE(obj) != n:
+        raise e._fail(obj, depth, "the list changed size while it was being serialized")
+    return 0
+
+
+cdef int _enc_tuple(Encoder e, PyObject* o, Py_ssize_t depth) except -1:
+    cdef object obj = <object>o      # held while it is walked
+    cdef Py_ssize_t n = PyTuple_GET_SIZE(obj), i
+    _enter(e, obj, depth, K_TUPLE)
+    if n > FS_U32_MAX:
+        raise e._fail(obj, depth, "more than 2**32 items; split it")
+    _put_head(e, T_TUPLE, <uint32_t>n)
+    for i in range(n):
+        e.idx[depth] = i
+        _enc(e, PyTuple_GET_ITEM(obj, i), depth + 1)
+    return 0
 
 
 def _field_names(entry, obj):

@@ -105,31 +105,31 @@ cdef enum:
     MAX_DIMS = 64               # numpy's own limit, and the codec's
 
 
-cdef uint32_t _crc_table[256]
+cdef extern from "zlib.h":
+    unsigned long crc32_z(unsigned long crc, const uint8_t* buf, size_t n) nogil
 
-cdef void _crc_init() noexcept:
-    cdef uint32_t c, n, k
-    for n in range(256):
-        c = n
-        for k in range(8):
-            c = ((<uint32_t>0xEDB88320U) ^ (c >> 1)) if (c & 1) else (c >> 1)
-        _crc_table[n] = c
+cdef enum:
+    CRC_NOGIL = 65536           # records at least this long are checksummed with the GIL released
 
-_crc_init()
 
 cdef inline uint32_t _crc32(const uint8_t* p, size_t n, uint32_t crc) noexcept nogil:
-    # the same value as zlib.crc32(data, crc)
-    cdef size_t i
-    crc = ~crc
-    for i in range(n):
-        crc = _crc_table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8)
-    return ~crc
+    # zlib's (table-driven, several bytes a step): the same value as zlib.crc32(data, crc). zlib reads a NULL
+    # buffer as a request for the initial value, so no bytes are no call.
+    if n == 0:
+        return crc
+    return <uint32_t>crc32_z(crc, p, n)
 
 
 def crc32(data, uint32_t crc=0):
     """zlib.crc32, as the journal computes it (exposed for tests)."""
     cdef const uint8_t[:] view = data
-    return _crc32(&view[0] if view.shape[0] else NULL, view.shape[0], crc)
+    cdef const uint8_t* p = &view[0] if view.shape[0] else NULL
+    cdef size_t n = view.shape[0]
+    if n >= CRC_NOGIL:
+        with nogil:
+            crc = _crc32(p, n, crc)
+        return crc
+    return _crc32(p, n, crc)
 
 
 _SHM_EXHAUSTED = ("shared memory is exhausted: /dev/shm has no space left for the store; free space in /dev/shm "
@@ -786,7 +786,11 @@ cdef class Arena:
             memset(body + 28, 0, 4)
             length = <uint32_t>(32 + o.size)
             crc = _crc32(body, 32, 0)
-            crc = _crc32(<uint8_t*>o + OBJ_HEADER, o.size, crc)
+            if o.size >= CRC_NOGIL:     # the caller holds a count on the block: it stays put without the GIL
+                with nogil:
+                    crc = _crc32(<uint8_t*>o + OBJ_HEADER, o.size, crc)
+            else:
+                crc = _crc32(<uint8_t*>o + OBJ_HEADER, o.size, crc)
             at = PyByteArray_GET_SIZE(out)
             PyByteArray_Resize(out, at + 8 + length)
             p = PyByteArray_AS_STRING(out) + at

@@ -9,22 +9,10 @@ from _fastser import _codec
 on_register = None
 
 
-def dumps(obj) -> bytes:
-    """Encode `obj` into bytes.
-
-    Native types (None, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset), numpy
-    scalars and arrays, and instances of registered classes. Raises `SerializationError` naming the object, where it
-    sits in `obj`, and the fix.
-    """
-    return _codec.dumps(obj)
-
-
-def loads(buffer):
-    """Decode a message from any object with the buffer protocol.
-
-    numpy arrays come back as read-only views into `buffer`, which they keep alive. Bad input raises `DecodeError`.
-    """
-    return _codec.loads(buffer)
+# The compiled functions themselves, not wrappers: a Python frame around each would cost more than encoding a small
+# message. Their docstrings are in _fastser/_codec.pyx.
+dumps = _codec.dumps
+loads = _codec.loads
 
 
 def register_class(cls, *, pickle=False, serializer=None, deserializer=None):

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class Result:
     baseline: Optional[str] = None           # the impl this row's ratio is against
     ratio_vs_baseline: Optional[float] = None
     note: str = ""                           # why the row is n/a, or what it measures exactly
+    rounds: Optional[list] = None            # seconds per op in each round, when measured in rounds
 
     @property
     def ops_per_s(self) -> Optional[float]:
@@ -44,6 +46,7 @@ class Result:
             "baseline": self.baseline,
             "ratio_vs_baseline": self.ratio_vs_baseline,
             "note": self.note,
+            "rounds": self.rounds,
         }
 
 
@@ -103,6 +106,32 @@ def time_ops(fns: dict, *, repeat: int = 7, number: Optional[int] = None, durati
         if gc_was_enabled:
             gc.enable()
     return {name: best[name] / numbers[name] for name in fns}
+
+
+def time_rounds(fns: dict, *, rounds: int = 5, number: Optional[int] = None, duration: float = 0.2) -> dict:
+    """Seconds per call of each callable in `fns`, one figure per round: name -> [seconds, ...].
+
+    Each round times every callable once, one after the other, so that the figures of one round share the
+    machine's load of that moment: a ratio taken within a round is fair, and the median of a case over the rounds
+    shrugs off a disturbed one. Loop sizes are fixed once, as in `time_ops`; the garbage collector is off.
+    """
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        numbers = {name: _calibrate(fn, number, duration) for name, fn in fns.items()}
+        out = {name: [] for name in fns}
+        for _ in range(max(1, rounds)):
+            for name, fn in fns.items():
+                out[name].append(_loop(fn, numbers[name]) / numbers[name])
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return out
+
+
+def median_spread(values: list) -> tuple:
+    """(median, lowest, highest) of `values`."""
+    return statistics.median(values), min(values), max(values)
 
 
 def time_op(fn: Callable[[], object], *, repeat: int = 7, number: Optional[int] = None,

@@ -1,8 +1,14 @@
-"""The codec against pickle (the baseline), cloudpickle and msgspec, measured in the same run.
+"""The codec against pickle (the baseline), cloudpickle, msgspec and ormsgpack, measured in the same run.
 
 Payloads: a small message, a list of 100 distinct small dicts, an instance of a registered class, numpy arrays
 encoded straight into a preallocated buffer (against `np.copyto` into one), and numpy arrays decoded (zero copy,
-against `pickle.loads`). Ends with the codec's targets, each marked pass or fail.
+against `pickle.loads`). The first three run in alternating rounds (every implementation once per round); each
+figure is the median over the rounds, and the codec's ratios to msgspec and ormsgpack are medians of the ratios
+within each round, printed with their spread. Ends with the codec's targets, each marked pass or fail.
+
+The class payload is a plain class registered with the codec; msgspec and ormsgpack, which know no registry, get
+the same five fields as a dataclass, which both encode natively, and must give one back: msgspec decodes into it
+(`Decoder(type=ReadingRecord)`), ormsgpack decodes a dict that `ReadingRecord(**d)` turns into one.
 
     python -m benchmarks.bench_serialize                     # full run, 100 MB arrays
     python -m benchmarks.bench_serialize --quick --json x.json
@@ -10,6 +16,7 @@ against `pickle.loads`). Ends with the codec's targets, each marked pass or fail
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import pickle
 import re
@@ -19,7 +26,8 @@ import numpy as np
 
 import actors
 from _fastser import Encoder
-from benchmarks._harness import Result, add_ratios, parent_parser, print_machine, print_table, time_ops, write_json
+from benchmarks._harness import (Result, add_ratios, median_spread, parent_parser, print_machine, print_table,
+                                 time_ops, time_rounds, write_json)
 
 try:
     import cloudpickle
@@ -29,6 +37,10 @@ try:
     import msgspec.msgpack
 except ImportError:         # pragma: no cover - an optional peer
     msgspec = None
+try:
+    import ormsgpack
+except ImportError:         # pragma: no cover - an optional peer
+    ormsgpack = None
 
 PAYLOADS = ("small", "list100", "class", "array-encode", "array-decode")
 DEFAULT_SIZES = "1KB,1MB,100MB"
@@ -41,6 +53,12 @@ TARGETS = {
     "array-encode": 0.8,    # encoding into a buffer at least this fast relative to np.copyto into one
 }
 DECODE_TARGET_S = 20e-6     # zero-copy array decode at every size
+PEER_TARGETS = {            # roundtrip at least as fast as this peer, in the same run
+    "small": "msgspec.msgpack",
+    "list100": "msgspec.msgpack",
+    "class": "ormsgpack",
+}
+MIN_ROUNDS = 3
 
 
 class Reading:
@@ -55,6 +73,17 @@ class Reading:
 
     def __eq__(self, other):
         return type(other) is Reading and vars(self) == vars(other)
+
+
+@dataclasses.dataclass
+class ReadingRecord:
+    """The class payload for the peers that know no class registry: the same five fields, as a dataclass."""
+
+    sensor: str
+    seq: int
+    value: float
+    unit: str
+    ok: bool
 
 
 def small_message():
@@ -111,7 +140,7 @@ def touched(nbytes: int) -> np.ndarray:
 
 # -- the implementations ---------------------------------------------------------------------------------------------
 
-def roundtrip_impls():
+def roundtrip_impls(payload_name: str):
     """(impl name, encode, decode) for every peer, or (name, None, reason) when it is not installed."""
     impls = [
         ("actors", actors.dumps, actors.loads),
@@ -121,47 +150,90 @@ def roundtrip_impls():
         impls.append(("cloudpickle", lambda obj: cloudpickle.dumps(obj, protocol=5), pickle.loads))
     else:
         impls.append(("cloudpickle", None, "not installed"))
+    record = payload_name == "class"
     if msgspec is not None:
-        enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+        enc = msgspec.msgpack.Encoder()
+        dec = msgspec.msgpack.Decoder(ReadingRecord) if record else msgspec.msgpack.Decoder()
         impls.append(("msgspec.msgpack", enc.encode, dec.decode))
     else:
         impls.append(("msgspec.msgpack", None, "not installed"))
+    if ormsgpack is not None:
+        unpack = ormsgpack.unpackb
+        impls.append(("ormsgpack", ormsgpack.packb,
+                      (lambda data: ReadingRecord(**unpack(data))) if record else unpack))
+    else:
+        impls.append(("ormsgpack", None, "not installed"))
     return impls
 
 
-def bench_roundtrip(payload_name: str, obj, timing: dict) -> list:
-    """Encode, decode, and both, for every impl; each measurement interleaves the impls (see `time_ops`)."""
+def peer_payload(impl: str, payload_name: str, obj):
+    """What `impl` encodes for a payload: the class payload becomes a dataclass for the peers without a registry."""
+    if payload_name == "class" and impl in ("msgspec.msgpack", "ormsgpack"):
+        return ReadingRecord(**vars(obj))
+    return obj
+
+
+def bench_roundtrip(payload_name: str, obj, timing: dict, rounds: int) -> list:
+    """Encode, decode, and both, for every impl, in `rounds` alternating rounds (see `time_rounds`)."""
     results, runnable = [], {}
-    for impl, encode, decode in roundtrip_impls():
+    for impl, encode, decode in roundtrip_impls(payload_name):
         note = None
+        mine = peer_payload(impl, payload_name, obj)
         if encode is None:
             note = f"n/a: {decode}"
         else:
             try:
-                data = encode(obj)
+                data = encode(mine)
                 back = decode(data)
             except Exception as exc:    # e.g. msgspec and a class it does not know
                 note = f"n/a: {type(exc).__name__}: {exc}"
                 note = note if len(note) <= 70 else note[:67] + "..."
             else:
-                if back != obj:
+                if back != mine:
                     raise AssertionError(f"{impl} does not round-trip the {payload_name} payload")
-                runnable[impl] = (encode, decode, data)
+                runnable[impl] = (encode, decode, data, mine)
         if note is not None:
             results.extend(Result(bench, payload_name, impl, None, note=note)
                            for bench in ("encode", "decode", "roundtrip"))
     ops = {
-        "encode": lambda enc, dec, data: lambda: enc(obj),
-        "decode": lambda enc, dec, data: lambda: dec(data),
-        "roundtrip": lambda enc, dec, data: lambda: dec(enc(obj)),
+        "encode": lambda enc, dec, data, mine: lambda: enc(mine),
+        "decode": lambda enc, dec, data, mine: lambda: dec(data),
+        "roundtrip": lambda enc, dec, data, mine: lambda: dec(enc(mine)),
     }
+    timing = {"number": timing["number"], "duration": timing["duration"]}
     for bench, make in ops.items():
-        seconds = time_ops({impl: make(*args) for impl, args in runnable.items()}, **timing)
-        results.extend(Result(bench, payload_name, impl, t) for impl, t in seconds.items())
-    order = [impl for impl, _, _ in roundtrip_impls()]
+        per_round = time_rounds({impl: make(*args) for impl, args in runnable.items()}, rounds=rounds, **timing)
+        results.extend(Result(bench, payload_name, impl, median_spread(t)[0], rounds=t)
+                       for impl, t in per_round.items())
+    order = [impl for impl, _, _ in roundtrip_impls(payload_name)]
     results.sort(key=lambda r: order.index(r.impl))
     add_ratios(results, "pickle")
     return results
+
+
+def peer_ratios(results: list) -> list:
+    """(benchmark, payload, peer, median, lowest, highest) of the codec's speed relative to each peer: in each
+    round the peer's time over the codec's, so above 1.0 the codec is faster."""
+    rows = []
+    mine = {(r.benchmark, r.payload): r for r in results if r.impl == "actors" and r.rounds}
+    for r in results:
+        base = mine.get((r.benchmark, r.payload))
+        if base is None or r.impl in ("actors", "pickle", "cloudpickle") or not r.rounds:
+            continue
+        ratios = [peer / own for peer, own in zip(r.rounds, base.rounds)]
+        rows.append((r.benchmark, r.payload, r.impl, *median_spread(ratios)))
+    return rows
+
+
+def print_peer_ratios(rows: list, payload: str) -> None:
+    rows = [row for row in rows if row[1] == payload]
+    if not rows:
+        return
+    print(f"  actors vs peers (peer time / actors time per round; median [lowest-highest] of the rounds):")
+    for bench in dict.fromkeys(row[0] for row in rows):
+        cells = [f"{peer} {median:.2f}x [{low:.2f}-{high:.2f}]"
+                 for b, _, peer, median, low, high in rows if b == bench]
+        print(f"    {bench:<10} " + "   ".join(cells))
 
 
 def bench_array_encode(sizes: list, timing: dict) -> list:
@@ -241,11 +313,19 @@ def targets(results: list) -> list:
                 return r
         return None
 
+    peers = {(bench, payload, peer): (median, low, high) for bench, payload, peer, median, low, high in
+             peer_ratios(results)}
     for name, label in (("small", "small message"), ("list100", "list of 100 dicts"), ("class", "class instance")):
         r = find("roundtrip", name, "actors")
         if r is not None and r.ratio_vs_baseline is not None:
             out.append((f"{label}: encode+decode >= {TARGETS[name]:.1f}x pickle",
                         f"{r.ratio_vs_baseline:.2f}x", r.ratio_vs_baseline >= TARGETS[name]))
+        found = peers.get(("roundtrip", name, PEER_TARGETS[name]))
+        if found is not None:
+            median, low, high = found
+            peer = PEER_TARGETS[name] + (" with a dataclass" if name == "class" else "")
+            out.append((f"{label}: encode+decode >= 1.0x {peer} (median of the rounds)",
+                        f"{median:.2f}x [{low:.2f}-{high:.2f}]", median >= 1.0))
     encodes = [r for r in results if r.benchmark == "encode-into" and r.impl.startswith("actors")]
     if encodes:
         largest = encodes[-1]
@@ -295,9 +375,10 @@ def main(argv=None) -> int:
     reading_cls = importlib.import_module("benchmarks.bench_serialize").Reading
     actors.register_class(reading_cls)
     print_machine()
+    rounds = max(MIN_ROUNDS, timing["repeat"])
     per_repeat = f"{timing['number']} calls" if timing["number"] else f"~{timing['duration']}s"
-    print(f"timing: best of {timing['repeat']} repeats of {per_repeat} each; "
-          f"ratio = baseline time / impl time (higher is faster)")
+    print(f"timing: small, list100 and class: median of {rounds} alternating rounds of {per_repeat} per impl; "
+          f"arrays: best of {timing['repeat']} repeats; ratio = baseline time / impl time (higher is faster)")
     if args.quick:
         print("--quick: a smoke run; its figures are too short-lived to compare or to quote")
 
@@ -312,8 +393,9 @@ def main(argv=None) -> int:
             continue
         if name in roundtrip_payloads:
             title, obj = roundtrip_payloads[name]
-            rows = bench_roundtrip(name, obj, timing)
+            rows = bench_roundtrip(name, obj, timing, rounds)
             print_table(f"{name}: {title}", rows, baseline_label="vs pickle")
+            print_peer_ratios(peer_ratios(rows), name)
         elif name == "array-encode":
             rows = bench_array_encode(sizes, timing)
             for payload in dict.fromkeys(r.payload for r in rows):
@@ -332,7 +414,9 @@ def main(argv=None) -> int:
         print_targets(target_rows)
     if args.json:
         write_json(args.json, results,
-                   targets=[{"target": d, "measured": m, "pass": ok} for d, m, ok in target_rows])
+                   targets=[{"target": d, "measured": m, "pass": ok} for d, m, ok in target_rows],
+                   peer_ratios=[{"benchmark": b, "payload": p, "peer": peer, "median": med, "lowest": low,
+                                 "highest": high} for b, p, peer, med, low, high in peer_ratios(results)])
         print(f"\nwrote {args.json}")
     return 0
 
