@@ -35,7 +35,7 @@ from actors._exceptions import (
     SupervisionError as SupervisionError,
     UnknownClassError as UnknownClassError,
 )
-from actors._runtime.driver import run as run
+from actors._runtime.driver import open_system as open_system, run as run
 from actors._runtime.supervise import Terminated as Terminated
 from actors._runtime.system import System as System
 

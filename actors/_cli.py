@@ -1,4 +1,5 @@
-"""The `actors` command: `actors run app.py` (or `module:function`), `actors cleanup` and `actors --version`."""
+"""The `actors` command: `actors run app.py` (or `module:function`), `actors status`, `actors cleanup` and
+`actors --version`."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,11 @@ def _cleanup(args) -> int:
     live = [n for n in _store.our_segments() if _store.owner_alive(n)]
     print(f"{len(removed)} stale segment(s) removed; {len(live)} in use by running systems")
     return 0
+
+
+def _status(args) -> int:
+    from actors import _status
+    return _status.main(args)
 
 
 def _run(args) -> int:
@@ -48,7 +54,15 @@ def parser() -> argparse.ArgumentParser:
                           "the same directory to recover them")
     run.add_argument("--stop-timeout", type=float, default=5.0,
                      help="seconds to wait for actors to stop gracefully before killing them (default 5)")
+    run.add_argument("--log-level", default="INFO", type=str.upper,
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                     help="the lowest level of log records shown, the actors' included (default INFO)")
     run.set_defaults(func=_run)
+    status = sub.add_parser("status", help="show every running system of yours: its actors and its store")
+    status.add_argument("--watch", action="store_true", help="refresh the table like top, until Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    status.add_argument("--count", type=int, default=0, help="with --watch: stop after this many tables")
+    status.set_defaults(func=_status)
     clean = sub.add_parser("cleanup", help="unlink shared memory left behind by crashed systems")
     clean.set_defaults(func=_cleanup)
     return p

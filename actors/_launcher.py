@@ -131,6 +131,25 @@ class Interrupts:
             self.system.main_scope.cancel()
 
 
+class LogLines(logging.Formatter):
+    """`LEVEL logger: message`; a record an actor logged gets its name in front of each line, as the lines it
+    prints do (`[worker] WARNING ...`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        actor = getattr(record, "actor", None)
+        if actor is None:
+            return text
+        return "\n".join(f"[{actor}] {line}" for line in text.split("\n"))
+
+
+def configure_logging(level: str) -> None:
+    """The launcher's logging, which the actors follow: their records are handled here."""
+    logging.basicConfig(level=level.upper())
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(LogLines("%(levelname)s %(name)s: %(message)s"))
+
+
 def main(args) -> int:
     from actors._runtime.driver import run
     # One write per line, as the actors' output pumps do: unbuffered (PYTHONUNBUFFERED, -u), print writes the text
@@ -138,7 +157,7 @@ def main(args) -> int:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True, write_through=False)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     sys.argv = [args.app, *args.args]
     try:
         if args.store_capacity is not None:

@@ -35,7 +35,7 @@ import zlib
 from _fastser import _codec
 from actors._exceptions import PersistenceError
 
-log = logging.getLogger("actors")
+log = logging.getLogger(__name__)
 
 HEAD = struct.Struct("<II")            # length, crc32
 BODY = struct.Struct("<QQQII")         # seq, sender epoch, sender seq, kind, reserved

@@ -13,6 +13,7 @@ import numpy as np
 import actors
 
 SHAPE = (480, 640)
+END = "end"         # asked after the last frame: answered once every frame has gone through
 
 
 class Stage(actors.Actor):
@@ -23,6 +24,8 @@ class Stage(actors.Actor):
         self.downstream = downstream
 
     async def receive(self, frame):
+        if isinstance(frame, str):                # END: behind every frame, on the same connections
+            return await self.downstream.ask(frame)
         assert not frame.flags.writeable          # a view into shared memory, not a copy
         out = actors.shared_array(frame.shape, np.float32)
         if self.op == "scale":
@@ -38,11 +41,10 @@ class Sink(actors.Actor):
         self.total = 0.0
 
     async def receive(self, frame):
+        if isinstance(frame, str):                # END: every frame before it has been added
+            return self.frames, self.total
         self.frames += 1
         self.total += float(frame.sum())
-
-    async def result(self):
-        return self.frames, self.total
 
 
 async def main(system):
@@ -54,10 +56,9 @@ async def main(system):
         frame = actors.shared_array(SHAPE, np.float32)
         frame[:] = i                                # filled in place
         await scale.tell(frame)
-    # every stage handles messages in order: once the sink has all frames, ask for the result
-    while (await sink.proxy.result())[0] < frames:
-        pass
-    count, total = await sink.proxy.result()
+    # Messages from one sender arrive in order, so END, asked after the last frame, reaches each stage behind the
+    # frames; each stage passes it on as an ask, and the sink's answer comes back once it has added every frame.
+    count, total = await scale.ask(END)
     expected = sum(min(i * 0.5, 100.0) for i in range(frames)) * SHAPE[0] * SHAPE[1]
     print(f"{count} frames of {SHAPE[0]}x{SHAPE[1]} float32 through scale -> clip -> sink; "
           f"checksum {total:.0f} (expected {expected:.0f})")

@@ -11,11 +11,16 @@ TEXT = """the quick brown fox jumps over the lazy dog and the dog sleeps while t
 over the hills and far away the fox is quick and the dog is lazy""" * 200
 
 
+END = "end"         # asked of each mapper after its last chunk: answered once the reducer has its counts
+
+
 class Mapper(actors.Actor):
     def __init__(self, reducer):
         self.reducer = reducer
 
     async def receive(self, lines):
+        if lines == END:                                # behind this mapper's counts, on the same connection
+            return await self.reducer.ask(END)
         counts = collections.Counter(word for line in lines for word in line.split())
         await self.reducer.tell(dict(counts))          # fan-in: every mapper tells the one reducer
 
@@ -26,6 +31,8 @@ class Reducer(actors.Actor):
         self.parts = 0
 
     async def receive(self, counts):
+        if counts == END:
+            return self.parts
         self.totals.update(counts)
         self.parts += 1
 
@@ -41,10 +48,10 @@ async def main(system):
     chunks = [lines[i::n * 10] for i in range(n * 10)]
     for i, chunk in enumerate(chunks):                  # fan-out, round robin
         await mappers[i % n].tell(chunk)
-    while True:
-        parts, totals = await reducer.proxy.result()
-        if parts == len(chunks):
-            break
+    for mapper in mappers:                              # every mapper's counts have reached the reducer after this
+        await mapper.ask(END)
+    parts, totals = await reducer.proxy.result()
+    assert parts == len(chunks)
     top = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
     print(f"{n} mappers, {len(chunks)} chunks, {sum(totals.values())} words; top: {top}")
     assert totals == collections.Counter(TEXT.split())

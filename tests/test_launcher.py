@@ -636,3 +636,55 @@ def test_the_drivers_stream_holds_a_partial_line_until_its_end_or_a_flush():
     with _output.whole_lines():
         assert isinstance(sys.stdout, _output.WholeLines) and sys.stdout.stream is saved[0]
     assert (sys.stdout, sys.stderr) == saved
+
+
+# -- logging ----------------------------------------------------------------------------------------------------------
+
+LOGGING_APP = """
+    import logging
+    import sys
+
+    import actors
+
+    class Worker(actors.Actor):
+        async def receive(self, n):
+            log = logging.getLogger("app.worker")
+            log.debug("debug %d", n)
+            log.info("info %d", n)
+            log.warning("warning %d", n)
+            return n
+
+    async def main(system):
+        worker = await system.spawn(Worker, name="worker")
+        await worker.ask(1)
+
+    if __name__ == "__main__":
+        # the program's own configuration, which its actors follow
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="custom|%(levelname)s|%(name)s|%(message)s")
+        actors.run(main)
+"""
+
+
+def test_actors_log_at_the_launchers_level(tmp_path):
+    app = write_app(tmp_path, LOGGING_APP)
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert "[worker] INFO app.worker: info 1" in lines and "[worker] WARNING app.worker: warning 1" in lines
+    assert not [line for line in lines if "DEBUG" in line]
+    proc = run_cli("run", "--log-level", "debug", str(app), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "[worker] DEBUG app.worker: debug 1" in proc.stderr.splitlines()
+    proc = run_cli("run", "--log-level", "error", str(app), cwd=tmp_path)
+    assert proc.returncode == 0 and "warning 1" not in proc.stderr, proc.stderr
+
+
+def test_actors_follow_the_logging_the_program_configured(tmp_path):
+    app = write_app(tmp_path, LOGGING_APP)
+    proc = subprocess.run([sys.executable, str(app)], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    mine = [line for line in proc.stdout.splitlines() if line.startswith("custom|") and "app.worker" in line]
+    assert mine == ["custom|DEBUG|app.worker|debug 1", "custom|INFO|app.worker|info 1",
+                    "custom|WARNING|app.worker|warning 1"]
+    assert "app.worker" not in proc.stderr         # nothing of theirs went around the program's configuration

@@ -545,7 +545,7 @@ def check_chaos(proc, res, context, n, kills):
     # each kill was noticed and the counter restarted from its journal
     assert len(lines_with("actor 'counter' restarted", proc.stderr)) == kills, context
     assert len(lines_with("failed: killed by SIGKILL", proc.stderr)) == kills, context
-    assert lines_with("[counter] INFO actors: actor 'counter' recovered", proc.stderr), context
+    assert lines_with("[counter] INFO actors._runtime.worker: actor 'counter' recovered", proc.stderr), context
     assert "Traceback" not in proc.stderr, context
     return during
 
@@ -727,8 +727,8 @@ def test_a_torn_journal_tail_recovers_up_to_the_last_good_record_with_a_warning(
 
     second = _log_run(app, res, 0)
     assert _logged(second, "recovered") == list(range(250)), second.stderr
-    warning = (f"[log] WARNING actors: journal {path}: a torn record at offset {len(good)}; recovered up to there "
-               f"and cut the rest")
+    warning = (f"[log] WARNING actors._persist: journal {path}: a torn record at offset {len(good)}; recovered up to "
+               f"there and cut the rest")
     assert warning in second.stderr.splitlines(), second.stderr
     # the damage is gone from the file; what was journaled after it follows the good records
     now = open(path, "rb").read()
@@ -756,7 +756,7 @@ def test_a_corrupted_journal_record_recovers_the_records_before_it_with_a_warnin
 
     second = _log_run(app, res, 0)
     assert _logged(second, "recovered") == list(range(item)), second.stderr
-    warning = (f"[log] WARNING actors: journal {path}: a corrupted record (checksum mismatch) at offset {at}; "
+    warning = (f"[log] WARNING actors._persist: journal {path}: a corrupted record (checksum mismatch) at offset {at}; "
                f"recovered up to there and cut the rest")
     assert warning in second.stderr.splitlines(), second.stderr
 
@@ -775,12 +775,12 @@ def test_a_corrupted_latest_snapshot_falls_back_to_the_previous_snapshot_and_the
 
     second = _log_run(app, res, 0)
     assert _logged(second, "recovered") == list(range(250)), second.stderr
-    warning = (f"[log] WARNING actors: snapshot {snap} is damaged: its checksum does not match (torn or "
+    warning = (f"[log] WARNING actors._persist: snapshot {snap} is damaged: its checksum does not match (torn or "
                f"corrupted); ignoring it")
     assert warning in second.stderr.splitlines(), second.stderr
     # it replayed everything journaled after the previous snapshot
-    assert (f"[log] INFO actors: actor 'log' recovered: from its snapshot, {last_seq - prev_seq} journaled "
-            f"message(s) replayed") in second.stderr.splitlines(), second.stderr
+    assert (f"[log] INFO actors._runtime.worker: actor 'log' recovered: from its snapshot, {last_seq - prev_seq} "
+            f"journaled message(s) replayed") in second.stderr.splitlines(), second.stderr
 
 
 def test_both_snapshots_damaged_is_reported_and_nothing_is_loaded_silently(tmp_path):
@@ -792,13 +792,13 @@ def test_both_snapshots_damaged_is_reported_and_nothing_is_loaded_silently(tmp_p
     first_segment = segments(res, "log")[0]
     second = _log_run(app, res, 5)
     warnings = lines_with("WARNING", second.stderr)
-    assert f"[log] WARNING actors: snapshot {res / 'log.snapshot'} is damaged: its checksum does not match (torn or " \
-           f"corrupted); ignoring it" in warnings, second.stderr
-    assert f"[log] WARNING actors: snapshot {res / 'log.snapshot.prev'} is damaged: its checksum does not match " \
-           f"(torn or corrupted); ignoring it" in warnings, second.stderr
+    assert f"[log] WARNING actors._persist: snapshot {res / 'log.snapshot'} is damaged: its checksum does not " \
+           f"match (torn or corrupted); ignoring it" in warnings, second.stderr
+    assert f"[log] WARNING actors._persist: snapshot {res / 'log.snapshot.prev'} is damaged: its checksum does " \
+           f"not match (torn or corrupted); ignoring it" in warnings, second.stderr
     # the journal no longer reaches back to the start: the missing records are named, nothing is half-loaded
-    assert (f"[log] WARNING actors: journal {first_segment[1]}: records 1 to {first_segment[0] - 1} are missing; "
-            f"recovered up to 0") in warnings, second.stderr
+    assert (f"[log] WARNING actors._persist: journal {first_segment[1]}: records 1 to {first_segment[0] - 1} are "
+            f"missing; recovered up to 0") in warnings, second.stderr
     assert _logged(second, "recovered") == []
     assert _logged(second, "final") == list(range(5))
 
@@ -1015,7 +1015,8 @@ def test_snapshots_use_getstate_and_recovery_uses_setstate(tmp_path):
     assert _logged(second, "recovered") == {"balance": sum(range(37)), "history": list(range(37)),
                                             "how": "__setstate__"}
     assert _logged(second, "final")["history"] == list(range(37)) + [0, 1, 2]
-    assert "[account] INFO actors: actor 'account' recovered: from its snapshot" in second.stderr, second.stderr
+    recovered = "[account] INFO actors._runtime.worker: actor 'account' recovered: from its snapshot"
+    assert recovered in second.stderr, second.stderr
 
 
 def test_a_state_that_cannot_be_snapshotted_is_logged_and_the_journal_keeps_everything(tmp_path):
@@ -1025,8 +1026,8 @@ def test_a_state_that_cannot_be_snapshotted_is_logged_and_the_journal_keeps_ever
     assert first.returncode == 0, first.stderr
     assert _logged(first, "final")["history"] == list(range(23))
     errors = lines_with("cannot write a snapshot", first.stderr)
-    assert errors and all(line.startswith("[account] ERROR actors: actor 'account': cannot write a snapshot (the "
-                                          "journal keeps everything): ") for line in errors), first.stderr
+    assert errors and all(line.startswith("[account] ERROR actors._runtime.dispatch: actor 'account': cannot write a "
+                                          "snapshot (the journal keeps everything): ") for line in errors), first.stderr
     assert "lock" in errors[0], errors[0]          # it names what could not be encoded
     assert not os.path.exists(res / "account.snapshot")
 
@@ -1034,7 +1035,8 @@ def test_a_state_that_cannot_be_snapshotted_is_logged_and_the_journal_keeps_ever
     assert second.returncode == 0, second.stderr
     assert _logged(second, "recovered") == {"balance": sum(range(23)), "history": list(range(23)),
                                             "how": "__init__"}
-    assert "[account] INFO actors: actor 'account' recovered: with no snapshot" in second.stderr, second.stderr
+    recovered = "[account] INFO actors._runtime.worker: actor 'account' recovered: with no snapshot"
+    assert recovered in second.stderr, second.stderr
     assert _logged(second, "final")["history"] == list(range(23)) + [0, 1]
 
 

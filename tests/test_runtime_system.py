@@ -10,9 +10,10 @@ from actors import ActorNotFoundError, ActorStoppedError
 from _helpers.actors import (
     Echo,
     Hooks,
+    Pid,
     Stubborn,
 )
-from _helpers.processes import run
+from _helpers.processes import MAIN_TIMEOUT, run
 
 
 def test_spawn_names_and_default_name():
@@ -64,5 +65,95 @@ def test_stop_kills_an_actor_that_does_not_stop_in_time():
             await system.lookup("stubborn")
         with pytest.raises(ActorStoppedError):
             await ref.ask("anything", timeout=30)
+
+    run(main)
+
+
+# -- open_system: a system inside a trio program ----------------------------------------------------------------------
+
+def _embedded(body, **options):
+    """trio.run of `body(system)` inside `async with actors.open_system()`, beside another task of the program."""
+    import trio
+
+    import actors
+
+    async def program():
+        ticks = []
+        result = failure = None
+        async with trio.open_nursery() as nursery:
+
+            async def other_work():             # the program's own task goes on while the system runs
+                while True:
+                    ticks.append(1)
+                    await trio.sleep(0.01)
+
+            nursery.start_soon(other_work)
+            try:
+                with trio.fail_after(MAIN_TIMEOUT):
+                    async with actors.open_system(store_capacity="64M", **options) as system:
+                        result = await body(system)
+            except Exception as exc:        # what the block raised, as the program sees it
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return result, ticks
+
+    return trio.run(program)
+
+
+def test_open_system_runs_inside_a_trio_program_and_cleans_up_on_exit(tmp_path):
+    from _helpers.processes import leftover_segments, wait_gone
+    from actors import _persist, _store
+
+    seen = {}
+
+    async def body(system):
+        seen["store"] = system.store.name
+        seen["rundir"] = system.rundir
+        seen["forkserver"] = system._forkserver.pid
+        a = await system.spawn(Hooks, str(tmp_path), name="embedded")
+        seen["actor"] = int((tmp_path / "embedded.started").read_text())
+        await a.tell("work")
+        await a.tell("work")
+        return await system.spawn(Pid, name="pid")
+
+    before = leftover_segments()
+    ref, ticks = _embedded(body, resilience_dir=str(tmp_path / "state"))
+    assert ref.name == "pid" and ticks                          # the program ran beside the system
+    assert (tmp_path / "embedded.stopped").read_text() == "2"   # stopped gracefully, after its messages
+    assert wait_gone([seen["actor"], seen["forkserver"]], timeout=10) == []
+    assert not os.path.exists(os.path.join(_store.SHM_DIR, seen["store"]))
+    assert not os.path.exists(seen["rundir"])
+    assert leftover_segments() == before
+    _persist.DirectoryLock(str(tmp_path / "state")).release()  # the directory's lock was released
+
+
+def test_one_open_system_per_process_and_errors_come_out_as_themselves():
+    import actors
+
+    async def body(system):
+        with pytest.raises(actors.ActorsError, match="a system is already open in this process"):
+            async with actors.open_system(store_capacity="64M"):
+                pass
+        await system.spawn(Echo, name="echo")
+        raise KeyError("from the block")
+
+    with pytest.raises(KeyError, match="from the block"):   # itself, not inside an ExceptionGroup
+        _embedded(body)
+    # closed: the next system opens
+    assert _embedded(lambda system: system.spawn(Echo, name="again"))[0].name == "again"
+
+
+def test_process_titles_name_the_actor_and_the_fork_server():
+    def cmdline(pid):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().rstrip(b"\0").decode()
+
+    async def main(system):
+        ref = await system.spawn(Pid, name="titled")
+        assert cmdline(await ref.ask(None)) == f"actors: Pid 'titled' #{ref.id}"
+        assert cmdline(system._forkserver.pid) == "actors: fork server"
+        assert cmdline(os.getpid()) != "actors: fork server"    # the driver keeps its own
 
     run(main)

@@ -16,7 +16,7 @@ from actors._wire.endpoint import Handler
 from actors._wire.protocol import ASK, CALL, CALL_TELL, ERROR, REPLY, STOP, SYSTEM_TELL, TELL, SystemOp
 from actors._runtime.system import error_payload, reply
 
-log = logging.getLogger("actors")
+log = logging.getLogger(__name__)
 
 _FAILED = object()
 

@@ -7,6 +7,8 @@ requests to them and runs the whole (`run`).
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -17,20 +19,21 @@ import tempfile
 
 import trio
 
-from actors import _output, _persist, _store
+from actors import _output, _persist, _ref, _store
 from actors._exceptions import ActorsError
 from actors._runtime.registry import ActorInfo, Registry
 from actors._runtime.spawn import Spawner
+from actors._runtime.status import ENDED_KEPT, Status
 from actors._runtime.supervise import Supervisor
 from actors._runtime.system import System, error_payload, reply
 from actors._wire.endpoint import Endpoint, Handler
 from actors._wire.protocol import ERROR, REPLY, REPORTS, SYSTEM, SYSTEM_TELL, SystemOp
 from actors._wire.uds import UnixTransport
 
-log = logging.getLogger("actors")
+log = logging.getLogger(__name__)
 
 
-class Driver(Spawner, Supervisor, Registry, System, Handler):
+class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
     """The system as seen from the driver process: it owns the store, the sockets' directory and the processes."""
 
     def __init__(self, *, store_capacity=None, mailbox_size: int = 4096, serialize=None, deserialize=None,
@@ -40,6 +43,7 @@ class Driver(Spawner, Supervisor, Registry, System, Handler):
         self.dir_lock = _persist.DirectoryLock(self.resilience_dir)
         self.fatal: BaseException | None = None
         self.main_scope = None
+        self.nursery = None             # the system's own tasks run here while it is open
         self.mailbox_size = mailbox_size
         self.stop_timeout = stop_timeout
         self.app = app
@@ -50,6 +54,7 @@ class Driver(Spawner, Supervisor, Registry, System, Handler):
         self.actors: dict[int, ActorInfo] = {}
         self.by_name: dict[str, int] = {}
         self.by_pid: dict[int, ActorInfo] = {}
+        self.ended: collections.deque[ActorInfo] = collections.deque(maxlen=ENDED_KEPT)   # stopped for good
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
         self._spawned: dict[int, list] = {}
@@ -60,10 +65,11 @@ class Driver(Spawner, Supervisor, Registry, System, Handler):
         self._ops = {
             SystemOp.SPAWN: self._op_spawn, SystemOp.LOOKUP: self._op_lookup, SystemOp.STOP: self._op_stop,
             SystemOp.WATCH: self._op_watch, SystemOp.REGISTER: self._op_register,
-            SystemOp.REGISTRY: self._op_registry,
+            SystemOp.REGISTRY: self._op_registry, SystemOp.STATUS: self._op_status,
         }
         self._reports = {SystemOp.READY: self._note_ready, SystemOp.FAILURE: self._note_failure,
-                         SystemOp.STOPPING: self._note_stopping}
+                         SystemOp.STOPPING: self._note_stopping, SystemOp.LOG: self._note_log}
+        self.actor_logged = trio.Event()    # set (and replaced) at each record an actor logs
         try:
             store = _store.ObjectStore(store_capacity)
         except BaseException:
@@ -99,6 +105,18 @@ class Driver(Spawner, Supervisor, Registry, System, Handler):
         else:
             log.warning("the driver is not an actor: dropped a message from %s", ep.describe(src))
         return False
+
+    def _note_log(self, actor_id: int, fields: dict) -> None:
+        """A record an actor logged: handled by this process's logging, as if logged here, with its `actor` (name)
+        and `actor_id` as attributes (a format or filter can use them)."""
+        record = logging.makeLogRecord(fields)
+        record.actor = self.endpoint.names.get(actor_id, f"#{actor_id}")
+        record.actor_id = actor_id
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+        self.actor_logged.set()
+        self.actor_logged = trio.Event()
 
     async def _answer(self, src, kind, call, msg) -> None:
         ep = self.endpoint
@@ -140,38 +158,51 @@ class Driver(Spawner, Supervisor, Registry, System, Handler):
         self.dir_lock.release()         # last: no actor of ours writes to the directory any more
 
 
-async def _driver_main(main, options: dict):
-    driver = Driver(**options)
+def _check_options(serialize, deserialize) -> None:
+    if (serialize is None) != (deserialize is None):
+        raise ActorsError("serialize and deserialize go together: pass both or neither")
+
+
+@contextlib.asynccontextmanager
+async def open_system(*, store_capacity: int | str | None = None, mailbox_size: int = 4096, serialize=None,
+                      deserialize=None, stop_timeout: float = 5.0, resilience_dir: str | None = None,
+                      _app: tuple[str, str] | None = None):
+    """`async with actors.open_system() as system:` runs a system inside any trio program (a nursery, a pytest-trio
+    test, a trio web server) for as long as the block lasts.
+
+    When the block exits, however it exits, every actor is stopped gracefully (killed after `stop_timeout`), the fork
+    server is gone, and the store, the run directory and the resilience directory's lock are released. An exception
+    from the block comes out as itself, after that; so does a supervision error that stopped the system (the block
+    is cancelled then). One system per process at a time. Signals stay the program's own: `actors.run` adds SIGTERM
+    handling on top of this. The options are those of `actors.run`.
+    """
+    _check_options(serialize, deserialize)
+    if _ref._system is not None:
+        raise ActorsError("a system is already open in this process; one process runs one system at a time: "
+                          "close it (leave its `async with open_system()` block) before opening another")
+    driver = Driver(store_capacity=store_capacity, mailbox_size=mailbox_size, serialize=serialize,
+                    deserialize=deserialize, stop_timeout=stop_timeout, app=_app, resilience_dir=resilience_dir)
     driver.install()
-    terminated = False
     failure = None
-    result = None
     try:
         driver.start_forkserver()
         async with trio.open_nursery() as nursery:
+            driver.nursery = nursery
             driver.endpoint.start_handling()
             await nursery.start(driver.endpoint.serve)
+            await nursery.start(driver.serve_status)
             nursery.start_soon(driver._forkserver_events)
-
-            async def on_sigterm():
-                nonlocal terminated
-                with trio.open_signal_receiver(signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        terminated = True
-                        main_scope.cancel()
-                        return
-
-            nursery.start_soon(on_sigterm)
             with trio.CancelScope() as main_scope:
                 driver.main_scope = main_scope
                 try:
-                    result = await main(driver)
+                    yield driver
                 except trio.Cancelled:
-                    raise                           # ours (SIGTERM, or a fatal supervision error)
+                    raise                           # ours (a fatal supervision error), or the program's
                 except BaseException as exc:       # raised as itself below, not inside an ExceptionGroup
                     failure = exc
-            with trio.CancelScope(shield=True):
-                await driver.stop_all(driver.stop_timeout)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await driver.stop_all(driver.stop_timeout)
             nursery.cancel_scope.cancel()
     finally:
         driver.uninstall()
@@ -180,6 +211,22 @@ async def _driver_main(main, options: dict):
         raise driver.fatal
     if failure is not None:
         raise failure
+
+
+async def _driver_main(main, options: dict):
+    terminated = False
+    result = None
+    async with open_system(**options) as system:
+        async def on_sigterm():
+            nonlocal terminated
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    terminated = True
+                    system.main_scope.cancel()
+                    return
+
+        system.nursery.start_soon(on_sigterm)
+        result = await main(system)
     if terminated:
         raise SystemExit(143)
     return result
@@ -190,13 +237,14 @@ def run(main, *, store_capacity: int | str | None = None, mailbox_size: int = 40
         _app: tuple[str, str] | None = None):
     """Run a system: call `await main(system)` in this process, then stop every actor gracefully.
 
-    Like `trio.run`, it returns main's result. Options: the store's capacity (bytes, or "512M"); the mailbox size in
-    messages; `serialize`/`deserialize` to replace the fast codec for message payloads; how long actors get to
-    stop before they are killed.
+    Like `trio.run`, it returns main's result; SIGTERM stops the system as the end of `main` does, then raises
+    SystemExit(143). It is `trio.run` around `open_system`: a trio program embeds a system with that instead.
+    Options: the store's capacity (bytes, or "512M"); the mailbox size in messages; `serialize`/`deserialize` to
+    replace the fast codec for message payloads; how long actors get to stop before they are killed; the
+    resilience directory of persistent actors.
     """
-    if (serialize is None) != (deserialize is None):
-        raise ActorsError("serialize and deserialize go together: pass both or neither")
+    _check_options(serialize, deserialize)
     options = dict(store_capacity=store_capacity, mailbox_size=mailbox_size, serialize=serialize,
-                   deserialize=deserialize, stop_timeout=stop_timeout, app=_app, resilience_dir=resilience_dir)
+                   deserialize=deserialize, stop_timeout=stop_timeout, _app=_app, resilience_dir=resilience_dir)
     with _output.whole_lines():     # an actor's line never lands inside one of ours
         return trio.run(_driver_main, main, options)

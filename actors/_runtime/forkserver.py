@@ -20,6 +20,8 @@ import struct
 import sys
 import traceback
 
+import setproctitle
+
 LEN = struct.Struct("<I")
 
 
@@ -81,6 +83,7 @@ def _child(payload: bytes, why_fd: int) -> None:
 
 
 def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None) -> None:
+    setproctitle.setproctitle("actors: fork server")    # in ps and top, not `python3 -c import pickle...<hex>`
     for name in preload:
         importlib.import_module(name)
     if app is not None:

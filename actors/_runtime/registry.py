@@ -25,7 +25,8 @@ class ActorInfo:
         self.error = None
         self.returncode = None
         self.stopping = False
-        self.restarts: list[float] = []
+        self.restarts: list[float] = []  # when, within the restart window
+        self.restart_count = 0              # since it was spawned
         self.started = False            # its on_start finished: an exit now is a failure, not a failed spawn
         self.last_failure = None
         self.watchers: dict[int, str] = {}

@@ -21,7 +21,7 @@ from actors._runtime import forkserver
 from actors._runtime.registry import ActorInfo
 from actors._wire.protocol import STOP, SpawnSpec
 
-log = logging.getLogger("actors")
+log = logging.getLogger(__name__)
 
 PRELOAD = ["numpy", "trio", "cloudpickle", "actors", "actors._runtime.worker"]
 
@@ -29,6 +29,13 @@ PRELOAD = ["numpy", "trio", "cloudpickle", "actors", "actors._runtime.worker"]
 # would put first): a source checkout in the cwd must not shadow the installed, compiled package.
 _FORKSERVER_MAIN = ("import pickle, sys; sys.path[:] = pickle.loads(bytes.fromhex(sys.argv[2]))['path']; "
                     "from actors._runtime.forkserver import main; main()")
+
+
+def log_levels() -> tuple[int, dict[str, int]]:
+    """This process's logging levels, for an actor to log at: the root logger's, and those set on named loggers."""
+    named = {name: logger.level for name, logger in logging.Logger.manager.loggerDict.items()
+             if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET}
+    return logging.getLogger().level, named
 
 
 class Spawner:
@@ -88,7 +95,7 @@ class Spawner:
             id=actor_id, name=name, cls=cls, args=args, kwargs=kwargs, rundir=self.rundir,
             store=self.store.name, registry=_codec.default_registry.entries(),
             serialize=self.serialize, deserialize=self.deserialize, mailbox_size=self.mailbox_size,
-            app=self.app, options=opts, resilience_dir=self.resilience_dir,
+            app=self.app, options=opts, resilience_dir=self.resilience_dir, log_levels=log_levels(),
         ))
         info = ActorInfo(actor_id, name, cls, opts, payload)
         self.actors[actor_id] = info

@@ -17,7 +17,7 @@ from actors._ref import ActorRef
 from actors._runtime.registry import ActorInfo
 from actors._wire.protocol import TELL
 
-log = logging.getLogger("actors")
+log = logging.getLogger(__name__)
 
 
 class Terminated:
@@ -87,6 +87,7 @@ class Supervisor:
         """The actor ended for good: forget it, and tell reconnecting senders not to wait for it."""
         self.by_name.pop(info.name, None)
         self.actors.pop(info.id, None)
+        self.ended.append(info)
         self.transport.mark_gone(info.id)
 
     def _notify(self, watcher_id: int, watcher_name: str, message) -> None:
@@ -111,6 +112,7 @@ class Supervisor:
                 return
             await trio.sleep(restart_delay(opts["restart_backoff"], len(info.restarts)))
             info.restarts.append(trio.current_time())
+            info.restart_count += 1
             info.ready = trio.Event()
             info.exited = trio.Event()
             info.returncode = None

@@ -19,6 +19,7 @@ from actors._exceptions import (
     UnknownClassError,
 )
 from actors._ref import ActorRef, check_timeout, remote_error
+from actors._runtime.status import SystemStatus
 from actors._wire.endpoint import Endpoint
 from actors._wire.protocol import ASK, ERROR, SYSTEM, SystemOp
 
@@ -94,6 +95,16 @@ class System:
         `timeout` seconds."""
         check_timeout(timeout, "stop", optional=False)
         await self._system_request(SystemOp.STOP, ref.id, timeout)
+
+    async def status(self) -> SystemStatus:
+        """What every actor of the system is doing, and the store's use (from inside an actor, the driver is
+        asked): see `actors._runtime.status.SystemStatus`."""
+        return SystemStatus.from_json(await self._system_request(SystemOp.STATUS))
+
+    async def status(self) -> SystemStatus:
+        """What every actor of the system is doing, and the store's use (from inside an actor, the driver is
+        asked): see `actors._runtime.status.SystemStatus`."""
+        return SystemStatus.from_json(await self._system_request(SystemOp.STATUS))
 
     async def _system_request(self, op: SystemOp, *args):
         kind, off = await self.endpoint.request(0, SYSTEM, (int(op), *args))

@@ -9,6 +9,7 @@ import threading
 import traceback
 
 import cloudpickle
+import setproctitle
 import trio
 
 from _fastser import _codec
@@ -22,7 +23,7 @@ from actors._wire.endpoint import Endpoint
 from actors._wire.protocol import ASK, CALL, CALL_TELL, SYSTEM_TELL, TELL, SpawnSpec, SystemOp
 from actors._wire.uds import UnixTransport
 
-log = logging.getLogger("actors")
+log = logging.getLogger(__name__)
 _persist_none = object()      # "no snapshot": construct with __init__
 
 
@@ -58,13 +59,64 @@ def _prefix_output(name: str) -> list[threading.Thread]:
     return pumps
 
 
+class ToSystem(logging.Handler):
+    """The actor's log records go to the system (the driver), whose logging handles them as its own: the actors
+    follow the program's configuration (its handlers, format and levels; pytest's caplog sees them). A record the
+    actor cannot send (its endpoint is not up yet, or gone; logged from another thread; the mailbox to the driver is
+    full) is written to its stderr instead, prefixed with the actor's name like all its output."""
+
+    def __init__(self, spec: SpawnSpec):
+        super().__init__()
+        self.id = spec.id
+        self.endpoint: Endpoint | None = None       # set while the actor's endpoint runs
+        self.thread = threading.get_ident()
+        self.sending = False
+        self.fallback = logging.StreamHandler()     # sys.stderr at the time of each record
+        self.fallback.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ep = self.endpoint
+        if ep is None or ep.closed or self.sending or threading.get_ident() != self.thread:
+            self.fallback.handle(record)
+            return
+        self.sending = True         # a record logged while sending one (a dead letter, say) goes to stderr
+        try:
+            fields = {"name": record.name, "msg": record.getMessage(), "levelno": record.levelno,
+                      "levelname": record.levelname, "pathname": record.pathname, "lineno": record.lineno,
+                      "funcName": record.funcName, "created": record.created, "msecs": record.msecs,
+                      "process": record.process, "threadName": record.threadName,
+                      "exc_text": (self.fallback.formatter.formatException(record.exc_info)
+                                   if record.exc_info else record.exc_text),
+                      "stack_info": record.stack_info}
+            ep.post_nowait(0, SYSTEM_TELL, (int(SystemOp.LOG), self.id, fields))
+        except Exception:
+            self.fallback.handle(record)
+        finally:
+            self.sending = False
+
+
+def _configure_logging(spec: SpawnSpec) -> ToSystem:
+    """The actor logs through the system (ToSystem), at the system's levels, so that it sends no record the system
+    would drop. Whatever the fork server inherited from an app's import-time configuration is replaced: the system
+    has that configuration itself, and handles the records."""
+    handler = ToSystem(spec)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root_level, levels = spec.log_levels
+    root.setLevel(root_level)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    return handler
+
+
 def main(payload: bytes) -> int:
     """Run one actor; the process's exit code."""
     spec: SpawnSpec = cloudpickle.loads(payload)
+    setproctitle.setproctitle(f"actors: {spec.cls.__name__} {spec.name!r} #{spec.id}")    # what ps and top show
     if spec.app is not None and spec.app[0] not in sys.path:
         sys.path.insert(0, spec.app[0])
     pumps = _prefix_output(spec.name)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(spec)
     try:
         import numpy
         numpy.random.seed()         # forked from one server: without this every actor draws the same numbers
@@ -95,6 +147,9 @@ async def _actor_main(spec: SpawnSpec) -> int:
                                           mailbox_size=spec.mailbox_size)
     system.me = ActorRef(spec.id, spec.name, spec.options["persistent"])
     system.install()
+    for log_handler in logging.getLogger().handlers:
+        if isinstance(log_handler, ToSystem):
+            log_handler.endpoint = endpoint
     status = 0
     journal = None
     try:

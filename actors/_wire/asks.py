@@ -12,6 +12,7 @@ import os
 import trio
 
 from actors._exceptions import ActorStoppedError
+from actors._wire.protocol import RECORD, RECORD_SIZE, STATUS
 
 # How long an asker (or a reader) spins for more before sleeping in epoll (ACTORS_SPIN_US; 0 turns it off).
 SPIN = float(os.environ.get("ACTORS_SPIN_US", "100")) * 1e-6
@@ -57,6 +58,33 @@ class Asks:
         if waiter.kind == -1:
             raise ActorStoppedError(f"{self.describe(peer)} stopped before it replied")
         return waiter.kind, waiter.offset
+
+    async def peer_status(self, peer: int, timeout: float):
+        """(records handled, records waiting) from `peer`'s endpoint, asked on a connection of its own so that its
+        reader answers at once, whatever its handler is doing; None if it does not answer within `timeout`."""
+        try:
+            link = self.transport.connect(peer)
+        except OSError:
+            return None
+        try:
+            link.send(RECORD.pack(0, STATUS, self.id, 0))
+            answer = bytearray()
+            with trio.move_on_after(timeout):
+                while len(answer) < RECORD_SIZE:
+                    await link.wait_readable()
+                    chunk = bytearray(RECORD_SIZE - len(answer))
+                    n = link.recv_into(chunk)
+                    if n == 0:
+                        return None
+                    answer += chunk[:n]
+            if len(answer) < RECORD_SIZE:
+                return None
+            handled, _kind, _src, waiting = RECORD.unpack(answer)
+            return handled, waiting
+        except OSError:
+            return None
+        finally:
+            link.close()
 
     async def _request(self, peer: int, kind: int, obj, call: int, waiter: Pending) -> None:
         while True:

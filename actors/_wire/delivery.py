@@ -12,7 +12,7 @@ import trio
 
 from actors._wire.protocol import ACK, HELLO, RECORD, RECORD_SIZE, TELL
 
-log = logging.getLogger("actors")
+log = logging.getLogger(__name__)
 
 
 

@@ -33,7 +33,7 @@ from actors._wire.inbox import Inbox
 from actors._wire.link import FLUSH_RECORDS, Link, Transport
 from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, TELL
 
-log = logging.getLogger("actors")
+log = logging.getLogger(__name__)
 
 _ndarray = np.ndarray
 FLUSH_BYTES = 1 << 20
@@ -86,6 +86,8 @@ class Endpoint(Inbox, Asks, Delivery):
         self.on_tell_error = None
         self.journal_batch = None
         self.after_batch = None
+        self.handled = 0                    # records run through the handler, counted per batch (status)
+        self.running = iter(())             # the batch being handled, as the iterator the handler loop runs
 
         self.dirty: list[Link] = []
         self.wake = trio.Event()

@@ -7,13 +7,14 @@ stops reading, and the kernel's socket buffers and then the sender's outbox fill
 """
 from __future__ import annotations
 
+import operator
 import os
 import time
 
 import trio
 
 from actors._wire.asks import SPIN, resolve
-from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, TELL
+from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, STATUS, TELL
 
 INBOX_BATCHES = 8
 READ_SIZE = 1 << 18
@@ -88,13 +89,15 @@ class Inbox:
                             self.arena.decref_id(rec[0])     # its ask timed out: a dead letter
                             continue
                         resolve(waiter_of, kind, rec[0])
-                    elif kind >= HELLO:                     # HELLO or ACK: no payload
+                    elif kind >= HELLO:                     # HELLO, ACK or STATUS: no payload
                         if kind == HELLO:
                             epoch = rec[3]
                             if link.peer < 0:
                                 self._reply_link(rec[2], link)
                         elif kind == ACK:
                             self._acked(link, rec[3])
+                        elif kind == STATUS:
+                            self._answer_status(link)
                         else:
                             work.append(rec)
                     else:
@@ -120,6 +123,23 @@ class Inbox:
         finally:
             link.have = have
             view.release()
+
+    def figures(self) -> tuple[int, int]:
+        """(records handled, the one in progress included; records waiting for the handler: the rest of the batch
+        in progress, the queued batches, and what is still unread on the connections peers opened to us)."""
+        left = operator.length_hint(self.running)
+        unread = sum(link.unread() + link.have for link in self.reply_links.values() if not link.dead)
+        return (self.handled - left,
+                left + sum(len(batch) for batch, _epoch in self.queue) + unread // RECORD_SIZE)
+
+    def _answer_status(self, link) -> None:
+        # Answered here by the reader, not by the handler: an actor busy in a handler (awaiting) still answers,
+        # and nothing the status request queues behind is counted as handled.
+        handled, waiting = self.figures()
+        try:
+            link.send(RECORD.pack(handled, STATUS, self.id, waiting))
+        except OSError:
+            pass            # the asker is gone
 
     def _reply_link(self, src: int, link):
         # The connection `src` opened to us is where our replies (and acks) to it go.
@@ -154,7 +174,9 @@ class Inbox:
                     batch, ack = self.journal_batch(batch, epoch)
                     if ack:
                         self.send_ack(src, ack)
-                for rec in batch:
+                self.handled += len(batch)
+                self.running = records = iter(batch)    # how far it has got, for status, at no cost per record
+                for rec in records:
                     if self.stopped.is_set():
                         self.arena.decref_id(rec[0])
                         continue

@@ -73,6 +73,10 @@ class Link(abc.ABC):
         """Has the peer closed the connection (it stopped or died)? Without reading or waiting."""
 
     @abc.abstractmethod
+    def unread(self) -> int:
+        """Bytes that have arrived on the connection and are not read yet (for status; a system call)."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Close the connection (idempotent)."""
 

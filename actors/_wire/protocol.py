@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import struct
 
 RECORD = struct.Struct("<QIIQ")      # store offset, kind, sender endpoint id, call id (or a tell's sender seq)
@@ -25,10 +26,12 @@ SYSTEM_TELL = 8     # payload: (SystemOp, *args); no reply
 STOP = 9            # payload: None
 HELLO = 10          # no payload; call = the sender's epoch. The first record on every connection
 ACK = 11            # no payload; call = the highest sender seq the (persistent) receiver has journaled
+STATUS = 12         # no payload; sent alone on a connection of its own, answered at once by the reader with a
+                    # STATUS record on it: offset = records handled, call = records waiting to be handled
 
 KINDS = {"TELL": TELL, "ASK": ASK, "CALL": CALL, "CALL_TELL": CALL_TELL, "REPLY": REPLY, "ERROR": ERROR,
-         "SYSTEM": SYSTEM, "SYSTEM_TELL": SYSTEM_TELL, "STOP": STOP, "HELLO": HELLO, "ACK": ACK}
-NO_PAYLOAD = (HELLO, ACK)
+         "SYSTEM": SYSTEM, "SYSTEM_TELL": SYSTEM_TELL, "STOP": STOP, "HELLO": HELLO, "ACK": ACK, "STATUS": STATUS}
+NO_PAYLOAD = (HELLO, ACK, STATUS)
 
 
 class SystemOp(enum.IntEnum):
@@ -46,9 +49,11 @@ class SystemOp(enum.IntEnum):
     READY = 7           # (actor id, error payload or None): its on_start finished
     FAILURE = 8         # (actor id, reason): it is about to exit as failed
     STOPPING = 9        # (actor id, reason): it stops for good (on_error="stop")
+    LOG = 10            # (actor id, a log record's fields): for the system's logging to handle
+    STATUS = 11         # () -> system.status() as JSON
 
 
-REPORTS = frozenset((SystemOp.READY, SystemOp.FAILURE, SystemOp.STOPPING))
+REPORTS = frozenset((SystemOp.READY, SystemOp.FAILURE, SystemOp.STOPPING, SystemOp.LOG))
 
 
 @dataclasses.dataclass
@@ -68,3 +73,4 @@ class SpawnSpec:
     app: tuple | None
     options: dict
     resilience_dir: str | None
+    log_levels: tuple = (logging.WARNING, {})     # the system's: its root level, and the levels set per logger

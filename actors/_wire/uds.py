@@ -2,10 +2,12 @@
 directory). The only module that knows AF_UNIX and socket paths."""
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import socket
 import struct
+import termios
 
 import trio
 
@@ -39,6 +41,12 @@ class UnixLink(Link):
             return False
         except OSError:
             return True
+
+    def unread(self) -> int:
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
 
     def close(self) -> None:
         self.sock.close()

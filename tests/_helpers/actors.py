@@ -339,6 +339,12 @@ async def block(ref, gate):
     await wait_for_file(gate + ".blocked")
 
 
+class Pid(actors.Actor):
+    """Answers every ask with its process id."""
+
+    async def receive(self, msg):
+        return os.getpid()
+
 class Sink(actors.Actor):
     """Counts what it is told and keeps nothing of it; answers with the count."""
 
@@ -372,3 +378,11 @@ class PersistentAdder(actors.Actor):
         if msg == "count":
             return self.n
         self.n += msg
+
+
+class StatusReader(actors.Actor):
+    """Answers with the names and states of the system's actors, from its own `self.system.status()`."""
+
+    async def receive(self, msg):
+        status = await self.system.status()
+        return [(a.name, a.state) for a in status.actors], status.pid
