@@ -8,6 +8,9 @@ import sys
 import threading
 import traceback
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup     # trio's dependency there; a builtin from 3.11
+
 import cloudpickle
 import setproctitle
 import trio
