@@ -2,6 +2,9 @@
 arrays through the store.
 
 Every system runs in this process through `run()` (a deadline around `main`), with real actor processes."""
+import os
+import select
+
 import numpy as np
 import pytest
 
@@ -10,6 +13,7 @@ from _helpers.actors import (
     ArrayChecker,
     ArrayMaker,
     Counter,
+    FifoWriter,
     Opaque,
     Relay,
     Suicidal,
@@ -71,6 +75,27 @@ def test_tell_to_an_actor_that_died_raises_actor_stopped():
             await ref.tell("anyone there?")
 
     run(main, timeout=40)
+
+
+def test_a_tell_to_an_idle_link_leaves_before_the_sender_yields(tmp_path):
+    # Its send is how the sender learns whether the peer is still there, so it happens in the tell itself; the
+    # driver's task blocks outside trio here, so nothing but the tell can have written the record.
+    fifo = str(tmp_path / "told")
+    os.mkfifo(fifo)
+
+    async def main(system):
+        ref = await system.spawn(FifoWriter, name="writer")
+        assert await ref.ask("ready") == "ready"
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            ref.tell_nowait(fifo)
+            readable, _, _ = select.select([fd], [], [], 20)
+            assert readable, "the tell did not leave until the sender yielded"
+            assert os.read(fd, 1) == b"x"
+        finally:
+            os.close(fd)
+
+    run(main)
 
 
 def test_unencodable_message_raises_at_the_sender_and_sends_nothing():

@@ -38,7 +38,7 @@ class Link(abc.ABC):
         # payload, resent if the actor restarts.
         self.persistent = False
         self.unacked: collections.deque = collections.deque()
-        self.checked = 0.0
+        self.checked = 0.0              # when a lone record last went out at once, telling whether the peer is there
         # Which process answers at the other end, where the transport can tell (None where it cannot): a link
         # opened to a peer whose previous link just died must not reach that dying process again.
         self.incarnation = None
@@ -67,10 +67,6 @@ class Link(abc.ABC):
     @abc.abstractmethod
     async def wait_writable(self) -> None:
         """Sleep until `send` can take more."""
-
-    @abc.abstractmethod
-    def peer_closed(self) -> bool:
-        """Has the peer closed the connection (it stopped or died)? Without reading or waiting."""
 
     @abc.abstractmethod
     def unread(self) -> int:

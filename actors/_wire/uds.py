@@ -34,14 +34,6 @@ class UnixLink(Link):
         self.wait_readable = functools.partial(trio.lowlevel.wait_readable, sock)
         self.wait_writable = functools.partial(trio.lowlevel.wait_writable, sock)
 
-    def peer_closed(self) -> bool:
-        try:
-            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-
     def unread(self) -> int:
         try:
             return struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
