@@ -15,6 +15,7 @@ from _helpers.actors import (
     Counter,
     FifoWriter,
     Opaque,
+    QuietTeller,
     Relay,
     Suicidal,
 )
@@ -94,6 +95,17 @@ def test_a_tell_to_an_idle_link_leaves_before_the_sender_yields(tmp_path):
             assert os.read(fd, 1) == b"x"
         finally:
             os.close(fd)
+
+    run(main)
+
+
+def test_tells_inside_a_handler_leave_at_the_batch_end_without_waking_the_flusher():
+    async def main(system):
+        counter = await system.spawn(Counter, 0, name="counter")
+        teller = await system.spawn(QuietTeller, name="teller")
+        assert await teller.ask(counter) == (False, False)
+        assert await teller.ask(counter) == (False, False)     # an established, idle link too
+        assert await counter.proxy.received_count() == 4      # and the tells did leave
 
     run(main)
 

@@ -29,7 +29,7 @@ class Delivery:
             raise self._store_full(obj)
         link.unacked.append((seq, self.arena.last_offset))
         if not link.dead:
-            self._queued(link, size, wake=True)
+            self._queued(link, size, wake=not self.in_batch())
         return link
 
     def _acked(self, link, seq: int) -> None:
@@ -43,7 +43,7 @@ class Delivery:
         if link is None or link.dead:
             return
         link.out += RECORD.pack(0, ACK, self.id, seq)
-        self._dirty(link, wake=not self.busy)
+        self._dirty(link, wake=not self.in_batch())
 
     async def _acker(self, link) -> None:
         """Read a persistent actor's acks (and replies) on our connection to it; when it dies, reconnect."""

@@ -93,6 +93,7 @@ class Endpoint(Inbox, Asks, Delivery):
         self.wake = trio.Event()
         self.queue: collections.deque = collections.deque()
         self.busy = False
+        self.batch_task = None              # the task running the batch while busy
         self.queue_room = trio.Event()
         self.stopped = trio.Event()
         self.nursery: trio.Nursery | None = None
@@ -222,9 +223,15 @@ class Endpoint(Inbox, Asks, Delivery):
         if not link.draining:
             link.draining = True
             self.dirty.append(link)
-            if not flush:   # the flusher writes it as soon as this task yields (a batch's end flushes sooner)
-                self.wake.set()
+            if not flush and not self.in_batch():
+                self.wake.set()     # the flusher writes it as soon as this task yields
         return link
+
+    def in_batch(self) -> bool:
+        """Is this the task running a batch of handlers? Its records leave when the batch ends (`Inbox._run`
+        flushes), so it need not wake the flusher, whose pass would find nothing left to write. Any other task
+        (the driver's program, say, while a handler is suspended) still wakes it."""
+        return self.busy and trio.lowlevel.current_task() is self.batch_task
 
     def _store_full(self, obj) -> StoreFull:
         return StoreFull(self.arena.prepare(obj))

@@ -166,6 +166,7 @@ class Inbox:
         fast_tell = self.fast_tell
         read = self.arena.read
         self.busy = True
+        self.batch_task = trio.lowlevel.current_task()
         try:
             while True:
                 if self.journal_batch is not None and batch and not self.stopped.is_set():

@@ -395,3 +395,16 @@ class FifoWriter(actors.Actor):
         if path == "ready":
             return "ready"
         write_file(path, "x")
+
+
+class QuietTeller(actors.Actor):
+    """Asked with a ref, tells it twice from inside the handler; answers whether the endpoint's flusher had been
+    woken, before the tells and after them."""
+
+    async def receive(self, target):
+        from actors import _ref
+        wake = _ref._system.endpoint.wake
+        before = wake.is_set()
+        await target.tell(1)
+        await target.tell(2)
+        return before, wake.is_set()
