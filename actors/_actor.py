@@ -32,7 +32,7 @@ class Actor:
     on_error = "resume"         # a handler raised: "resume" (log it, go on), "restart" (fail), "stop"
     persistent = False          # journal every message and snapshot the state, to recover after a crash
     snapshot_every = 1000       # messages between snapshots
-    fsync = "group"             # journal durability: "always" (each message), "group" (each batch), "interval"
+    fsync = "group"             # journal durability: "always", "group" (each batch, before handling it), "interval"
     fsync_interval = 0.05       # seconds between syncs with fsync="interval"
 
     async def on_start(self) -> None:

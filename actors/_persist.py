@@ -175,6 +175,7 @@ class Journal:
         self.file_path = None
         self.dirty = False
         self.since_snapshot = 0
+        self.syncs = 0                  # fsyncs of the journal so far: what a policy costs, for tests and benchmarks
 
     # -- paths -----------------------------------------------------------------------------------------------------
 
@@ -266,13 +267,16 @@ class Journal:
         _fsync_dir(self.dir)
 
     def append(self, epoch: int, sender_seq: int, kind: int, message: bytes) -> int:
-        """Journal one received message; its sequence number. Not durable until `sync`."""
+        """Journal one received message; its sequence number. Not durable until `sync`, but with fsync="always",
+        where a message journaled alone is its own batch."""
         self.seq += 1
         body = BODY.pack(self.seq, epoch, sender_seq, kind, 0) + message
         self.file.write(HEAD.pack(len(body), zlib.crc32(body)) + body)
         if epoch:
             self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
         self._appended(1)
+        if self.fsync_policy == "always":
+            self.sync()
         return self.seq
 
     def append_framed(self, framed: bytearray, seq: int, epoch: int, sender_seq: int, count: int) -> None:
@@ -286,29 +290,15 @@ class Journal:
         self._appended(count)
 
     def _appended(self, count: int) -> None:
-        # The one place a write becomes durable at once: fsync="always". "group" and "interval" are decided by
-        # journal_batch, per batch.
         self.dirty = True
         self.since_snapshot += count
-        if self.fsync_policy == "always":
-            self.sync()
 
     def journal_batch(self, arena, batch: list, epoch: int, framed: bytearray) -> tuple:
         """Journal a received batch of records from the sender of `epoch` before it is handled, dropping what is
-        journaled already (resent after a restart), and make it as durable as the fsync policy says: each message
-        ("always"), the batch ("group"), or handed to the OS and synced every interval ("interval").
-        (records to handle, highest sender seq to ack). `framed` is a scratch buffer the caller keeps."""
-        if self.fsync_policy == "always":       # each message durable on its own, before the next is journaled
-            keep = []
-            ack = 0
-            for rec in batch:
-                framed.clear()
-                kept, seq, acked = arena.journal_records([rec], epoch, self.seen.get(epoch, 0) if epoch else 0,
-                                                         self.seq, framed)
-                self.append_framed(framed, seq, epoch, acked, seq - self.seq)     # synced by _appended
-                keep += kept
-                ack = max(ack, acked)
-            return keep, ack
+        journaled already (resent after a restart), and make it as durable as the fsync policy says: synced with
+        one fsync before any of it is handled ("always" and "group"), or handed to the OS and synced every interval
+        ("interval"). (records to handle, highest sender seq to ack). `framed` is a scratch buffer the caller
+        keeps."""
         framed.clear()
         keep, seq, ack = arena.journal_records(batch, epoch, self.seen.get(epoch, 0) if epoch else 0, self.seq,
                                                framed)
@@ -327,6 +317,7 @@ class Journal:
         if self.dirty and self.file is not None:
             self.file.flush()
             os.fsync(self.file.fileno())
+            self.syncs += 1
             self.dirty = False
 
     def flush(self) -> None:

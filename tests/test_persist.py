@@ -145,22 +145,18 @@ def test_journal_append_sync_and_recover(tmp_path):
     third.close()
 
 
-def test_journal_sync_policies(tmp_path, monkeypatch):
-    synced = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
-
+def test_journal_sync_policies(tmp_path):
     def appends(policy):
         j = Journal(str(tmp_path / policy), "unit", fsync=policy)
         j.recover()
-        synced.clear()
+        start = j.syncs
         for i in range(5):
             j.append(0, 0, TELL, dumps(i))
-        during = len(synced)
+        during = j.syncs - start
         j.flush()
-        flushed = len(synced)
+        flushed = j.syncs - start
         j.sync()
-        after = len(synced)
+        after = j.syncs - start
         j.close()
         return during, flushed, after
 
@@ -867,6 +863,38 @@ def test_a_persistent_actor_without_a_name_is_an_error(tmp_path):
 
     assert run(main, resilience_dir=str(tmp_path / "res")) == "ok"
     assert os.path.exists(tmp_path / "res" / "keeper.journal.1")
+
+
+class SyncCounter(actors.Actor):
+    """Persistent; counts its tells, and those it handled before the journal had synced them. "syncs" answers
+    (tells, tells handled before their sync, the journal's fsyncs so far)."""
+    persistent = True
+
+    def __init__(self):
+        self.n = 0
+        self.unsynced = 0
+
+    async def receive(self, msg):
+        from actors import _ref
+        journal = _ref._system.endpoint.handler.journal
+        if msg == "syncs":
+            return self.n, self.unsynced, journal.syncs
+        self.n += 1
+        self.unsynced += journal.dirty
+
+
+def test_fsync_always_syncs_once_per_batch_and_before_any_of_it_is_handled(tmp_path):
+    async def main(system):
+        ref = await system.spawn(SyncCounter, name="strict", options={"fsync": "always"})
+        _, _, before = await ref.ask("syncs", timeout=30)
+        for i in range(500):
+            ref.tell_nowait(i)          # a few writes of many records each: a few batches
+        told, unsynced, after = await ref.ask("syncs", timeout=30)
+        assert (told, unsynced) == (500, 0)
+        assert 1 <= after - before <= 25, f"{after - before} fsyncs for 500 tells in a few batches"
+        return "ok"
+
+    assert run(main, resilience_dir=str(tmp_path / "res")) == "ok"
 
 
 class Tally(actors.Actor):
