@@ -31,12 +31,14 @@ class Result:
     ratio_vs_baseline: Optional[float] = None
     note: str = ""                           # why the row is n/a, or what it measures exactly
     rounds: Optional[list] = None            # seconds per op in each round, when measured in rounds
+    lower_is_better: Optional[bool] = None   # set when the ratio is impl / baseline (a latency, a CPU time)
 
     @property
     def ops_per_s(self) -> Optional[float]:
         return None if not self.seconds_per_op else 1.0 / self.seconds_per_op
 
     def as_dict(self) -> dict:
+        extra = {} if self.lower_is_better is None else {"lower_is_better": self.lower_is_better}
         return {
             "benchmark": self.benchmark,
             "payload": self.payload,
@@ -47,6 +49,7 @@ class Result:
             "ratio_vs_baseline": self.ratio_vs_baseline,
             "note": self.note,
             "rounds": self.rounds,
+            **extra,
         }
 
 

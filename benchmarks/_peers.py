@@ -1,10 +1,69 @@
-"""Baselines the runtime benchmarks measure in the same run: multiprocessing.Pipe (and Ray, when installed)."""
+"""Baselines the runtime benchmarks measure in the same run: multiprocessing.Pipe (and Ray, when installed), and
+the CPU time of the processes taking part."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 
 CTX = mp.get_context("fork")
+
+
+def cpu_seconds(pids) -> float:
+    """CPU time used so far by the processes `pids`, all their threads, in seconds, to the nanosecond (from
+    /proc/<pid>/task/*/schedstat; clock ticks would be 10 ms coarse). A process that has gone counts 0."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                    total += int(f.read().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return total * 1e-9
+
+
+class PipeRing:
+    """`n` processes in a ring of `multiprocessing.Pipe`s passing a token (a hop count) on: one wakeup per hop,
+    as in the actors' ring. Started once, then timed in as many runs as wanted."""
+
+    def __init__(self, n: int):
+        self.ends = [CTX.Pipe(duplex=False) for _ in range(n)]     # node i reads ends[i], writes ends[i + 1]
+        self.done_r, done_w = CTX.Pipe(duplex=False)
+        self.procs = [CTX.Process(target=_ring_node, args=(self.ends[i][0], self.ends[(i + 1) % n][1], done_w))
+                      for i in range(n)]
+        for p in self.procs:
+            p.start()
+        self.pids = [os.getpid()] + [p.pid for p in self.procs]
+
+    def run(self, hops: int) -> tuple[float, float]:
+        """(seconds, CPU seconds of every process in the ring and this one) for `hops` hops of the token."""
+        cpu = cpu_seconds(self.pids)
+        start = time.perf_counter()
+        self.ends[0][1].send(hops)
+        self.done_r.recv()
+        return time.perf_counter() - start, cpu_seconds(self.pids) - cpu
+
+    def close(self) -> None:
+        self.ends[0][1].send(None)
+        for p in self.procs:
+            p.join(60)
+
+
+def _ring_node(conn_in, conn_out, done):
+    while True:
+        hops = conn_in.recv()
+        if hops is None:
+            conn_out.send(None)
+            return
+        if hops <= 1:
+            done.send(True)
+        else:
+            conn_out.send(hops - 1)
 
 
 def _pipe_sink(conn, n, done):
@@ -72,8 +131,9 @@ def _pipe_echo(conn):
         conn.send(msg)
 
 
-def pipe_round_trips(message, n: int) -> list[float]:
-    """Each of `n` request/reply round trips over a duplex Pipe, in seconds."""
+def pipe_round_trips(message, n: int) -> tuple[list[float], float]:
+    """Each of `n` request/reply round trips over a duplex Pipe, in seconds; and the CPU seconds both processes
+    used per round trip."""
     ours, theirs = CTX.Pipe()
     proc = CTX.Process(target=_pipe_echo, args=(theirs,))
     proc.start()
@@ -81,14 +141,17 @@ def pipe_round_trips(message, n: int) -> list[float]:
         ours.send(message)
         ours.recv()
     times = []
+    pids = (os.getpid(), proc.pid)
+    cpu = cpu_seconds(pids)
     for _ in range(n):
         t = time.perf_counter()
         ours.send(message)
         ours.recv()
         times.append(time.perf_counter() - t)
+    cpu = cpu_seconds(pids) - cpu
     ours.send(None)
     proc.join(60)
-    return times
+    return times, cpu / n
 
 
 def ray_available() -> bool:

@@ -1,12 +1,27 @@
-"""Message throughput between actors: one-way small messages, fan-in, and 100 MB numpy arrays.
+"""Message throughput between actors: one-way small messages, fan-in, a token ring, 1 MB `bytes`, 100 MB numpy
+arrays, and a persistent receiver.
 
-Every case prints multiprocessing.Pipe measured in the same run, and the ratio (higher is better):
+Every case prints its baseline measured in the same run, and the ratio. The cases run in alternating rounds (each
+round measures a case and then its baseline, so both share the machine's load of that moment); each figure is the
+median over the rounds, with the lowest and highest beside it, and each ratio the median of the rounds' ratios:
 
-    python -m benchmarks.bench_throughput [--count N] [--senders K] [--array-mb MB] [--arrays N] [--json PATH]
+    python -m benchmarks.bench_throughput [--rounds N] [--count N] [--senders K] [--ring N] [--hops N]
+                                          [--array-mb MB] [--arrays N] [--cases LIST] [--quick] [--json PATH]
+
+- one-way, fan-in: a Source actor telling a Sink (K Sources for fan-in), against multiprocessing.Pipe with as many
+  processes; messages/s, ours over the Pipe's.
+- ring of N, ring of 2: N actors passing a token on, one wakeup per hop, against a ring of N processes joined by
+  Pipes; hops/s, and CPU per hop (every process of the ring, and this one) as a multiple of the Pipe's.
+- 1 MB bytes: a Source telling a Sink 1 MiB `bytes`, against an in-cache memcpy of 1 MiB (bytearray slice
+  assignment); time per message over the copy's, and the CPU of sender and receiver per message.
+- numpy: 100 MiB arrays, copied into the store and as `shared_array`, against multiprocessing.Pipe.
+- persistent: the Sink journaling (fsync="group"), against the same Sink not persistent.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -15,9 +30,12 @@ import numpy as np
 import trio
 
 import actors
+from actors import testing
 from benchmarks import _harness, _peers
 
 MESSAGE = {"id": 123, "name": "sensor-7", "values": [1.0, 2.0, 3.0], "ok": True, "tag": None}
+BIG = 1 << 20
+CASES = ("one-way", "fan-in", "ring", "ring-2", "bytes-1mb", "numpy", "persistent")
 
 
 class Sink(actors.Actor):
@@ -32,6 +50,9 @@ class Sink(actors.Actor):
 
     async def total(self):
         return self.count
+
+    async def pid(self):
+        return os.getpid()
 
 
 class PersistentSink(Sink):
@@ -72,135 +93,254 @@ class Source(actors.Actor):
         await sink.proxy.total()
         return time.perf_counter() - start
 
+    async def pid(self):
+        return os.getpid()
 
-def run_actors(args) -> dict:
-    out = {}
+
+class RingNode(actors.Actor):
+    """One node of the token ring: passes the hop count on to the next node, or tells `done` at the last hop."""
+
+    def __init__(self):
+        self.next = None
+        self.done = None
+
+    async def join(self, next_node, done):
+        self.next = next_node
+        self.done = done
+        return os.getpid()
+
+    async def receive(self, hops):
+        if hops <= 1:
+            await self.done.tell(True)
+        else:
+            await self.next.tell(hops - 1)
+
+
+class Ring:
+    """N RingNodes joined in a ring, the probe `done` in this process told when the token's hops are spent."""
+
+    @classmethod
+    async def start(cls, system, n: int, name: str):
+        ring = cls()
+        ring.done = testing.Probe(system, name=f"{name}-done")
+        ring.nodes = [await system.spawn(RingNode, name=f"{name}-{i}") for i in range(n)]
+        ring.pids = [os.getpid()]
+        for i, node in enumerate(ring.nodes):
+            ring.pids.append(await node.proxy.join(ring.nodes[(i + 1) % n], ring.done.ref))
+        await ring.run(2 * n)               # every link opened, every node warm
+        return ring
+
+    async def run(self, hops: int) -> tuple[float, float]:
+        """(seconds, CPU seconds of every node and this process) for `hops` hops."""
+        cpu = _peers.cpu_seconds(self.pids)
+        start = time.perf_counter()
+        await self.nodes[0].tell(hops)
+        await self.done.expect(True, timeout=600)
+        return time.perf_counter() - start, _peers.cpu_seconds(self.pids) - cpu
+
+
+def memcpy_seconds(nbytes: int, n: int) -> float:
+    """Seconds per in-cache copy of `nbytes` (the same source into the same preallocated bytearray)."""
+    src = bytes(nbytes)
+    dst = bytearray(nbytes)
+    dst[:] = src
+    start = time.perf_counter()
+    for _ in range(n):
+        dst[:] = src
+    return (time.perf_counter() - start) / n
+
+
+def measure(args) -> dict:
+    """case -> {"ours": [per round], "base": [...], "ours_cpu": [...], "base_cpu": [...], "shared": [...]}: seconds
+    per operation, CPU seconds per operation, and the numpy case's shared_array."""
+    out = {case: {"ours": [], "base": [], "ours_cpu": [], "base_cpu": [], "shared": []} for case in args.cases}
+    pipe_rings = {}
+    if "ring" in args.cases:
+        pipe_rings["ring"] = _peers.PipeRing(args.ring)
+    if "ring-2" in args.cases:
+        pipe_rings["ring-2"] = _peers.PipeRing(2)
+    for ring in pipe_rings.values():
+        ring.run(2 * len(ring.procs))
 
     async def main(system):
         sink = await system.spawn(Sink, name="sink")
         source = await system.spawn(Source, name="source")
-        if "one-way" in args.cases:
-            await source.proxy.send(sink, min(args.count, 10_000), MESSAGE)
-            out["one-way"] = min([await source.proxy.send(sink, args.count, MESSAGE)
-                                  for _ in range(args.repeat)]) / args.count
+        pair = [os.getpid(), await source.proxy.pid(), await sink.proxy.pid()]
+        await source.proxy.send(sink, min(args.count, 10_000), MESSAGE)
+        rings = {}
+        if "ring" in args.cases:
+            rings["ring"] = await Ring.start(system, args.ring, "ring")
+        if "ring-2" in args.cases:
+            rings["ring-2"] = await Ring.start(system, 2, "ring-2")
         if "fan-in" in args.cases:
             fan_sink = await system.spawn(Sink, name="fan-sink")
             sources = [await system.spawn(Source, name=f"source-{i}") for i in range(args.senders)]
-            n_each = args.count // args.senders
-            best = None
-            for _ in range(args.repeat):
+        if "persistent" in args.cases:
+            psink = await system.spawn(PersistentSink, name="persistent-sink")
+            await source.proxy.send(psink, min(args.count, 10_000), MESSAGE)
+        payload = bytes(BIG)
+        if "bytes-1mb" in args.cases:
+            await source.proxy.send(sink, 10, payload)
+
+        for _ in range(args.rounds):
+            if "one-way" in args.cases:
+                out["one-way"]["ours"].append(await source.proxy.send(sink, args.count, MESSAGE) / args.count)
+                out["one-way"]["base"].append(_peers.pipe_one_way(MESSAGE, args.count) / args.count)
+            if "fan-in" in args.cases:
+                n_each = args.count // args.senders
                 start = time.perf_counter()
                 async with trio.open_nursery() as nursery:
                     for s in sources:
                         nursery.start_soon(s.proxy.send, fan_sink, n_each, MESSAGE)
-                elapsed = time.perf_counter() - start
-                best = elapsed if best is None else min(best, elapsed)
-            out["fan-in"] = best / (n_each * args.senders)
-        if "numpy" in args.cases:
-            nbytes = args.array_mb << 20
-            out["numpy"] = min([await source.proxy.send_array(sink, args.arrays, nbytes)
-                                for _ in range(args.repeat)]) / args.arrays
-            out["numpy-shared"] = min([await source.proxy.send_shared(sink, args.arrays, nbytes)
-                                       for _ in range(args.repeat)]) / args.arrays
+                out["fan-in"]["ours"].append((time.perf_counter() - start) / (n_each * args.senders))
+                out["fan-in"]["base"].append(_peers.pipe_fan_in(MESSAGE, args.senders, n_each)
+                                             / (n_each * args.senders))
+            for case, ring in rings.items():
+                seconds, cpu = await ring.run(args.hops)
+                out[case]["ours"].append(seconds / args.hops)
+                out[case]["ours_cpu"].append(cpu / args.hops)
+                seconds, cpu = pipe_rings[case].run(args.hops)
+                out[case]["base"].append(seconds / args.hops)
+                out[case]["base_cpu"].append(cpu / args.hops)
+            if "bytes-1mb" in args.cases:
+                cpu = _peers.cpu_seconds(pair)
+                out["bytes-1mb"]["ours"].append(await source.proxy.send(sink, args.big, payload) / args.big)
+                out["bytes-1mb"]["ours_cpu"].append((_peers.cpu_seconds(pair) - cpu) / args.big)
+                out["bytes-1mb"]["base"].append(memcpy_seconds(BIG, args.big))
+            if "numpy" in args.cases:
+                nbytes = args.array_mb << 20
+                out["numpy"]["ours"].append(await source.proxy.send_array(sink, args.arrays, nbytes) / args.arrays)
+                arr = np.random.rand(nbytes // 8)
+                out["numpy"]["base"].append(_peers.pipe_one_way(arr, args.arrays) / args.arrays)
+                del arr
+                out["numpy"]["shared"].append(await source.proxy.send_shared(sink, args.arrays, nbytes) / args.arrays)
+            if "persistent" in args.cases:
+                out["persistent"]["ours"].append(await source.proxy.send(psink, args.count, MESSAGE) / args.count)
+                out["persistent"]["base"].append(await source.proxy.send(sink, args.count, MESSAGE) / args.count)
 
-        if "persistent" in args.cases:
-            psink = await system.spawn(PersistentSink, name="persistent-sink")
-            await source.proxy.send(psink, min(args.count, 10_000), MESSAGE)
-            out["persistent"] = min([await source.proxy.send(psink, args.count, MESSAGE)
-                                     for _ in range(args.repeat)]) / args.count
-            if "one-way" not in out:
-                out["one-way"] = min([await source.proxy.send(sink, args.count, MESSAGE)
-                                      for _ in range(args.repeat)]) / args.count
-
-    with tempfile.TemporaryDirectory(prefix="bench-resilience-") as resilience_dir:
-        actors.run(main, store_capacity=max(1 << 30, 4 * (args.array_mb << 20) * 2),
-                   resilience_dir=resilience_dir)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-resilience-") as resilience_dir:
+            actors.run(main, store_capacity=max(1 << 30, 4 * (args.array_mb << 20) * 2),
+                       resilience_dir=resilience_dir)
+    finally:
+        for ring in pipe_rings.values():
+            ring.close()
     return out
 
 
-def run_pipe(args) -> dict:
-    out = {}
-    if "one-way" in args.cases:
-        out["one-way"] = min(_peers.pipe_one_way(MESSAGE, args.count) for _ in range(args.repeat)) / args.count
-    if "fan-in" in args.cases:
-        n_each = args.count // args.senders
-        out["fan-in"] = min(_peers.pipe_fan_in(MESSAGE, args.senders, n_each)
-                            for _ in range(args.repeat)) / (n_each * args.senders)
-    if "numpy" in args.cases:
-        arr = np.random.rand((args.array_mb << 20) // 8)
-        out["numpy"] = min(_peers.pipe_one_way(arr, args.arrays) for _ in range(args.repeat)) / args.arrays
-    return out
+def _ratios(base: list, ours: list) -> list:
+    return [b / o for b, o in zip(base, ours)]
+
+
+def _fmt_spread(values: list, scale: float = 1e6) -> str:
+    med, lo, hi = _harness.median_spread(values)
+    return f"{med * scale:10.2f} ({lo * scale:.2f} to {hi * scale:.2f})"
+
+
+def _fmt_ratio(values: list) -> str:
+    med, lo, hi = _harness.median_spread(values)
+    return f"{med:5.2f}x ({lo:.2f} to {hi:.2f})"
+
+
+def report(args, m: dict) -> tuple[list, list]:
+    """Print every case beside its baseline; (results for --json, targets)."""
+    results, checks = [], []
+    labels = {"one-way": ("small message, 1 -> 1", "multiprocessing.Pipe"),
+              "fan-in": (f"small message, {args.senders} -> 1", "multiprocessing.Pipe"),
+              "ring": (f"token ring of {args.ring}, {args.hops} hops", "multiprocessing.Pipe ring"),
+              "ring-2": (f"token ring of 2, {args.hops} hops", "multiprocessing.Pipe ring"),
+              "bytes-1mb": ("1 MiB bytes, 1 -> 1", "memcpy of 1 MiB, in cache"),
+              "numpy": (f"numpy {args.array_mb} MiB, 1 -> 1", "multiprocessing.Pipe"),
+              "persistent": ("small message, 1 -> 1 persistent actor", "actors, not persistent")}
+    print(f"\n{args.rounds} alternating rounds; medians, (lowest to highest); a ratio is the median of the rounds' "
+          f"ratios, > 1 is better unless it says lower")
+    for case in CASES:
+        if case not in args.cases:
+            continue
+        label, base_name = labels[case]
+        ours, base = m[case]["ours"], m[case]["base"]
+        speed = _ratios(base, ours)
+        print(f"\n{label}")
+        print(f"  {base_name + ' (baseline)':<34} {_fmt_spread(base)} us/op")
+        impl = "actors, persistent (journal, group commit)" if case == "persistent" else "actors"
+        print(f"  {impl:<34} {_fmt_spread(ours)} us/op   {_fmt_ratio(speed)}")
+        results.append(_harness.Result("throughput", label, base_name, statistics.median(base), base_name, 1.0,
+                                       rounds=base))
+        results.append(_harness.Result("throughput", label, impl, statistics.median(ours), base_name,
+                                       statistics.median(speed), rounds=ours))
+        if case in ("ring", "ring-2"):
+            cpu = _ratios(m[case]["ours_cpu"], m[case]["base_cpu"])       # ours as a multiple: lower is better
+            print(f"  hops/s: actors {1 / statistics.median(ours):,.0f}, Pipe {1 / statistics.median(base):,.0f}")
+            print(f"  CPU per hop, us: Pipe {_fmt_spread(m[case]['base_cpu'])}, actors "
+                  f"{_fmt_spread(m[case]['ours_cpu'])}: {_fmt_ratio(cpu)} Pipe's (lower is better)")
+            results.append(_harness.Result("cpu per hop", label, base_name, statistics.median(m[case]["base_cpu"]),
+                                           base_name, 1.0, rounds=m[case]["base_cpu"]))
+            results.append(_harness.Result("cpu per hop", label, "actors", statistics.median(m[case]["ours_cpu"]),
+                                           base_name, 1 / statistics.median(cpu), rounds=m[case]["ours_cpu"]))
+            checks.append((f"{label}: >= 1.0x Pipe hops/s (measured {statistics.median(speed):.2f}x)",
+                           statistics.median(speed) >= 1.0))
+            if case == "ring":
+                checks.append((f"{label}: <= 1.5x Pipe CPU per hop (measured {statistics.median(cpu):.2f}x)",
+                               statistics.median(cpu) <= 1.5))
+        elif case == "bytes-1mb":
+            print(f"  actors: {BIG / statistics.median(ours) / 1e9:.2f} GB/s, CPU per message "
+                  f"{_fmt_spread(m[case]['ours_cpu'])} us (sender and receiver); memcpy "
+                  f"{BIG / statistics.median(base) / 1e9:.2f} GB/s")
+            results.append(_harness.Result("cpu per message", label, "actors", statistics.median(m[case]["ours_cpu"]),
+                                           note="sender and receiver", rounds=m[case]["ours_cpu"]))
+            checks.append((f"{label}: >= 0.35x an in-cache memcpy (measured {statistics.median(speed):.2f}x)",
+                           statistics.median(speed) >= 0.35))
+        elif case == "numpy":
+            shared = m[case]["shared"]
+            print(f"  {'actors, shared_array':<34} {_fmt_spread(shared)} us/op   "
+                  f"{_fmt_ratio(_ratios(base, shared))}   filled in place, sent with no copy")
+            results.append(_harness.Result("throughput", label, "actors, shared_array", statistics.median(shared),
+                                           base_name, statistics.median(_ratios(base, shared)),
+                                           note="filled in place, sent with no copy", rounds=shared))
+            checks.append((f"{label}: >= 10x Pipe (measured {statistics.median(speed):.2f}x)",
+                           statistics.median(speed) >= 10))
+        elif case == "persistent":
+            checks.append((f"persistent actor >= 0.85x the same actor without persistence (measured "
+                           f"{statistics.median(speed):.2f}x)", statistics.median(speed) >= 0.85))
+        else:
+            print(f"  actors: {1 / statistics.median(ours):,.0f} msg/s, Pipe {1 / statistics.median(base):,.0f} msg/s")
+            checks.append((f"{label}: >= 5x Pipe (measured {statistics.median(speed):.2f}x)",
+                           statistics.median(speed) >= 5))
+        if case in ("one-way", "fan-in", "ring") and not _peers.ray_available():
+            results.append(_harness.Result("throughput", label, "ray", None, note="ray not installed"))
+    return results, checks
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      parents=[_harness.parent_parser()])
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--count", type=int, default=200_000, help="small messages per run (default 200000)")
-    parser.add_argument("--senders", type=int, default=4, help="senders in the fan-in case (default 4)")
+    parser.add_argument("--senders", type=int, default=8, help="senders in the fan-in case (default 8)")
+    parser.add_argument("--ring", type=int, default=100, help="actors in the token ring (default 100)")
+    parser.add_argument("--hops", type=int, default=10_000, help="hops of the token per run (default 10000)")
+    parser.add_argument("--big", type=int, default=2000, help="1 MiB messages per run (default 2000)")
     parser.add_argument("--array-mb", type=int, default=100, help="array size in MiB (default 100)")
     parser.add_argument("--arrays", type=int, default=10, help="arrays per run (default 10)")
-    parser.add_argument("--cases", default="one-way,fan-in,numpy,persistent",
-                        help="comma-separated subset of one-way,fan-in,numpy,persistent")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
-    parser.set_defaults(repeat=3)
     args = parser.parse_args(argv)
     args.cases = set(args.cases.split(","))
+    unknown = args.cases - set(CASES)
+    if unknown:
+        parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     if args.quick:
-        args.count, args.arrays, args.array_mb, args.repeat = 20_000, 3, 10, 1
+        args.count, args.hops, args.big, args.arrays, args.array_mb = 20_000, 1000, 200, 3, 10
+        args.ring = min(args.ring, 20)
 
-    ours = run_actors(args)
-    pipe = run_pipe(args)
-    results = []
-    labels = {"one-way": "small message, 1 -> 1", "fan-in": f"small message, {args.senders} -> 1",
-              "numpy": f"numpy {args.array_mb} MiB, 1 -> 1"}
-    for case, label in labels.items():
-        if case not in args.cases:
-            continue
-        results.append(_harness.Result("throughput", label, "multiprocessing.Pipe", pipe[case]))
-        results.append(_harness.Result("throughput", label, "actors", ours[case]))
-        if case == "numpy":
-            results.append(_harness.Result("throughput", label, "actors, shared_array", ours["numpy-shared"],
-                                           note="filled in place, sent with no copy"))
-        if not _peers.ray_available():
-            results.append(_harness.Result("throughput", label, "ray", None, note="ray not installed"))
-    _harness.add_ratios(results, "multiprocessing.Pipe")
-
+    load = os.getloadavg()[0]
+    m = measure(args)
     _harness.print_machine()
-    for label in labels.values():
-        rows = [r for r in results if r.payload == label]
-        if rows:
-            _harness.print_table(label, rows, baseline_label="vs Pipe")
-            for r in rows:
-                if r.seconds_per_op:
-                    rate = (f"{(args.array_mb << 20) / r.seconds_per_op / 1e9:.2f} GB/s"
-                            if "numpy" in label else f"{1 / r.seconds_per_op:,.0f} msg/s")
-                    print(f"    {r.impl}: {rate}")
-    checks = []
-    r1 = pipe["one-way"] / ours["one-way"] if "one-way" in args.cases else None
-    if "one-way" in args.cases:
-        checks.append((f"one-way small messages >= 3x (measured {r1:.2f}x)", r1 >= 3))
-    if "numpy" in args.cases:
-        rn = pipe["numpy"] / ours["numpy"]
-        checks.append((f"100 MB numpy actor to actor >= 10x (measured {rn:.2f}x)", rn >= 10))
-    if "fan-in" in args.cases and "one-way" in args.cases:
-        # the issue states every target as a ratio to Pipe in the same run: fan-in's ratio must hold up
-        rf = pipe["fan-in"] / ours["fan-in"]
-        checks.append((f"fan-in ratio not below the 1:1 ratio (measured {rf:.2f}x vs {r1:.2f}x; absolute "
-                       f"{1 / ours['fan-in']:,.0f} vs {1 / ours['one-way']:,.0f} msg/s)", rf >= r1))
-    if "persistent" in args.cases:
-        label = "small message, 1 -> 1 persistent actor"
-        results.append(_harness.Result("throughput", label, "actors, not persistent", ours["one-way"]))
-        results.append(_harness.Result("throughput", label, "actors, persistent (journal, group commit)",
-                                       ours["persistent"]))
-        _harness.add_ratios([r for r in results if r.payload == label], "actors, not persistent")
-        _harness.print_table(label, [r for r in results if r.payload == label], baseline_label="vs plain")
-        rp = ours["one-way"] / ours["persistent"]
-        print(f"    persistent: {1 / ours['persistent']:,.0f} msg/s, not persistent {1 / ours['one-way']:,.0f} msg/s")
-        checks.append((f"persistent actor >= 0.5x the same actor without persistence (measured {rp:.2f}x)",
-                       rp >= 0.5))
-    _harness.print_targets(checks, "targets (ratio to multiprocessing.Pipe, or to the plain actor, in this run):")
+    print(f"load average (1 min) at the start: {load:.2f}")
+    results, checks = report(args, m)
+    _harness.print_targets(checks, "targets (ratio to the baseline in this run):")
     if args.json:
-        _harness.write_json(args.json, results, targets=dict(checks))
+        _harness.write_json(args.json, results, targets=dict(checks), load_average=load)
     return 0
 
 
