@@ -103,6 +103,7 @@ cdef enum:
     PAGE = 4096
     COMMIT_CHUNK = 1 << 24      # /dev/shm space is reserved 16 MiB at a time, ahead of first use
     MAX_DIMS = 64               # numpy's own limit, and the codec's
+    FREE_AT_ONCE_ORDER = 10     # blocks of 64 KiB (64 << 10) or more are freed at once, even when frees are deferred
 
 
 cdef extern from "zlib.h":
@@ -481,7 +482,12 @@ cdef class Arena:
 
     cdef void _free(self, uint64_t off) noexcept nogil:
         if self._defer_frees:
-            if defer_free(self.h, self.deferred, off):
+            # A large block goes back at once (with whatever was deferred, under the same lock): a lock per large
+            # message costs little beside its copy, and a block given back while its sender is still sending is
+            # the one its next message gets, warm in the cache and mapped in both processes. Held to the batch's
+            # end, a batch of large messages makes the sender take fresh, cold blocks instead.
+            if (defer_free(self.h, self.deferred, off)
+                    or arena_table(self.h)[off >> MIN_SHIFT] > FREE_AT_ONCE_ORDER):
                 self._flush_frees()
             return
         arena_lock(self.h)
@@ -499,6 +505,11 @@ cdef class Arena:
         if on and self.slot == NULL and not self.slot_tried:
             self._claim_slot()
         self._defer_frees = on
+
+    @property
+    def deferred_frees(self):
+        """How many blocks wait to be freed at the next flush_frees()."""
+        return self.deferred.n
 
     def flush_frees(self):
         """Free the deferred blocks, under one lock acquisition."""

@@ -90,6 +90,26 @@ def test_released_when_no_ref_and_no_view_remains(store):
     assert store.stats()["used"] == 0
 
 
+def test_with_frees_deferred_a_large_block_goes_back_at_once_and_a_small_one_at_the_flush(store):
+    # An actor defers its frees to the end of each batch; a large block (64 KiB or more) is freed at once instead,
+    # so that its sender's next message reuses it, warm, rather than taking fresh memory.
+    arena = store._arena
+    arena.defer_frees = True
+    try:
+        small, large = store.put(b"x" * 100), store.put(bytes(64 << 10))
+        del large
+        gc.collect()
+        assert arena.deferred_frees == 0, "the large block is freed at once"
+        del small
+        gc.collect()
+        assert arena.deferred_frees == 1, "the small block waits for the flush"
+        arena.flush_frees()
+        assert arena.deferred_frees == 0
+    finally:
+        arena.defer_frees = False
+    assert store.stats()["objects"] == 0 and store.stats()["used"] == 0
+
+
 def test_ref_inside_message_keeps_object_alive(store):
     inner = store.put("payload")
     outer = store.put({"ref": inner})
