@@ -2,11 +2,17 @@
 arrive while a handler awaits, and the blocks of handled messages released at once.
 
 Every system runs in this process through `run()` (a deadline around `main`), with real actor processes."""
+import socket
+import time
+
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from actors import MailboxFullError
+from actors._wire import inbox
+from actors._wire.inbox import QuietWait
 from _helpers.actors import (
     Blocker,
     Producer,
@@ -172,3 +178,52 @@ def test_a_message_nearly_as_large_as_the_store_does_not_wedge_it():
         return await sink.ask("count")
 
     assert run(main, timeout=30, store_capacity="64M") == 4
+
+
+# -- waiting outside trio's loop (QuietWait) ----------------------------------------------------------------------
+
+@pytest.fixture
+def records_waiting():
+    """A socket with a record waiting to be read, and its peer."""
+    a, b = socket.socketpair()
+    with a, b:
+        b.send(b"x" * 24)
+        yield a
+
+
+@pytest.mark.trio
+async def test_a_quiet_wait_returns_true_when_its_socket_has_records(records_waiting):
+    assert QuietWait(records_waiting.fileno())() is True
+
+
+@pytest.mark.trio
+async def test_a_quiet_wait_leaves_the_waiting_to_trio_when_another_task_is_scheduled(records_waiting):
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.lowlevel.checkpoint)        # scheduled, not yet run
+        assert QuietWait(records_waiting.fileno())() is False
+
+
+@pytest.mark.trio
+async def test_a_quiet_wait_leaves_the_waiting_to_trio_when_a_deadline_is_due_or_its_task_cancelled(records_waiting):
+    quiet = QuietWait(records_waiting.fileno())
+    with trio.CancelScope(deadline=trio.current_time() + 1e-9):
+        assert quiet() is False
+    with trio.CancelScope() as scope:
+        scope.cancel()              # as a handler cancelling its own process's scope does
+        assert quiet() is False
+    assert quiet() is True
+
+
+@pytest.mark.trio
+async def test_a_quiet_wait_wakes_when_anything_else_trio_waits_for_is_ready(monkeypatch):
+    monkeypatch.setattr(inbox, "QUIET_WAIT_MAX", 60.0)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    with a, b, c, d:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.lowlevel.wait_readable, c)
+            await trio.testing.wait_all_tasks_blocked()
+            d.send(b"!")            # ready for the other task; nothing for the quiet wait's own socket
+            start = time.monotonic()
+            assert QuietWait(a.fileno())() is False
+            assert time.monotonic() - start < 30, "it slept on, although another task's socket was ready"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 import os
+import select
 import time
 
 import trio
@@ -18,6 +19,58 @@ from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY,
 
 INBOX_BATCHES = 8
 READ_SIZE = 1 << 18
+QUIET_WAIT_MAX = 0.25       # seconds a reader sleeps outside trio's loop at most, before it goes back through it
+
+
+class QuietWait:
+    """Waiting for one link's next records without a pass through trio's loop, when nothing else in this process
+    could run meanwhile.
+
+    A reader whose socket is empty normally waits in trio (`wait_readable`): an epoll registration, a pass of the
+    run loop and a task switch, per message when messages come one at a time (a token ring: one wakeup per hop).
+    When no other task of the process is runnable, nothing is lost by sleeping in the kernel instead, in one poll()
+    on the link's socket and on trio's own epoll descriptor, which becomes readable when anything trio waits for is
+    ready (another socket, a signal, a wakeup from a thread). It returns True when the link has records; False
+    (wait through trio instead) when another task is runnable, a deadline is near or has passed, something else
+    woke, this task is cancelled, or trio's internals are not the ones this relies on (then it is off for good).
+    Needs the run's clock to be the system clock, not a guest run, and nobody waiting for the run to go idle.
+    """
+    __slots__ = ("fd", "poller", "runner")
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.poller = None
+        self.runner = None
+        try:
+            from trio._core._run import GLOBAL_RUN_CONTEXT, SystemClock
+            runner = GLOBAL_RUN_CONTEXT.runner
+            if type(runner.clock) is not SystemClock or runner.is_guest:
+                return
+            epoll_fd = runner.io_manager._epoll.fileno()
+            runner.deadlines.next_deadline, runner.tasks, runner.waiting_for_idle    # noqa: B018 (present?)
+            trio.lowlevel.current_task()._cancel_status.effectively_cancelled       # noqa: B018
+        except (ImportError, AttributeError):
+            return
+        self.runner = runner
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+        self.poller.register(epoll_fd, select.POLLIN)
+
+    def __call__(self) -> bool:
+        runner = self.runner
+        if runner is None or runner.runq or runner.waiting_for_idle:
+            return False
+        me = trio.lowlevel.current_task()
+        if me._cancel_status.effectively_cancelled:
+            return False                    # cancelled (by its own handler, say): trio's wait raises it
+        for task in runner.tasks:
+            if task._next_send_fn is not None and task is not me:
+                return False                # scheduled to run (in this batch or the next): let trio run it
+        timeout = min(QUIET_WAIT_MAX, runner.deadlines.next_deadline() - runner.clock.current_time())
+        if timeout <= 0:
+            return False
+        events = self.poller.poll(timeout * 1000)
+        return len(events) == 1 and events[0][0] == self.fd
 
 
 class Inbox:
@@ -59,10 +112,16 @@ class Inbox:
         drained = False
         spin_until = time.perf_counter() + spin if waiter is not None else 0.0
         epoch = 0
+        quiet = None
+        if waiter is None:
+            fd = link.fileno()
+            if fd is not None:
+                quiet = QuietWait(fd)
         try:
             while waiter is None or not waiter.kind:
                 if drained:                 # the last read came up short: the socket is empty, wait first
-                    await link.wait_readable()
+                    if quiet is None or not quiet():
+                        await link.wait_readable()
                 try:
                     n = recv_into(view[have:])
                 except BlockingIOError:

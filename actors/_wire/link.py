@@ -68,6 +68,11 @@ class Link(abc.ABC):
     async def wait_writable(self) -> None:
         """Sleep until `send` can take more."""
 
+    def fileno(self) -> int | None:
+        """The descriptor `recv_into` reads, when there is one the kernel can poll (None otherwise): a reader may
+        then wait for it without a pass through trio's loop (`inbox.QuietWait`)."""
+        return None
+
     @abc.abstractmethod
     def unread(self) -> int:
         """Bytes that have arrived on the connection and are not read yet (for status; a system call)."""

@@ -34,6 +34,9 @@ class UnixLink(Link):
         self.wait_readable = functools.partial(trio.lowlevel.wait_readable, sock)
         self.wait_writable = functools.partial(trio.lowlevel.wait_writable, sock)
 
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
     def unread(self) -> int:
         try:
             return struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
