@@ -12,7 +12,7 @@ import trio.testing
 
 from actors import MailboxFullError
 from actors._wire import inbox
-from actors._wire.inbox import QuietWait
+from actors._wire.inbox import SPIN_SKIP_MAX, QuietWait, ReaderSpin
 from _helpers.actors import (
     Blocker,
     Producer,
@@ -227,3 +227,18 @@ async def test_a_quiet_wait_wakes_when_anything_else_trio_waits_for_is_ready(mon
             start = time.monotonic()
             assert QuietWait(a.fileno())() is False
             assert time.monotonic() - start < 30, "it slept on, although another task's socket was ready"
+
+
+def test_a_reader_spins_while_spinning_catches_records_and_ever_less_often_after_spins_that_do_not():
+    policy = ReaderSpin()
+    assert [policy.should_spin() for _ in range(3)] == [True] * 3
+    policy.missed()
+    assert [policy.should_spin() for _ in range(3)] == [False, False, True]
+    policy.missed()
+    assert [policy.should_spin() for _ in range(5)] == [False] * 4 + [True]
+    for _ in range(40):
+        policy.missed()
+    assert [policy.should_spin() for _ in range(SPIN_SKIP_MAX + 1)] == [False] * SPIN_SKIP_MAX + [True]
+    policy.caught()
+    policy.missed()
+    assert [policy.should_spin() for _ in range(3)] == [False, False, True]      # back to the start

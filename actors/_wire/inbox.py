@@ -19,7 +19,34 @@ from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY,
 
 INBOX_BATCHES = 8
 READ_SIZE = 1 << 18
+SPIN_SKIP_MAX = 1024        # after spins that catch nothing, a reader spins once in this many waits at most
 QUIET_WAIT_MAX = 0.25       # seconds a reader sleeps outside trio's loop at most, before it goes back through it
+
+
+class ReaderSpin:
+    """Whether a reader spins for its next records before sleeping: while spinning pays. After a spin that caught
+    nothing it sleeps at once for the next 2, then 4, ... up to SPIN_SKIP_MAX waits; a spin that catches records
+    makes it spin every time again. Where peers answer within a spin (a ring of two actors on two CPUs) a reader is
+    then never put to sleep and woken per message; where they take longer (more processes with work than CPUs) it
+    leaves the CPU to them, but for one spin in SPIN_SKIP_MAX waits."""
+    __slots__ = ("misses", "skip")
+
+    def __init__(self):
+        self.misses = 0
+        self.skip = 0
+
+    def should_spin(self) -> bool:
+        if self.skip:
+            self.skip -= 1
+            return False
+        return True
+
+    def missed(self) -> None:
+        self.misses += 1
+        self.skip = min(1 << self.misses, SPIN_SKIP_MAX)
+
+    def caught(self) -> None:
+        self.misses = 0
 
 
 class QuietWait:
@@ -99,8 +126,10 @@ class Inbox:
         (no waiter) for as long as the link lives. False once the peer closed the link.
 
         Waiting: after a read that brought records (and, for an asker, from the start) it spins for `spin` seconds,
-        yielding the CPU, before sleeping in epoll, so that a busy receiver stays on its own CPU instead of being
-        woken onto its sender's, and an asker whose reply comes within microseconds is not put to sleep.
+        yielding the CPU, before sleeping, so that a busy receiver stays on its own CPU instead of being woken onto
+        its sender's, a reader whose next records come within microseconds (a ring of two actors) is not put to
+        sleep and woken for each, and an asker whose reply comes within microseconds is not put to sleep. A reader
+        spins only while spinning pays (`ReaderSpin`). Sleeping is a `QuietWait` when it can be, else trio's.
         """
         buf = link.inbuf
         view = memoryview(buf)
@@ -111,6 +140,8 @@ class Inbox:
         recv_into = link.recv_into
         drained = False
         spin_until = time.perf_counter() + spin if waiter is not None else 0.0
+        spun = False            # this wait has spun (found the socket empty) at least once
+        policy = ReaderSpin()
         epoch = 0
         quiet = None
         if waiter is None:
@@ -125,18 +156,32 @@ class Inbox:
                 try:
                     n = recv_into(view[have:])
                 except BlockingIOError:
-                    if not drained and time.perf_counter() < spin_until:
-                        os.sched_yield()
-                        continue
+                    if not drained:
+                        if not spun:
+                            spun = True
+                            if waiter is None:      # a reader's spin runs from the end of its batch
+                                spin_until = time.perf_counter() + spin
+                        if time.perf_counter() < spin_until:
+                            os.sched_yield()
+                            continue
+                        if waiter is None:
+                            policy.missed()
+                        spun = False
                     drained = True
                     continue
                 except OSError:
                     return False
                 if n == 0:
                     return False
-                if spin:
+                if spun:
+                    if waiter is None:
+                        policy.caught()
+                    spun = False
+                if waiter is not None:
                     spin_until = time.perf_counter() + spin
                 drained = have + n < size
+                if drained and spin and waiter is None and policy.should_spin():
+                    drained = False             # spin for the next records before sleeping
                 have += n
                 usable = have - have % RECORD_SIZE
                 work = []
