@@ -215,7 +215,8 @@ async def test_a_quiet_wait_leaves_the_waiting_to_trio_when_a_deadline_is_due_or
 
 
 @pytest.mark.trio
-async def test_a_quiet_wait_wakes_when_anything_else_trio_waits_for_is_ready(monkeypatch):
+async def test_a_quiet_wait_wakes_and_a_reader_stops_spinning_when_anything_else_trio_waits_for_is_ready(
+        monkeypatch):
     monkeypatch.setattr(inbox, "QUIET_WAIT_MAX", 60.0)
     a, b = socket.socketpair()
     c, d = socket.socketpair()
@@ -223,9 +224,12 @@ async def test_a_quiet_wait_wakes_when_anything_else_trio_waits_for_is_ready(mon
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.lowlevel.wait_readable, c)
             await trio.testing.wait_all_tasks_blocked()
+            quiet = QuietWait(a.fileno())
+            assert quiet.alone() is True
             d.send(b"!")            # ready for the other task; nothing for the quiet wait's own socket
+            assert quiet.alone() is False
             start = time.monotonic()
-            assert QuietWait(a.fileno())() is False
+            assert quiet() is False
             assert time.monotonic() - start < 30, "it slept on, although another task's socket was ready"
 
 

@@ -83,21 +83,34 @@ class QuietWait:
         self.poller.register(fd, select.POLLIN)
         self.poller.register(epoll_fd, select.POLLIN)
 
-    def __call__(self) -> bool:
+    def _timeout(self) -> float:
+        """Seconds this task may keep trio's loop from running: 0 if another task is runnable (or it is
+        cancelled), else until the next deadline, at most QUIET_WAIT_MAX."""
         runner = self.runner
         if runner is None or runner.runq or runner.waiting_for_idle:
-            return False
+            return 0.0
         me = trio.lowlevel.current_task()
         if me._cancel_status.effectively_cancelled:
-            return False                    # cancelled (by its own handler, say): trio's wait raises it
+            return 0.0                      # cancelled (by its own handler, say): trio's wait raises it
         for task in runner.tasks:
             if task._next_send_fn is not None and task is not me:
-                return False                # scheduled to run (in this batch or the next): let trio run it
-        timeout = min(QUIET_WAIT_MAX, runner.deadlines.next_deadline() - runner.clock.current_time())
+                return 0.0                  # scheduled to run (in this batch or the next): let trio run it
+        return min(QUIET_WAIT_MAX, runner.deadlines.next_deadline() - runner.clock.current_time())
+
+    def __call__(self) -> bool:
+        timeout = self._timeout()
         if timeout <= 0:
             return False
         events = self.poller.poll(timeout * 1000)
         return len(events) == 1 and events[0][0] == self.fd
+
+    def alone(self) -> bool:
+        """May this task go on spinning? Not when anything else in the process could run: another task, a due
+        deadline, or an event trio waits for (another link's records, in fan-in); then the spin would hold it up.
+        True when this cannot be told (trio's internals are not there)."""
+        if self.runner is None:
+            return True
+        return self._timeout() > 0 and self.poller.poll(0) in ([], [(self.fd, select.POLLIN)])
 
 
 class Inbox:
@@ -161,7 +174,7 @@ class Inbox:
                             spun = True
                             if waiter is None:      # a reader's spin runs from the end of its batch
                                 spin_until = time.perf_counter() + spin
-                        if time.perf_counter() < spin_until:
+                        if time.perf_counter() < spin_until and (quiet is None or quiet.alone()):
                             os.sched_yield()
                             continue
                         if waiter is None:
