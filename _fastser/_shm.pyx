@@ -193,6 +193,7 @@ cdef class Arena:
     cdef defer_list* own_deferred # this process's slot once it has one, else in its own memory
     cdef bint _defer_frees
     cdef public uint64_t last_offset  # the block of the last post_record
+    cdef public uint64_t last_generation  # and its generation
     cdef object _shm           # the posix_ipc object (keeps the fd)
     cdef proc_slot* slot       # this process's holdings; NULL until it first holds a count (or no slot was free)
     cdef bint slot_tried
@@ -655,6 +656,7 @@ cdef class Arena:
                 raise ActorsError(_SHM_EXHAUSTED)
             return -1
         self.last_offset = <uint64_t>off
+        self.last_generation = generation
         at = PyByteArray_GET_SIZE(out)
         PyByteArray_Resize(out, at + RECORD_SIZE)
         rec = PyByteArray_AS_STRING(out) + at
@@ -663,6 +665,15 @@ cdef class Arena:
         memcpy(rec + RECORD_SRC_AT, &src, 4)
         memcpy(rec + RECORD_CALL_AT, &call, 8)
         return size
+
+    def alive(self, uint64_t off, uint64_t generation):
+        """Is the object of `generation` at `off` still there (not freed yet)? Without the lock, so the answer may
+        be stale by the time it is read: for a sender pacing itself, not for taking a count."""
+        cdef object_header* o
+        if off >= self.h.capacity:
+            return False
+        o = <object_header*>(self.base + off)
+        return o.magic == OBJECT_MAGIC and o.generation == generation and o.refcount > 0
 
     cpdef abandon(self, tuple prepared):
         """Give up a prepared message without writing it."""

@@ -110,6 +110,20 @@ def test_with_frees_deferred_a_large_block_goes_back_at_once_and_a_small_one_at_
     assert store.stats()["objects"] == 0 and store.stats()["used"] == 0
 
 
+def test_alive_tells_whether_a_block_still_holds_the_object_of_its_generation(store):
+    arena = store._arena
+    ref = store.put(bytes(1 << 16))
+    off, generation = ref.offset, ref.generation
+    assert arena.alive(off, generation)
+    assert not arena.alive(off, generation + 1)
+    del ref
+    gc.collect()
+    assert not arena.alive(off, generation)
+    again = store.put(bytes(1 << 16))          # the same block, reused: another generation
+    assert again.offset == off and not arena.alive(off, generation) and arena.alive(off, again.generation)
+    assert not arena.alive(arena.capacity, generation)
+
+
 def test_ref_inside_message_keeps_object_alive(store):
     inner = store.put("payload")
     outer = store.put({"ref": inner})

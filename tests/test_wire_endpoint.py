@@ -12,6 +12,7 @@ from actors import ActorStoppedError, RemoteActorError, SerializationError
 from _helpers.actors import (
     ArrayChecker,
     ArrayMaker,
+    BigSink,
     Counter,
     FifoWriter,
     Opaque,
@@ -165,3 +166,18 @@ def test_numpy_arrays_travel_read_only_and_equal():
         assert mine.flags.writeable                             # the sender's array is untouched
 
     run(main)
+
+
+# -- large messages ---------------------------------------------------------------------------------------------------
+
+def test_a_receiver_that_keeps_the_large_messages_it_gets_does_not_hold_up_its_sender():
+    # A sender keeps a few large messages ahead of its receiver at most, but a receiver that holds on to them never
+    # frees them: the sender waits a spin for them, then stops waiting.
+    async def main(system):
+        keeper = await system.spawn(BigSink, True, name="keeper")
+        arrays = [np.full(1 << 17, i, dtype=np.float64) for i in range(40)]      # 1 MiB each
+        for arr in arrays:
+            await keeper.tell(arr)
+        assert await keeper.ask("count") == 40
+
+    run(main, timeout=60, store_capacity="256M")

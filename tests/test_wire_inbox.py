@@ -12,7 +12,7 @@ import trio.testing
 
 from actors import MailboxFullError
 from actors._wire import inbox
-from actors._wire.inbox import SPIN_SKIP_MAX, QuietWait, ReaderSpin
+from actors._wire.inbox import SPIN_SKIP_MAX, QuietWait, SpinPolicy
 from _helpers.actors import (
     Blocker,
     Producer,
@@ -234,7 +234,7 @@ async def test_a_quiet_wait_wakes_and_a_reader_stops_spinning_when_anything_else
 
 
 def test_a_reader_spins_while_spinning_catches_records_and_ever_less_often_after_spins_that_do_not():
-    policy = ReaderSpin()
+    policy = SpinPolicy()
     assert [policy.should_spin() for _ in range(3)] == [True] * 3
     policy.missed()
     assert [policy.should_spin() for _ in range(3)] == [False, False, True]

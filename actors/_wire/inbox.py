@@ -19,16 +19,19 @@ from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY,
 
 INBOX_BATCHES = 8
 READ_SIZE = 1 << 18
-SPIN_SKIP_MAX = 1024        # after spins that catch nothing, a reader spins once in this many waits at most
+SPIN_SKIP_MAX = 1024        # after spins that catch nothing, spin once in this many waits at most
 QUIET_WAIT_MAX = 0.25       # seconds a reader sleeps outside trio's loop at most, before it goes back through it
 
 
-class ReaderSpin:
-    """Whether a reader spins for its next records before sleeping: while spinning pays. After a spin that caught
-    nothing it sleeps at once for the next 2, then 4, ... up to SPIN_SKIP_MAX waits; a spin that catches records
-    makes it spin every time again. Where peers answer within a spin (a ring of two actors on two CPUs) a reader is
-    then never put to sleep and woken per message; where they take longer (more processes with work than CPUs) it
-    leaves the CPU to them, but for one spin in SPIN_SKIP_MAX waits."""
+class SpinPolicy:
+    """Whether to spin for something another process does, while spinning pays. After a spin that caught nothing
+    it does not spin for the next 2, then 4, ... up to SPIN_SKIP_MAX waits; a spin that catches what it waited for
+    makes it spin every time again.
+
+    A reader spins so for its next records: where peers answer within a spin (a ring of two actors on two CPUs) it
+    is then never put to sleep and woken per message; where they take longer (more processes with work than CPUs)
+    it leaves the CPU to them, but for one spin in SPIN_SKIP_MAX waits. A sender of large messages spins so for
+    its receiver to catch up (`Endpoint._keep_lead`)."""
     __slots__ = ("misses", "skip")
 
     def __init__(self):
@@ -142,7 +145,7 @@ class Inbox:
         yielding the CPU, before sleeping, so that a busy receiver stays on its own CPU instead of being woken onto
         its sender's, a reader whose next records come within microseconds (a ring of two actors) is not put to
         sleep and woken for each, and an asker whose reply comes within microseconds is not put to sleep. A reader
-        spins only while spinning pays (`ReaderSpin`). Sleeping is a `QuietWait` when it can be, else trio's.
+        spins only while spinning pays (`SpinPolicy`). Sleeping is a `QuietWait` when it can be, else trio's.
         """
         buf = link.inbuf
         view = memoryview(buf)
@@ -154,7 +157,7 @@ class Inbox:
         drained = False
         spin_until = time.perf_counter() + spin if waiter is not None else 0.0
         spun = False            # this wait has spun (found the socket empty) at least once
-        policy = ReaderSpin()
+        policy = SpinPolicy()
         epoch = 0
         quiet = None
         if waiter is None:

@@ -27,7 +27,7 @@ class Link(abc.ABC):
     they run for every read and write of the hot path.
     """
     __slots__ = ("peer", "out", "draining", "room", "dead", "reading", "handover", "inbuf", "have", "unsent_bytes",
-                 "flush_mark", "persistent", "unacked", "checked", "incarnation")
+                 "flush_mark", "persistent", "unacked", "checked", "incarnation", "lead", "lead_bytes", "lead_policy")
 
     def __init__(self, peer: int):
         self.peer = peer
@@ -38,6 +38,11 @@ class Link(abc.ABC):
         # payload, resent if the actor restarts.
         self.persistent = False
         self.unacked: collections.deque = collections.deque()
+        # The large messages sent and perhaps not yet handled, (offset, generation, bytes): a sender keeps at most
+        # LEAD_BYTES of them ahead of its receiver (Endpoint._keep_lead).
+        self.lead: collections.deque = collections.deque()
+        self.lead_bytes = 0
+        self.lead_policy = None         # when to wait for the receiver to catch up (a SpinPolicy, made on first use)
         self.checked = 0.0              # when a lone record last went out at once, telling whether the peer is there
         # Which process answers at the other end, where the transport can tell (None where it cannot): a link
         # opened to a peer whose previous link just died must not reach that dying process again.

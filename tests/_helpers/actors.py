@@ -408,3 +408,19 @@ class QuietTeller(actors.Actor):
         await target.tell(1)
         await target.tell(2)
         return before, wake.is_set()
+
+
+class BigSink(actors.Actor):
+    """Counts what it is told; "pid" answers its process id, "count" the count. With `keep`, it holds on to every
+    message (arrays pin their blocks in the store)."""
+
+    def __init__(self, keep=False):
+        self.n = 0
+        self.kept = [] if keep else None
+
+    async def receive(self, msg):
+        if isinstance(msg, str):
+            return os.getpid() if msg == "pid" else self.n
+        self.n += 1
+        if self.kept is not None:
+            self.kept.append(msg)
