@@ -20,7 +20,7 @@ from _helpers.actors import (
     Relay,
     Suicidal,
 )
-from _helpers.processes import gone, run, wait_until
+from _helpers.processes import gone, minor_faults, run, wait_until
 
 
 def test_tells_from_an_actor_to_a_stopped_actor_it_never_contacted_raise_actor_stopped():
@@ -169,6 +169,26 @@ def test_numpy_arrays_travel_read_only_and_equal():
 
 
 # -- large messages ---------------------------------------------------------------------------------------------------
+
+def test_an_actor_decodes_a_stream_of_1_mib_messages_into_warm_memory():
+    # glibc's defaults gave each decoded 1 MiB bytes object back to the kernel when freed, so the next one faulted
+    # its pages in again (about 60 faults a message); an actor keeps large allocations on its heap.
+    async def main(system):
+        sink = await system.spawn(BigSink, name="sink")
+        pid = await sink.ask("pid")
+        payload = bytes(1 << 20)
+        for _ in range(20):
+            await sink.tell(payload)
+        assert await sink.ask("count") == 20
+        before = minor_faults(pid)
+        for _ in range(100):
+            await sink.tell(payload)
+        assert await sink.ask("count") == 120
+        per_message = (minor_faults(pid) - before) / 100
+        assert per_message < 20, f"{per_message:.1f} page faults per 1 MiB message"
+
+    run(main)
+
 
 def test_a_receiver_that_keeps_the_large_messages_it_gets_does_not_hold_up_its_sender():
     # A sender keeps a few large messages ahead of its receiver at most, but a receiver that holds on to them never

@@ -2,6 +2,7 @@
 loop handling messages (through dispatch.ActorHandler) until it is stopped."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import sys
@@ -112,8 +113,35 @@ def _configure_logging(spec: SpawnSpec) -> ToSystem:
     return handler
 
 
+# glibc's mallopt parameters, and the values an actor process runs with (see _keep_heap_warm)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 64 << 20
+
+
+def _keep_heap_warm() -> None:
+    """Serve allocations of up to 32 MiB from the heap, and keep up to 64 MiB of freed heap, in this actor process.
+
+    An actor decodes a large `bytes` or `str` message into a fresh object as large. glibc's defaults hand such
+    memory back to the kernel when it is freed (an mmap of its own, or the heap's top trimmed), so the next message
+    of the same size faulted its pages in again: a fault per 4 KiB, on top of the copy, which made a stream of
+    1 MiB messages three times as costly in CPU. Left alone when the environment tunes malloc itself, and where
+    the C library is not glibc."""
+    if any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+        gnu = ctypes.CDLL(None).gnu_get_libc_version
+    except (OSError, AttributeError):
+        return                              # not glibc: its allocator has other defaults
+    del gnu
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
 def main(payload: bytes) -> int:
     """Run one actor; the process's exit code."""
+    _keep_heap_warm()
     spec: SpawnSpec = cloudpickle.loads(payload)
     setproctitle.setproctitle(f"actors: {spec.cls.__name__} {spec.name!r} #{spec.id}")    # what ps and top show
     if spec.app is not None and spec.app[0] not in sys.path:

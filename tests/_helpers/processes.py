@@ -50,6 +50,11 @@ def _stat(pid):
     return stat[stat.rindex(b")") + 2:].split()
 
 
+def minor_faults(pid):
+    """The page faults `pid` has taken so far that needed no disk (a page mapped, or zeroed, on first touch)."""
+    return int(_stat(pid)[7])
+
+
 def children_of(pid):
     """The pids whose parent is `pid`."""
     kids = []
