@@ -20,6 +20,7 @@ from _helpers.actors import (
     BadStart,
     Counter,
     ExitInInit,
+    Holder,
     Parent,
     Sink,
 )
@@ -205,3 +206,22 @@ def test_stop_rejects_a_bad_timeout_before_stopping():
         return await sink.ask("still there")
 
     assert run(main, timeout=30) == 1
+
+
+def test_spawns_whose_specs_overflow_the_fork_servers_socket_all_start():
+    # The driver wrote each spawn to the fork server with sendall on a socket trio had made non-blocking: a spec
+    # larger than the socket's buffer, or many at once while the fork server was busy forking, raised
+    # BlockingIOError with part of a frame written, and the fork server read garbage after it.
+    async def main(system):
+        big = bytes(4 << 20)
+        refs = [None] * 8
+
+        async def start(i):
+            refs[i] = await system.spawn(Holder, big, name=f"holder-{i}")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(start, i)
+        assert [await ref.ask(None) for ref in refs] == [len(big)] * 8
+
+    run(main)

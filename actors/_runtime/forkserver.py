@@ -25,9 +25,15 @@ import setproctitle
 LEN = struct.Struct("<I")
 
 
-def send_frame(sock: socket.socket, obj) -> None:
+def frame(obj) -> bytes:
+    """`obj` as one frame of the fork server's protocol: its length, then its pickle."""
     data = pickle.dumps(obj, protocol=5)
-    sock.sendall(LEN.pack(len(data)) + data)
+    return LEN.pack(len(data)) + data
+
+
+def send_frame(sock: socket.socket, obj) -> None:
+    """Write a frame on a blocking socket (the fork server's side)."""
+    sock.sendall(frame(obj))
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:

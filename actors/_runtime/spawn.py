@@ -52,6 +52,21 @@ class Spawner:
             pass_fds=[theirs.fileno()], env=env)
         theirs.close()
         self._ctl = ours
+        self._ctl_lock = None       # made on first use, inside trio
+
+    async def _to_forkserver(self, obj) -> None:
+        """Write one frame to the fork server, whole, waiting while its socket is full. The socket is non-blocking
+        (trio reads it), so a plain sendall raised BlockingIOError with part of a frame written when a spec was
+        larger than the socket's buffer, or many spawns came at once; the lock keeps concurrent frames whole."""
+        if self._ctl_lock is None:
+            self._ctl_lock = trio.Lock()
+        view = memoryview(forkserver.frame(obj))
+        async with self._ctl_lock:
+            while view:
+                try:
+                    view = view[self._ctl.send(view):]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self._ctl)
 
     async def _forkserver_events(self) -> None:
         ctl = trio.socket.from_stdlib_socket(self._ctl)
@@ -109,7 +124,7 @@ class Spawner:
         name, cls = info.name, info.cls
         token = next(self._tokens)
         done = self._spawned[token] = [trio.Event()]
-        forkserver.send_frame(self._ctl, ("spawn", token, info.payload))
+        await self._to_forkserver(("spawn", token, info.payload))
         await done[0].wait()
         info.pid = self._spawned.pop(token)[1]
         if not info.pid:

@@ -424,3 +424,13 @@ class BigSink(actors.Actor):
         self.n += 1
         if self.kept is not None:
             self.kept.append(msg)
+
+
+class Holder(actors.Actor):
+    """Constructed with `data`; answers with its length."""
+
+    def __init__(self, data):
+        self.data = data
+
+    async def receive(self, msg):
+        return len(self.data)
