@@ -8,6 +8,7 @@ from __future__ import annotations
 from _fastser import _codec
 from actors._exceptions import RemoteActorError, StoreFull
 from actors._wire.protocol import ASK, CALL, TELL
+from actors._wire.tcp import NODE_SHIFT
 
 # The running system of this process; ActorRefs decoded here talk through it. Set by `set_current_system` only.
 _system = None
@@ -64,6 +65,14 @@ class ActorRef:
         return await _system.ask(self, ASK, _system.outgoing(message), timeout)
 
     @property
+    def node(self) -> str | None:
+        """The name of the cluster node the actor runs on; None outside a cluster."""
+        number = self.id >> NODE_SHIFT
+        if not number or _system is None:
+            return None
+        return _system.endpoint.transport.node_name(number)
+
+    @property
     def proxy(self) -> _Proxy:
         """`await ref.proxy.method(*args, **kwargs)` calls the actor's `async def method` and returns its result."""
         return _Proxy(self)
@@ -75,7 +84,9 @@ class ActorRef:
         return hash(("ActorRef", self.id))
 
     def __repr__(self):
-        return f"<ActorRef {self.name!r} #{self.id}>"
+        node = self.node
+        where = f" on node {node!r}" if node is not None else ""
+        return f"<ActorRef {self.name!r} #{self.id}{where}>"
 
     def __reduce__(self):
         return (ActorRef, (self.id, self.name, self.persistent))

@@ -19,7 +19,8 @@ from actors._exceptions import ActorsError, ActorStoppedError, SpawnError
 from actors._ref import ActorRef
 from actors._runtime import forkserver
 from actors._runtime.registry import ActorInfo
-from actors._wire.protocol import STOP, SpawnSpec
+from actors._wire.protocol import STOP, SpawnSpec, SystemOp
+from actors._wire.tcp import NODE_SHIFT
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +82,47 @@ class Spawner:
                     else:
                         self._early_exits[msg[1]] = msg[2:]     # before we handled its "spawned": see _start
 
-    async def _op_spawn(self, pickled: bytes, name: str | None, opts: dict | None = None) -> ActorRef:
+    async def _op_spawn(self, pickled: bytes, name: str | None, opts: dict | None = None, node: str | None = None,
+                        labels: dict | None = None) -> ActorRef:
+        if self.cluster is None:
+            if node is not None or labels:
+                raise ActorsError("spawn(node=..., labels=...) places actors on the nodes of a cluster, and this "
+                                  "system is not part of one: run it with cluster='etcd://HOST:PORT'")
+        else:
+            target = self.cluster.place(node, labels)
+            if target is not None:      # another node: its driver spawns it (and does not place it again)
+                return await self._ask_driver(target[1], SystemOp.SPAWN, pickled, name, opts, target[0], None)
         cls, args, kwargs = cloudpickle.loads(pickled) if isinstance(pickled, bytes) else pickled
         opts = opts if opts is not None else actor_options(cls, None)
-        actor_id = next(self._ids)
+        actor_id = self.id_base | next(self._ids)
         if opts["persistent"] and name is None:
             raise ActorsError(f"cannot spawn persistent {cls.__qualname__} without a name: its state is stored "
                               f"under its name, to be found again after a restart; pass name=")
         name = name if name is not None else f"{cls.__name__}-{actor_id}"
         if name in self.by_name:
             raise ActorsError(f"cannot spawn {cls.__qualname__} as {name!r}: an actor of that name is running")
+        if self.cluster is not None:
+            await self.cluster.claim_name(name, actor_id, opts["persistent"])     # unique across the cluster
         payload = cloudpickle.dumps(SpawnSpec(
             id=actor_id, name=name, cls=cls, args=args, kwargs=kwargs, rundir=self.rundir,
             store=self.store.name, registry=_codec.default_registry.entries(),
             serialize=self.serialize, deserialize=self.deserialize, mailbox_size=self.mailbox_size,
             app=self.app, options=opts, resilience_dir=self.resilience_dir, log_levels=log_levels(),
+            node=self.id_base >> NODE_SHIFT, secret=self.cluster.secret if self.cluster is not None else b"",
         ))
         info = ActorInfo(actor_id, name, cls, opts, payload)
         self.actors[actor_id] = info
         self.by_name[name] = actor_id
         self.endpoint.names[actor_id] = name
-        await self._start(info)
+        try:
+            await self._start(info)
+        except BaseException:
+            if self.cluster is not None and name not in self.by_name:
+                with trio.CancelScope(shield=True):
+                    await self.cluster.release_name(name)
+            raise
+        if self.cluster is not None:
+            self.cluster.note_load()
         return info.ref()
 
     async def _start(self, info: ActorInfo) -> None:
@@ -139,6 +160,12 @@ class Spawner:
         info.started = True
 
     async def _op_stop(self, actor_id: int, timeout: float = 5.0) -> None:
+        if self.cluster is not None and actor_id >> NODE_SHIFT != self.cluster.number:
+            try:                        # its own node's driver stops it
+                await self._ask_driver(actor_id >> NODE_SHIFT << NODE_SHIFT, SystemOp.STOP, actor_id, timeout)
+            except ActorStoppedError:
+                pass                    # its node has left: it stopped with it
+            return
         info = self.actors.get(actor_id)
         if info is None:
             return

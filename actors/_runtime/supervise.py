@@ -12,10 +12,11 @@ import trio
 
 from _fastser import _codec
 from actors._actor import restart_delay
-from actors._exceptions import SpawnError, SupervisionError
+from actors._exceptions import ActorStoppedError, SpawnError, SupervisionError
 from actors._ref import ActorRef
 from actors._runtime.registry import ActorInfo
-from actors._wire.protocol import TELL
+from actors._wire.protocol import TELL, SystemOp
+from actors._wire.tcp import NODE_SHIFT
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,9 @@ class Supervisor:
         self.actors.pop(info.id, None)
         self.ended.append(info)
         self.transport.mark_gone(info.id)
+        if self.cluster is not None and self.nursery is not None:
+            self.nursery.start_soon(self.cluster.release_name, info.name)
+            self.cluster.note_load()
 
     def _notify(self, watcher_id: int, watcher_name: str, message) -> None:
         try:
@@ -156,6 +160,14 @@ class Supervisor:
             info.last_failure = reason
 
     async def _op_watch(self, target_id: int, watcher_id: int, watcher_name: str) -> None:
+        if self.cluster is not None and target_id >> NODE_SHIFT != self.cluster.number:
+            try:                        # the target's own node watches it
+                await self._ask_driver(target_id >> NODE_SHIFT << NODE_SHIFT, SystemOp.WATCH, target_id,
+                                       watcher_id, watcher_name)
+            except ActorStoppedError:
+                self._notify(watcher_id, watcher_name, Terminated(ActorRef(target_id, self.endpoint.names.get(
+                    target_id, f"#{target_id}")), "its node has left the cluster", False))
+            return
         info = self.actors.get(target_id)
         if info is None:
             self._notify(watcher_id, watcher_name, Terminated(ActorRef(target_id, self.endpoint.names.get(

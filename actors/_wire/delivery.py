@@ -27,6 +27,9 @@ class Delivery:
         size = self.arena.post_record(obj, out, TELL, self.id, seq, True)
         if size < 0:
             raise self._store_full(obj)
+        if link.remote and self.arena.payload_refs(self.arena.last_offset):
+            self.arena.decref_id(self.arena.last_offset)     # the count held for the resend
+            self._refuse_refs(link, out)
         link.unacked.append((seq, self.arena.last_offset))
         if not link.dead:
             self._queued(link, size, wake=True)

@@ -26,11 +26,11 @@ import numpy as np
 import trio
 
 from _fastser._shm import SharedBlock
-from actors._exceptions import ActorStoppedError, MailboxFullError, StoreFull, StoreFullError
+from actors._exceptions import ActorsError, ActorStoppedError, MailboxFullError, StoreFull, StoreFullError
 from actors._wire.asks import Asks, resolve
 from actors._wire.delivery import Delivery
 from actors._wire.inbox import Inbox
-from actors._wire.link import FLUSH_RECORDS, Link, Transport
+from actors._wire.link import FLUSH_RECORDS, Link, Transport, Unreachable
 from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, TELL
 
 log = logging.getLogger(__name__)
@@ -97,11 +97,12 @@ class Endpoint(Inbox, Asks, Delivery):
         self.stopped = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.closed = False
-        self.listener = transport.listen(endpoint_id)
+        self.listeners = transport.listeners(endpoint_id)
 
     def describe(self, peer: int) -> str:
         name = self.names.get(peer)
-        return f"actor {name!r}" if name else ("the system" if peer == 0 else f"actor #{peer}")
+        who = f"actor {name!r}" if name else ("the system" if peer == 0 else f"actor #{peer}")
+        return who + self.transport.where(peer)
 
     def introduce(self, peer: int, name: str, persistent: bool) -> None:
         """What the endpoint needs to know of a peer before it first connects: its name (for errors), and whether
@@ -117,15 +118,22 @@ class Endpoint(Inbox, Asks, Delivery):
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._flusher)
+            for listener in self.listeners:
+                nursery.start_soon(self._accept, listener)
             task_status.started()
-            listener = self.listener
+
+    async def _accept(self, listener) -> None:
+        while True:
+            await listener.wait_readable()
             while True:
-                await listener.wait_readable()
-                while True:
-                    link = listener.accept()
-                    if link is None:
-                        break
-                    nursery.start_soon(self._reader, link)
+                link = listener.accept()
+                if link is None:
+                    break
+                self.nursery.start_soon(self._reader, link)
+
+    def accept_link(self, link: Link) -> None:
+        """Read `link`, accepted somewhere else (a node's gateway), as if it had come in through a listener."""
+        self.nursery.start_soon(self._reader, link)
 
     def close(self):
         """Release every payload still queued here, and stop listening."""
@@ -137,7 +145,8 @@ class Endpoint(Inbox, Asks, Delivery):
             link.close()
         while self.queue:
             self._release(self.queue.popleft()[0])
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
 
     def forget(self, peer: int) -> None:
         """`peer` has stopped for good: its link is dead, so the next message to it raises at once."""
@@ -160,8 +169,9 @@ class Endpoint(Inbox, Asks, Delivery):
             del self.links[peer]        # it may have been restarted: try a fresh connection
         try:
             link = self.open_link(peer)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise ActorStoppedError(f"cannot send to {self.describe(peer)}: it is not running") from None
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            why = exc.why if isinstance(exc, Unreachable) else "it is not running"
+            raise ActorStoppedError(f"cannot send to {self.describe(peer)}: {why}") from None
         self.links[peer] = link
         link.out += RECORD.pack(0, HELLO, self.id, self.epoch)
         if peer in self.persistent:
@@ -212,6 +222,8 @@ class Endpoint(Inbox, Asks, Delivery):
             size = arena.post_record(obj, link.out, kind, self.id, call)
             if size < 0:
                 raise self._store_full(obj)
+            if link.remote and arena.payload_refs(arena.last_offset):
+                self._refuse_refs(link, link.out)
         # What _queued does, inline: this runs for every message, and a call costs it 5%.
         link.unsent_bytes += size
         if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
@@ -223,6 +235,14 @@ class Endpoint(Inbox, Asks, Delivery):
             if not flush:   # the flusher writes it as soon as this task yields (a batch's end flushes sooner)
                 self.wake.set()
         return link
+
+    def _refuse_refs(self, link: Link, out: bytearray) -> None:
+        """The message just appended to `out` holds ObjectRefs, and goes to another machine: take it back."""
+        off = self.arena.last_offset
+        del out[-RECORD_SIZE:]
+        self.arena.decref_id(off)
+        raise ActorsError(f"cannot send to {self.describe(link.peer)}: the message holds an ObjectRef, which names a "
+                          f"block in this machine's shared memory; send the object itself (ref.get()) instead")
 
     def _store_full(self, obj) -> StoreFull:
         return StoreFull(self.arena.prepare(obj))

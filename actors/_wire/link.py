@@ -27,7 +27,7 @@ class Link(abc.ABC):
     they run for every read and write of the hot path.
     """
     __slots__ = ("peer", "out", "draining", "room", "dead", "reading", "handover", "inbuf", "have", "unsent_bytes",
-                 "flush_mark", "persistent", "unacked", "checked", "incarnation")
+                 "flush_mark", "persistent", "unacked", "checked", "incarnation", "remote")
 
     def __init__(self, peer: int):
         self.peer = peer
@@ -42,6 +42,7 @@ class Link(abc.ABC):
         # Which process answers at the other end, where the transport can tell (None where it cannot): a link
         # opened to a peer whose previous link just died must not reach that dying process again.
         self.incarnation = None
+        self.remote = False             # to another machine: what it carries must not name this machine's store
         self.draining = False
         self.room = trio.Event()
         self.dead = False
@@ -85,6 +86,16 @@ class Link(abc.ABC):
         """Carry on over `fresh`'s connection (a reconnect): this link's outbox and state stay."""
 
 
+class Unreachable(ConnectionRefusedError):
+    """A transport cannot reach a peer, and says why (for the error the sender gets); `gone` when the peer has
+    stopped for good."""
+
+    def __init__(self, why: str, *, gone: bool = False):
+        super().__init__(why)
+        self.why = why
+        self.gone = gone
+
+
 class Listener(abc.ABC):
     """Where an endpoint accepts the links its peers open to it."""
 
@@ -107,6 +118,18 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def listen(self, endpoint_id: int) -> Listener:
         """Make `endpoint_id` reachable here."""
+
+    def listeners(self, endpoint_id: int) -> list[Listener]:
+        """Everywhere `endpoint_id` is reachable from (the one `listen` gives, unless a transport has more)."""
+        return [self.listen(endpoint_id)]
+
+    def node_name(self, number: int) -> str | None:
+        """The name of cluster node `number` (None for a transport that has no nodes)."""
+        return None
+
+    def where(self, peer: int) -> str:
+        """Where `peer` runs, for errors (" on node 'b'"), or "" when that goes without saying."""
+        return ""
 
     @abc.abstractmethod
     def connect(self, peer: int) -> Link:

@@ -39,7 +39,7 @@ class SystemOp(enum.IntEnum):
 
     On the wire they travel as plain ints (`int(op)`); the system dispatches them through a table, never by name.
     """
-    SPAWN = 1           # (pickled (cls, args, kwargs), name, options) -> ActorRef
+    SPAWN = 1           # (pickled (cls, args, kwargs), name, options, node, labels) -> ActorRef
     LOOKUP = 2          # (name) -> ActorRef
     STOP = 3            # (actor id, timeout)
     WATCH = 4           # (target id, watcher id, watcher name)
@@ -51,6 +51,7 @@ class SystemOp(enum.IntEnum):
     STOPPING = 9        # (actor id, reason): it stops for good (on_error="stop")
     LOG = 10            # (actor id, a log record's fields): for the system's logging to handle
     STATUS = 11         # () -> system.status() as JSON
+    NODES = 12          # () -> the cluster's live nodes, as tuples of NodeInfo's fields
 
 
 REPORTS = frozenset((SystemOp.READY, SystemOp.FAILURE, SystemOp.STOPPING, SystemOp.LOG))
@@ -74,3 +75,5 @@ class SpawnSpec:
     options: dict
     resilience_dir: str | None
     log_levels: tuple = (logging.WARNING, {})     # the system's: its root level, and the levels set per logger
+    node: int = 0           # the number of the cluster node it runs on (0: not in a cluster)
+    secret: bytes = b""     # the cluster's secret, for the links it opens to other nodes

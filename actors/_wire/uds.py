@@ -18,21 +18,9 @@ def socket_path(rundir: str, endpoint_id: int) -> str:
     return os.path.join(rundir, f"{endpoint_id}.sock")
 
 
-class UnixLink(Link):
-    """A Link over a connected, non-blocking Unix stream socket."""
-    __slots__ = ("sock", "send", "recv_into", "wait_readable", "wait_writable")
-
-    def __init__(self, peer: int, sock: socket.socket):
-        super().__init__(peer)
-        self._attach(sock)
-
-    def _attach(self, sock: socket.socket) -> None:
-        self.sock = sock
-        # The socket's own bound methods (and partials, which add no Python frame): see Link.
-        self.send = sock.send
-        self.recv_into = sock.recv_into
-        self.wait_readable = functools.partial(trio.lowlevel.wait_readable, sock)
-        self.wait_writable = functools.partial(trio.lowlevel.wait_writable, sock)
+class SocketLink(Link):
+    """What the links over a connected stream socket (Unix or TCP) share."""
+    __slots__ = ("sock",)
 
     def peer_closed(self) -> bool:
         try:
@@ -50,6 +38,23 @@ class UnixLink(Link):
 
     def close(self) -> None:
         self.sock.close()
+
+
+class UnixLink(SocketLink):
+    """A Link over a connected, non-blocking Unix stream socket."""
+    __slots__ = ("send", "recv_into", "wait_readable", "wait_writable")
+
+    def __init__(self, peer: int, sock: socket.socket):
+        super().__init__(peer)
+        self._attach(sock)
+
+    def _attach(self, sock: socket.socket) -> None:
+        self.sock = sock
+        # The socket's own bound methods (and partials, which add no Python frame): see Link.
+        self.send = sock.send
+        self.recv_into = sock.recv_into
+        self.wait_readable = functools.partial(trio.lowlevel.wait_readable, sock)
+        self.wait_writable = functools.partial(trio.lowlevel.wait_writable, sock)
 
     def adopt(self, fresh: UnixLink) -> None:
         self._attach(fresh.sock)
