@@ -177,7 +177,8 @@ def node(args) -> int:
 
     async def serve(system):
         here = system.cluster
-        print(f"node {here.name!r} joined the cluster at {options.url}; listening on {here.host}:{here.port}")
+        print(f"node {here.name!r} (pid {os.getpid()}) joined the cluster at {options.url}; listening on "
+              f"{here.host}:{here.port}")
         await trio.sleep_forever()
 
     with Interrupts() as interrupts:

@@ -20,6 +20,7 @@ import tempfile
 import trio
 
 from _fastser import _codec
+from actors import _codec as _public_codec
 from actors import _output, _persist, _ref, _store
 from actors._exceptions import ActorsError
 from actors._runtime.cluster.node import ClusterOptions, Node
@@ -75,6 +76,7 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
         self.actor_logged = trio.Event()    # set (and replaced) at each record an actor logs
         self.cluster = None                 # the Node, when this system is a node of a cluster
         self.id_base = 0                    # this node's number, shifted: the high bits of its actors' ids
+        self.spawned_elsewhere: dict[int, int] = {}     # actor id -> the driver of the node running it
         try:
             store = _store.ObjectStore(store_capacity)
         except BaseException:
@@ -96,12 +98,13 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
 
     async def join_cluster(self, options) -> None:
         """Become a node of the cluster (before any actor exists): ids get this node's number, and the endpoint
-        reaches other nodes over TCP."""
+        reaches other nodes over TCP. The node's tasks start with `start_cluster`."""
         node = Node(self, options)
         try:
             await node.join()
         except BaseException:
-            await node.leave()
+            with trio.CancelScope(shield=True):
+                await node.leave()
             if node.gateway is not None:
                 node.gateway.close()
             raise
@@ -110,8 +113,13 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
         self.transport = ClusterTransport(self.rundir, node.number, node.secret, self.store._arena)
         self.endpoint.transport = self.transport
         self.endpoint.id = self.id_base
+
+    async def start_cluster(self) -> None:
+        node = self.cluster
         await self.nursery.start(node.run)
         await node.publish_classes(_codec.default_registry.entries())
+        # a class the program registers from now on is published too, for other nodes to fetch on first use
+        _public_codec.on_register = lambda entry: self.nursery.start_soon(node.publish_classes, [entry])
 
     async def handle(self, off, kind, src, call) -> bool:
         """The driver's endpoint handler: each system request runs in its own task (spawning takes a while)."""
@@ -211,10 +219,12 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
     failure = None
     try:
         driver.start_forkserver()
+        if cluster is not None:
+            await driver.join_cluster(cluster)      # out of the nursery: its errors come out as themselves
         async with trio.open_nursery() as nursery:
             driver.nursery = nursery
-            if cluster is not None:
-                await driver.join_cluster(cluster)
+            if driver.cluster is not None:
+                await driver.start_cluster()
             driver.endpoint.start_handling()
             await nursery.start(driver.endpoint.serve)
             await nursery.start(driver.serve_status)
@@ -230,10 +240,12 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
                 finally:
                     with trio.CancelScope(shield=True):
                         await driver.stop_all(driver.stop_timeout)
-                        if driver.cluster is not None:
-                            await driver.cluster.leave()
             nursery.cancel_scope.cancel()
     finally:
+        _public_codec.on_register = None
+        if driver.cluster is not None:
+            with trio.CancelScope(shield=True):
+                await driver.cluster.leave()     # its names and membership go now, not when the lease runs out
         driver.uninstall()
         driver.close()
     if driver.fatal is not None:

@@ -34,6 +34,7 @@ class ActorInfo:
         self.last_failure = None
         self.watchers: dict[int, str] = {}
         self.restarting = False
+        self.owner = None               # the cluster node it was spawned for, when another node spawned it
 
     def ref(self) -> ActorRef:
         return ActorRef(self.id, self.name, self.options["persistent"])

@@ -83,7 +83,9 @@ class Spawner:
                         self._early_exits[msg[1]] = msg[2:]     # before we handled its "spawned": see _start
 
     async def _op_spawn(self, pickled: bytes, name: str | None, opts: dict | None = None, node: str | None = None,
-                        labels: dict | None = None) -> ActorRef:
+                        labels: dict | None = None, owner: str | None = None) -> ActorRef:
+        """Spawn an actor here, or on the node placement picks. An actor spawned for another node (`owner`) stops
+        when that node leaves the cluster, as the actors of a program stop when it ends."""
         if self.cluster is None:
             if node is not None or labels:
                 raise ActorsError("spawn(node=..., labels=...) places actors on the nodes of a cluster, and this "
@@ -91,7 +93,10 @@ class Spawner:
         else:
             target = self.cluster.place(node, labels)
             if target is not None:      # another node: its driver spawns it (and does not place it again)
-                return await self._ask_driver(target[1], SystemOp.SPAWN, pickled, name, opts, target[0], None)
+                ref = await self._ask_driver(target[1], SystemOp.SPAWN, pickled, name, opts, target[0], None,
+                                             self.cluster.name)
+                self.spawned_elsewhere[ref.id] = target[1]
+                return ref
         cls, args, kwargs = cloudpickle.loads(pickled) if isinstance(pickled, bytes) else pickled
         opts = opts if opts is not None else actor_options(cls, None)
         actor_id = self.id_base | next(self._ids)
@@ -111,6 +116,7 @@ class Spawner:
             node=self.id_base >> NODE_SHIFT, secret=self.cluster.secret if self.cluster is not None else b"",
         ))
         info = ActorInfo(actor_id, name, cls, opts, payload)
+        info.owner = owner
         self.actors[actor_id] = info
         self.by_name[name] = actor_id
         self.endpoint.names[actor_id] = name
@@ -165,6 +171,7 @@ class Spawner:
                 await self._ask_driver(actor_id >> NODE_SHIFT << NODE_SHIFT, SystemOp.STOP, actor_id, timeout)
             except ActorStoppedError:
                 pass                    # its node has left: it stopped with it
+            self.spawned_elsewhere.pop(actor_id, None)
             return
         info = self.actors.get(actor_id)
         if info is None:
@@ -193,6 +200,16 @@ class Spawner:
             await info.exited.wait()
 
     async def stop_all(self, timeout: float) -> None:
+        """Stop every actor of this system: those running here, and those it spawned on other nodes."""
         async with trio.open_nursery() as nursery:
             for info in list(self.actors.values()):
                 nursery.start_soon(self._op_stop, info.id, timeout)
+            for actor_id in list(self.spawned_elsewhere):
+                nursery.start_soon(self._op_stop, actor_id, timeout)
+
+    def stop_owned_by(self, node: str) -> None:
+        """`node` left the cluster: stop the actors spawned here for it (nothing else would)."""
+        for info in list(self.actors.values()):
+            if info.owner == node and not info.stopping:
+                log.info("stopping actor %r: node %r, which spawned it, left the cluster", info.name, node)
+                self.nursery.start_soon(self._op_stop, info.id, self.stop_timeout)

@@ -87,8 +87,8 @@ class Link(abc.ABC):
 
 
 class Unreachable(ConnectionRefusedError):
-    """A transport cannot reach a peer, and says why (for the error the sender gets); `gone` when the peer has
-    stopped for good."""
+    """A transport cannot reach a peer, and says why (for the error the sender gets); `gone` when waiting will not
+    help: the peer has stopped for good, or its node refuses this one."""
 
     def __init__(self, why: str, *, gone: bool = False):
         super().__init__(why)

@@ -39,7 +39,7 @@ class SystemOp(enum.IntEnum):
 
     On the wire they travel as plain ints (`int(op)`); the system dispatches them through a table, never by name.
     """
-    SPAWN = 1           # (pickled (cls, args, kwargs), name, options, node, labels) -> ActorRef
+    SPAWN = 1           # (pickled (cls, args, kwargs), name, options, node, labels, owner) -> ActorRef
     LOOKUP = 2          # (name) -> ActorRef
     STOP = 3            # (actor id, timeout)
     WATCH = 4           # (target id, watcher id, watcher name)

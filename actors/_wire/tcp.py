@@ -70,6 +70,15 @@ def _mac(secret: bytes, *parts: bytes) -> bytes:
     return hmac.new(secret, b"".join(parts), hashlib.sha256).digest()
 
 
+def sign(secret: bytes, data: bytes) -> bytes:
+    """A MAC of `data` under the cluster secret."""
+    return _mac(secret, b"sign", data)
+
+
+def verify(secret: bytes, data: bytes, signature: bytes) -> bool:
+    return hmac.compare_digest(signature, sign(secret, data))
+
+
 def check_listen_address(host: str, secret: bytes) -> None:
     """A node with no secret accepts anyone who can reach it: it may listen on loopback only."""
     if secret:
@@ -313,12 +322,13 @@ def dial(address: tuple[str, int], target: int, secret: bytes, node: str) -> tup
             answer = _recv_exactly(sock, _ANSWER.size + MAC)
         except ConnectionRefusedError:
             raise Unreachable(f"node {node!r} refused the connection: this node's cluster secret is not the "
-                              f"cluster's (check --secret-file or ACTORS_CLUSTER_SECRET on both)") from None
+                              f"cluster's (check --secret-file or ACTORS_CLUSTER_SECRET on both)",
+                              gone=True) from None
         status, incarnation = _ANSWER.unpack_from(answer)
         if not hmac.compare_digest(answer[_ANSWER.size:], _mac(secret, b"answer", ours, theirs, ask,
                                                                  answer[:_ANSWER.size])):
             raise Unreachable(f"the node at {address[0]}:{address[1]} does not know the cluster secret: "
-                              f"refusing to talk to it (it is not node {node!r})")
+                              f"refusing to talk to it (it is not node {node!r})", gone=True)
         if status != OK:
             raise Unreachable("it is not running" if status == NOT_RUNNING else "it has stopped",
                               gone=status == GONE)

@@ -285,7 +285,7 @@ class SimulatedHosts:
     def _enter(host):
         """The argv prefix that runs a command on `host`, in its own mount namespace with a private /dev/shm."""
         return ["ip", "netns", "exec", host, "unshare", "--mount", "--propagation", "private", "sh", "-c",
-                'mount -t tmpfs -o mode=1777,size=256m tmpfs /dev/shm && exec "$@"', "sh"]
+                'mount -t tmpfs -o mode=1777,size=1g tmpfs /dev/shm && exec "$@"', "sh"]
 
     def run(self, host, argv, *, log=None):
         """Start `argv` on `host`; the process is killed at `close` if still running."""

@@ -133,10 +133,10 @@ class Node:
     async def join(self) -> None:
         """Take a node number and a name under a new lease, and open the gateway; ClusterError says why not."""
         parse_cluster_url(self.options.url)
-        self.lease = await self.etcd.grant(LEASE_TTL)
-        self.number = await self._take_number()
         host, port = _address(self.options.listen) if self.options.listen else (await self._etcd_facing(), 0)
         tcp.check_listen_address(host, self.secret)
+        self.lease = await self.etcd.grant(LEASE_TTL)
+        self.number = await self._take_number()
         self.gateway = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.gateway.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -168,8 +168,10 @@ class Node:
         host, port = parse_cluster_url(self.options.url)
         with trio.fail_after(5):
             stream = await trio.open_tcp_stream(host, port)
-        with stream:
+        try:
             return stream.socket.getsockname()[0]
+        finally:
+            await stream.aclose()
 
     def _node_key(self, name: str) -> str:
         return f"{PREFIX}nodes/{name}"
@@ -197,7 +199,7 @@ class Node:
     async def leave(self) -> None:
         """Give back the lease: this node's names and its membership go at once."""
         self.scope.cancel()
-        if self.lease is not None and self.joined:
+        if self.lease is not None:
             with trio.move_on_after(3):
                 try:
                     await self.lease.revoke()
@@ -224,6 +226,7 @@ class Node:
                     if gone is not None:
                         self.left[gone["number"]] = name
                         log.info("node %r left the cluster", name)
+                        self.driver.stop_owned_by(name)
                 self._write_members()
         raise ClusterError(f"etcd at {self.options.url} ended the membership watch")
 
@@ -257,8 +260,8 @@ class Node:
 
     def place(self, node: str | None, labels: dict | None) -> tuple[str, int] | None:
         """Where to spawn: (node name, its driver's id), or None for this node. A named node, else the least
-        loaded of the nodes that carry every label asked for (actors per CPU, counting those this node placed
-        there since it last heard its load), this node first among equals."""
+        loaded of the nodes that carry every label asked for (actors per CPU: this node's own count, and for the
+        others the count they published plus those this node placed there since), this node first among equals."""
         if node is not None:
             if node == self.name:
                 return None
@@ -273,8 +276,12 @@ class Node:
                       if not labels or all(info["labels"].get(k) == v for k, v in labels.items())]
         if not candidates:
             raise ActorsError(f"cannot spawn: no node of the cluster carries the labels {labels}")
-        name, info = min(candidates, key=lambda c: ((c[1]["actors"] + c[1].get("placed", 0)) / c[1]["cpus"],
-                                                   c[0] != self.name, c[0]))
+        def load(candidate):
+            name, info = candidate
+            actors = len(self.driver.actors) if name == self.name else info["actors"] + info.get("placed", 0)
+            return actors / info["cpus"], name != self.name, name
+
+        name, info = min(candidates, key=load)
         if name == self.name:
             return None
         info["placed"] = info.get("placed", 0) + 1     # until its next load update replaces the record
@@ -306,12 +313,24 @@ class Node:
     # -- classes -------------------------------------------------------------------------------------------------
 
     async def publish_classes(self, entries) -> None:
+        """Put registry entries in etcd, signed with the cluster secret: a node unpickles only what a node of its
+        cluster published, not whatever else can write to etcd."""
         for entry in entries:
-            await self.etcd.put(f"{PREFIX}classes/{entry.code:016x}", base64.b64encode(cloudpickle.dumps(entry)))
+            pickled = cloudpickle.dumps(entry)
+            await self.etcd.put(f"{PREFIX}classes/{entry.code:016x}",
+                                base64.b64encode(tcp.sign(self.secret, pickled) + pickled))
 
     async def fetch_class(self, code: int) -> bytes | None:
+        """A registry entry another node published (pickled), or None; ClusterError if its signature is wrong."""
         kv = await self.etcd.get(f"{PREFIX}classes/{code:016x}")
-        return None if kv is None else base64.b64decode(kv.value)
+        if kv is None:
+            return None
+        data = base64.b64decode(kv.value)
+        signature, pickled = data[:tcp.MAC], data[tcp.MAC:]
+        if not tcp.verify(self.secret, pickled, signature):
+            raise ClusterError(f"the class entry {code:016x} in etcd is not signed with this cluster's secret: "
+                               f"refusing to load it (was it written by a node of another cluster?)")
+        return pickled
 
     # -- the gateway ---------------------------------------------------------------------------------------------
 
