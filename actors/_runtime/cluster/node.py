@@ -343,6 +343,7 @@ class Node:
     async def _admit(self, sock) -> None:
         """Authenticate a connection from another node and hand it to the endpoint it is for."""
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)     # records go out as they are flushed
             await tcp.answer_dial(sock, self.secret, self._route)
         finally:
             sock.close()
