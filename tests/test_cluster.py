@@ -174,6 +174,7 @@ def test_lookup_from_every_node(cluster_hosts, agents):
     assert p.read("from_driver") == ("findme", "h3", True)
     assert p.read("from_actor") == ("findme", "h3")
     assert "no running actor is named 'nobody-has-this-name' on any node" in p.read("missing")
+    assert p.read("taken_again") == ("h2", "h2")
     p.finish()
 
 

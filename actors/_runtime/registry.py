@@ -35,6 +35,7 @@ class ActorInfo:
         self.watchers: dict[int, str] = {}
         self.restarting = False
         self.owner = None               # the cluster node it was spawned for, when another node spawned it
+        self.claim = None               # the revision of its name's key in etcd, in a cluster
 
     def ref(self) -> ActorRef:
         return ActorRef(self.id, self.name, self.options["persistent"])

@@ -106,8 +106,9 @@ class Spawner:
         name = name if name is not None else f"{cls.__name__}-{actor_id}"
         if name in self.by_name:
             raise ActorsError(f"cannot spawn {cls.__qualname__} as {name!r}: an actor of that name is running")
+        claim = None
         if self.cluster is not None:
-            await self.cluster.claim_name(name, actor_id, opts["persistent"])     # unique across the cluster
+            claim = await self.cluster.claim_name(name, actor_id, opts["persistent"])     # unique in the cluster
         payload = cloudpickle.dumps(SpawnSpec(
             id=actor_id, name=name, cls=cls, args=args, kwargs=kwargs, rundir=self.rundir,
             store=self.store.name, registry=_codec.default_registry.entries(),
@@ -117,15 +118,16 @@ class Spawner:
         ))
         info = ActorInfo(actor_id, name, cls, opts, payload)
         info.owner = owner
+        info.claim = claim
         self.actors[actor_id] = info
         self.by_name[name] = actor_id
         self.endpoint.names[actor_id] = name
         try:
             await self._start(info)
         except BaseException:
-            if self.cluster is not None and name not in self.by_name:
+            if claim is not None and name not in self.by_name:
                 with trio.CancelScope(shield=True):
-                    await self.cluster.release_name(name)
+                    await self.cluster.release_name(name, claim)
             raise
         if self.cluster is not None:
             self.cluster.note_load()
@@ -184,6 +186,8 @@ class Spawner:
             pass
         await self._wait_or_kill(info, timeout)
         self.endpoint.forget(actor_id)
+        if info.claim is not None:      # now, so that the name can be taken again as soon as stop returns
+            await self.cluster.release_name(info.name, info.claim)
 
     async def _wait_or_kill(self, info: ActorInfo, timeout: float) -> None:
         with trio.move_on_after(timeout):

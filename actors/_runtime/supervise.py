@@ -91,7 +91,8 @@ class Supervisor:
         self.ended.append(info)
         self.transport.mark_gone(info.id)
         if self.cluster is not None and self.nursery is not None:
-            self.nursery.start_soon(self.cluster.release_name, info.name)
+            if info.claim is not None:
+                self.nursery.start_soon(self.cluster.release_name, info.name, info.claim)
             self.cluster.note_load()
 
     def _notify(self, watcher_id: int, watcher_name: str, message) -> None:

@@ -197,6 +197,9 @@ async def lookup(system):
         await system.lookup("nobody-has-this-name")
     except actors.ActorNotFoundError as exc:
         say("missing", str(exc))
+    await system.stop(target)           # its name is free again once stop returns, on any node
+    again = await system.spawn(Echo, node=NODES[0], name="findme")
+    say("taken_again", ((await system.lookup("findme")).node, again.node))
 
 
 async def join_leave(system):

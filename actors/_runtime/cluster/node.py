@@ -289,17 +289,20 @@ class Node:
 
     # -- names ---------------------------------------------------------------------------------------------------
 
-    async def claim_name(self, name: str, actor_id: int, persistent: bool) -> None:
+    async def claim_name(self, name: str, actor_id: int, persistent: bool) -> int:
+        """Take `name` for the actor, across the cluster; the claim (its revision), for `release_name`."""
         created = await self.etcd.create(f"{PREFIX}names/{name}", _json({"id": actor_id, "persistent": persistent}),
                                          lease=self.lease.id)
         if not created.won:
             holder = json.loads(created.holder.value)
             raise ActorsError(f"cannot spawn an actor named {name!r}: an actor of that name is running on node "
                               f"{self.node_name(holder['id'] >> tcp.NODE_SHIFT)!r}")
+        return created.holder.create_revision
 
-    async def release_name(self, name: str) -> None:
+    async def release_name(self, name: str, claim: int) -> None:
+        """Give the name back: only this claim of it, never a later actor's (releasing twice is harmless)."""
         try:
-            await self.etcd.delete(f"{PREFIX}names/{name}")
+            await self.etcd.delete_created(f"{PREFIX}names/{name}", claim)
         except ClusterError as exc:
             log.warning("could not release the name %r in etcd: %s", name, exc)
 
