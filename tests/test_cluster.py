@@ -151,6 +151,16 @@ def test_numpy_arrays_across_hosts(cluster_hosts, agents):
     p.finish()
 
 
+def test_a_slow_remote_receiver_holds_its_sender_back_and_loses_nothing(cluster_hosts, agents):
+    p = run(cluster_hosts, "backpressure", "p-slow")
+    accepted = p.read("accepted")
+    # the sender's mailbox filled while the receiver read nothing: what it accepted is bounded by its outbox and the
+    # buffers on the way (kernel, inbox), far below the 100,000 it tried
+    assert 1000 < accepted < 20_000, accepted
+    assert p.read("counted") == accepted        # and every one of them arrived, once
+    p.finish()
+
+
 def test_names_are_unique_across_the_cluster_under_a_race(cluster_hosts, agents):
     racers = [Program(cluster_hosts, host, "race", f"racer{i}") for i, host in enumerate(cluster_hosts.hosts)]
     for racer in racers:

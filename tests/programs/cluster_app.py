@@ -93,6 +93,21 @@ class Relay(actors.Actor):
         return (self.ref.node, await ref.ask(value, timeout=10))
 
 
+class Slow(actors.Actor):
+    """Stalls on "stall" (reading nothing meanwhile), then counts what it received."""
+
+    def __init__(self):
+        self.count = 0
+
+    async def receive(self, message):
+        if message == "stall":
+            await trio.sleep(3)         # stands for slow work
+        elif message == "count":
+            return self.count
+        else:
+            self.count += 1
+
+
 # -- scenarios ---------------------------------------------------------------------------------------------------------
 
 
@@ -176,6 +191,23 @@ async def arrays(system):
     say("shared_array", await echo.ask(shared, timeout=10))
 
 
+async def backpressure(system):
+    slow = await system.spawn(Slow, node=NODES[0])
+    await slow.tell("stall")
+    payload = bytes(10_000)
+    accepted = 0
+    try:
+        while accepted < 100_000:       # 1 GB: far more than any buffer on the way holds
+            slow.tell_nowait(payload)
+            accepted += 1
+            if accepted % 64 == 0:
+                await trio.sleep(0)     # let the flusher write what it can
+    except actors.MailboxFullError:
+        pass
+    say("accepted", accepted)
+    say("counted", await slow.ask("count", timeout=60))
+
+
 async def race(system):
     await wait_for_line()
     try:
@@ -229,7 +261,8 @@ async def wrong_secret(system):
         say("refused", str(exc))
 
 
-SCENARIOS = {f.__name__: f for f in (placement, talk, refs, arrays, race, lookup, join_leave, wrong_secret)}
+SCENARIOS = {f.__name__: f for f in (placement, talk, refs, arrays, backpressure, race, lookup, join_leave,
+                                     wrong_secret)}
 
 if __name__ == "__main__":
     scenario, url, name, *NODES = sys.argv[1:]
