@@ -186,15 +186,19 @@ class Node:
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(self.lease.keep_alive)
+                    await nursery.start(self._keep_lease)
                     await nursery.start(self._follow_members)
                     nursery.start_soon(self._publish_load)
                     nursery.start_soon(self._serve_gateway)
                     task_status.started()
-        except ClusterError as exc:
-            self.driver.fail(exc)
         finally:
             self.gateway.close()
+
+    async def _keep_lease(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self.lease.keep_alive(task_status=task_status)
+        except ClusterError as exc:
+            self.driver.fail(ClusterError(f"node {self.name!r} lost its place in the cluster, and stops: {exc}"))
 
     async def leave(self) -> None:
         """Give back the lease: this node's names and its membership go at once."""
@@ -210,25 +214,42 @@ class Node:
     # -- membership ----------------------------------------------------------------------------------------------
 
     async def _follow_members(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Keep `members` as etcd has it: read, then watch from the revision read. When the watch breaks (etcd
+        restarting, a network blip), read and watch again: whether this node may go on is the lease's business
+        (`keep_alive` ends the node when it runs out), not the watch's."""
         prefix = PREFIX + "nodes/"
-        current = await self.etcd.get_prefix(prefix)
-        for kv in current.kvs:
-            self.members[kv.key.decode()[len(prefix):]] = json.loads(kv.value)
-        self._write_members()
-        task_status.started()
-        async with self.etcd.watch(prefix, prefix=True, start_revision=current.revision + 1) as events:
-            async for event in events:
-                name = event.kv.key.decode()[len(prefix):]
-                if event.kind == "put":
-                    self.members[name] = json.loads(event.kv.value)
-                else:
-                    gone = self.members.pop(name, None)
-                    if gone is not None:
-                        self.left[gone["number"]] = name
-                        log.info("node %r left the cluster", name)
-                        self.driver.stop_owned_by(name)
+        started = False
+        while True:
+            try:
+                current = await self.etcd.get_prefix(prefix)
+                now = {kv.key.decode()[len(prefix):]: json.loads(kv.value) for kv in current.kvs}
+                for name in set(self.members) - set(now):
+                    self._left(name)
+                self.members = now
                 self._write_members()
-        raise ClusterError(f"etcd at {self.options.url} ended the membership watch")
+                if not started:
+                    started = True
+                    task_status.started()
+                async with self.etcd.watch(prefix, prefix=True, start_revision=current.revision + 1) as events:
+                    async for event in events:
+                        name = event.kv.key.decode()[len(prefix):]
+                        if event.kind == "put":
+                            self.members[name] = json.loads(event.kv.value)
+                        else:
+                            self._left(name)
+                        self._write_members()
+            except ClusterError as exc:
+                if not started:
+                    raise
+                log.warning("following the cluster's membership: %s; reading it again", exc)
+            await trio.sleep(0.5)          # pacing the retries while etcd is away
+
+    def _left(self, name: str) -> None:
+        gone = self.members.pop(name, None)
+        if gone is not None:
+            self.left[gone["number"]] = name
+            log.info("node %r left the cluster", name)
+            self.driver.stop_owned_by(name)
 
     def _write_members(self) -> None:
         nodes = {info["number"]: (name, info["host"], info["port"]) for name, info in self.members.items()}
@@ -253,7 +274,11 @@ class Node:
         while True:
             await self.load_changed.wait()
             self.load_changed = trio.Event()
-            await self.etcd.put(self._node_key(self.name), self._record(), lease=self.lease.id)
+            try:
+                await self.etcd.put(self._node_key(self.name), self._record(), lease=self.lease.id)
+            except ClusterError as exc:
+                log.warning("could not publish this node's load: %s", exc)
+                self.load_changed.set()     # try again at the next pass
             await trio.sleep(0.2)      # pacing the updates, not synchronisation
 
     # -- placement -----------------------------------------------------------------------------------------------
