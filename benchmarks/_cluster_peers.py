@@ -29,7 +29,6 @@ def _result(**figures) -> None:
 
 def run_actors(url: str, node: str, tells: int, asks: int, big_mb: int, big_count: int) -> None:
     import actors
-    from actors._runtime.cluster.node import ClusterOptions
 
     class Sink(actors.Actor):
         def __init__(self):
@@ -68,7 +67,7 @@ def run_actors(url: str, node: str, tells: int, asks: int, big_mb: int, big_coun
         big_s = time.perf_counter() - start
         _result(tell_s=tell_s, ask_times=times, big_s=big_s)
 
-    actors.run(main, cluster=ClusterOptions(url, name=f"bench-{time.monotonic_ns()}"),
+    actors.run(main, cluster=actors.ClusterOptions(url, name=f"bench-{time.monotonic_ns()}"),
                store_capacity=f"{max(512, 4 * big_mb)}M")
 
 

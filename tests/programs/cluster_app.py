@@ -10,7 +10,6 @@ import numpy as np
 import trio
 
 import actors
-from actors._runtime.cluster.node import ClusterOptions
 
 
 def say(key, value):
@@ -267,5 +266,5 @@ SCENARIOS = {f.__name__: f for f in (placement, talk, refs, arrays, backpressure
 if __name__ == "__main__":
     scenario, url, name, *NODES = sys.argv[1:]
     say("node", name)
-    actors.run(SCENARIOS[scenario], cluster=ClusterOptions(url, name=name), store_capacity="512M")
+    actors.run(SCENARIOS[scenario], cluster=actors.ClusterOptions(url, name=name), store_capacity="512M")
     say("done", scenario)

@@ -52,7 +52,13 @@ class NodeInfo:
 
 @dataclasses.dataclass
 class ClusterOptions:
-    """How a system joins a cluster: `actors.run(main, cluster=...)` takes the etcd address alone, or these."""
+    """How a system joins a cluster: `actors.run(main, cluster=...)` takes the etcd address alone, or these.
+
+    `url` is the etcd that holds the cluster (`etcd://HOST:PORT`); `name` this node's (default HOSTNAME-PID);
+    `labels` what `spawn(labels=...)` places by; `listen` where other nodes connect (`HOST:PORT`; default: this
+    machine's address towards etcd, any free port); `secret` the cluster secret its nodes authenticate each other
+    with (default: $ACTORS_CLUSTER_SECRET; without one, a node listens on loopback only).
+    """
 
     url: str
     name: str | None = None
