@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from actors._runtime.cluster.node import LEASE_TTL
+from _helpers.cluster import EtcdServer, HostProcess, require_etcd
 from _helpers.cluster import cluster_hosts  # noqa: F401 (fixture)
 
 APP = os.path.join(os.path.dirname(__file__), "programs", "cluster_app.py")
@@ -232,3 +234,22 @@ def test_a_node_without_a_secret_listens_on_loopback_only(cluster_hosts):
         "--cluster", cluster_hosts.etcd_url, "--name", "no-secret"])
     assert process.finish(TIMEOUT) == 1
     assert "a node without a cluster secret listens on loopback only" in process.stderr()
+
+
+def test_a_node_that_loses_etcd_stops_within_its_lease_and_says_why(tmp_path):
+    """Fencing at its simplest: a node that cannot renew its lease acts on nothing bound to it any more."""
+    etcd = EtcdServer(require_etcd())
+    try:
+        node = HostProcess([sys.executable, "-m", "actors", "node", "--cluster", etcd.url, "--name", "lonely",
+                            "--listen", "127.0.0.1:0"], log=str(tmp_path / "node.log"))
+        try:
+            assert "joined the cluster" in node.read_line(TIMEOUT)
+            etcd.process.kill()
+            assert node.popen.wait(LEASE_TTL + 10) == 1
+            with open(tmp_path / "node.log") as f:
+                logged = f.read()
+            assert "node 'lonely' lost its place in the cluster, and stops: lease" in logged, logged
+        finally:
+            node.close()
+    finally:
+        etcd.close()
