@@ -79,12 +79,15 @@ class ClusterOptions:
 def read_secret(path: str | None) -> bytes:
     """The cluster secret: the file's content (owner-only, like a key), else ACTORS_CLUSTER_SECRET, else none."""
     if path is not None:
-        st = os.stat(path)
-        if st.st_mode & 0o077:
-            raise ClusterError(f"the secret file {path} can be read by others (mode {st.st_mode & 0o777:o}); "
-                               f"chmod 600 {path}")
-        with open(path, "rb") as f:
-            secret = f.read().strip()
+        try:
+            st = os.stat(path)
+            if st.st_mode & 0o077:
+                raise ClusterError(f"the secret file {path} can be read by others (mode {st.st_mode & 0o777:o}); "
+                                   f"chmod 600 {path}")
+            with open(path, "rb") as f:
+                secret = f.read().strip()
+        except OSError as exc:
+            raise ClusterError(f"cannot read the secret file {path}: {exc.strerror or exc}") from None
         if not secret:
             raise ClusterError(f"the secret file {path} is empty")
         return secret
