@@ -58,6 +58,9 @@ def _system_options(command: argparse.ArgumentParser, *, cluster_required: bool)
     cluster.add_argument("--secret-file", default=None, metavar="FILE",
                          help="the cluster secret (owner-only file) that nodes authenticate each other with; "
                               "default: $ACTORS_CLUSTER_SECRET")
+    cluster.add_argument("--lease-ttl", type=int, default=3, metavar="SECONDS",
+                         help="how long a node out of touch with etcd keeps its place: then the others count it "
+                              "as lost, and it stops itself (default 3)")
 
 
 class _Version(argparse.Action):

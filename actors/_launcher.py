@@ -159,8 +159,11 @@ def cluster_options(args):
         labels = parse_labels(args.labels)
     except ValueError as exc:
         raise ActorsError(f"--labels: {exc}") from None
-    return ClusterOptions(args.cluster, name=args.name, labels=labels, listen=args.listen,
-                          secret=read_secret(args.secret_file))
+    try:
+        return ClusterOptions(args.cluster, name=args.name, labels=labels, listen=args.listen,
+                              secret=read_secret(args.secret_file), lease_ttl=args.lease_ttl)
+    except ValueError as exc:
+        raise ActorsError(f"--lease-ttl: {exc}") from None
 
 
 def node(args) -> int:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from _fastser import _codec
 from actors._exceptions import RemoteActorError, StoreFull
-from actors._wire.protocol import ASK, CALL, TELL
-from actors._wire.tcp import NODE_SHIFT
+from actors._wire.protocol import ASK, CALL, NODE_SHIFT, TELL
 
 # The running system of this process; ActorRefs decoded here talk through it. Set by `set_current_system` only.
 _system = None

@@ -207,6 +207,32 @@ def test_a_node_joining_and_leaving(cluster_hosts, agents):
     p.finish()
 
 
+def test_a_node_split_off_the_network_is_lost_within_its_lease(cluster_hosts, agents):
+    p = run(cluster_hosts, "node_loss", "p-loss")
+    host = cluster_hosts.extra_host()
+    doomed = Agent(cluster_hosts, host, "doomed")
+    try:
+        p.process.send_line("go")               # the program may place actors on it now
+        assert p.read("ready") is True
+        cluster_hosts.link(host, up=False)      # asks are waiting on it; its connections stay open, silent
+        p.process.send_line("split")
+        terminated, after = p.read("terminated")
+        assert terminated == [("terminated", terminated[0][1], False)]
+        assert after <= LEASE_TTL + 3, after    # its lease ran out (TTL), etcd said so (about 1 s), with slack
+        asks = p.read("asks")
+        assert "on node 'doomed'" in asks["driver"], asks
+        assert asks["actor"][0] == "failed" and "on node 'doomed'" in asks["actor"][1], asks
+        assert "doomed" not in p.read("nodes_after")
+        assert "its node 'doomed' has left the cluster" in p.read("tell_after")
+        p.finish()
+        # on its side of the split, the node could not renew its lease: it stopped itself, and its actors
+        assert doomed.process.read_line(TIMEOUT) == "shm-left:"    # it stopped, and left nothing behind
+        assert "lost its place in the cluster, and stops" in doomed.logged()
+    finally:
+        cluster_hosts.link(host, up=True)
+        doomed.process.close()
+
+
 _RAW_DIAL = """
 import socket, sys
 host, port = sys.argv[1].rsplit(":", 1)

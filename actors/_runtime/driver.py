@@ -30,8 +30,8 @@ from actors._runtime.status import ENDED_KEPT, Status
 from actors._runtime.supervise import Supervisor
 from actors._runtime.system import System, error_payload, reply
 from actors._wire.endpoint import Endpoint, Handler
-from actors._wire.protocol import ERROR, REPLY, REPORTS, SYSTEM, SYSTEM_TELL, SystemOp
-from actors._wire.tcp import NODE_SHIFT, ClusterTransport
+from actors._wire.protocol import ERROR, NODE_SHIFT, REPLY, REPORTS, SYSTEM, SYSTEM_TELL, SystemOp
+from actors._wire.tcp import ClusterTransport
 from actors._wire.uds import UnixTransport
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
         self.cluster = None                 # the Node, when this system is a node of a cluster
         self.id_base = 0                    # this node's number, shifted: the high bits of its actors' ids
         self.spawned_elsewhere: dict[int, int] = {}     # actor id -> the driver of the node running it
+        self.remote_watches: dict[int, dict] = {}       # actor id on another node -> {watcher id: name} from here
         try:
             store = _store.ObjectStore(store_capacity)
         except BaseException:

@@ -19,8 +19,7 @@ from actors._exceptions import ActorsError, ActorStoppedError, SpawnError
 from actors._ref import ActorRef
 from actors._runtime import forkserver
 from actors._runtime.registry import ActorInfo
-from actors._wire.protocol import STOP, SpawnSpec, SystemOp
-from actors._wire.tcp import NODE_SHIFT
+from actors._wire.protocol import NODE_SHIFT, STOP, SpawnSpec, SystemOp
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from actors._wire.asks import Asks, resolve
 from actors._wire.delivery import Delivery
 from actors._wire.inbox import Inbox
 from actors._wire.link import FLUSH_RECORDS, Link, Transport, Unreachable
-from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, TELL
+from actors._wire.protocol import ACK, ERROR, HELLO, NODE_GONE, NODE_SHIFT, RECORD, RECORD_SIZE, REPLY, TELL
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,30 @@ class Endpoint(Inbox, Asks, Delivery):
         if link is not None and not link.dead:
             link.persistent = False
             self._died(link)
+            link.close()
+
+    def node_gone(self, number: int) -> None:
+        """Cluster node `number` has left or is lost: every link to or from its endpoints is dead now (asks waiting
+        on them fail, naming the node), whatever the connections themselves still say (a network split leaves
+        them open)."""
+        for link in [*self.links.values(), *self.reply_links.values()]:
+            if link.peer >> NODE_SHIFT == number and not link.dead:
+                link.persistent = False
+                self._died(link)
+                link.close()
+
+    def tell_node_gone(self, peer: int, number: int) -> None:
+        """Tell the endpoint `peer` (on this machine) that node `number` is gone, on a connection of its own, so
+        that its reader acts at once, however busy its handler is."""
+        try:
+            link = self.transport.connect(peer)
+        except OSError:
+            return                      # it is not running
+        try:
+            link.send(RECORD.pack(0, NODE_GONE, self.id, number))
+        except OSError:
+            pass
+        finally:
             link.close()
 
     # -- sending -------------------------------------------------------------------------------------------------

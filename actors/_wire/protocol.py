@@ -28,10 +28,19 @@ HELLO = 10          # no payload; call = the sender's epoch. The first record on
 ACK = 11            # no payload; call = the highest sender seq the (persistent) receiver has journaled
 STATUS = 12         # no payload; sent alone on a connection of its own, answered at once by the reader with a
                     # STATUS record on it: offset = records handled, call = records waiting to be handled
+NODE_GONE = 13      # no payload; call = a cluster node's number. Sent by the driver alone on a connection of its
+                    # own, acted on at once by the reader: that node has left or is lost, its links are dead
+
+# Ids in a cluster: (node number << NODE_SHIFT) | the actor's number on its node. Node 0 is a system that is not part
+# of a cluster, so the ids of one machine are plain numbers.
+NODE_SHIFT = 20                     # 1,048,575 actors per node run, 4,095 node numbers per cluster
+LOCAL_MASK = (1 << NODE_SHIFT) - 1
+MAX_NODE_NUMBER = (1 << (32 - NODE_SHIFT)) - 1
 
 KINDS = {"TELL": TELL, "ASK": ASK, "CALL": CALL, "CALL_TELL": CALL_TELL, "REPLY": REPLY, "ERROR": ERROR,
-         "SYSTEM": SYSTEM, "SYSTEM_TELL": SYSTEM_TELL, "STOP": STOP, "HELLO": HELLO, "ACK": ACK, "STATUS": STATUS}
-NO_PAYLOAD = (HELLO, ACK, STATUS)
+         "SYSTEM": SYSTEM, "SYSTEM_TELL": SYSTEM_TELL, "STOP": STOP, "HELLO": HELLO, "ACK": ACK, "STATUS": STATUS,
+         "NODE_GONE": NODE_GONE}
+NO_PAYLOAD = (HELLO, ACK, STATUS, NODE_GONE)
 
 
 class SystemOp(enum.IntEnum):

@@ -37,14 +37,11 @@ import trio
 
 from actors._exceptions import ClusterError
 from actors._wire.link import Link, Listener, Transport, Unreachable
-from actors._wire.protocol import KINDS, NO_PAYLOAD, RECORD, RECORD_SIZE
+from actors._wire.protocol import KINDS, LOCAL_MASK, MAX_NODE_NUMBER, NO_PAYLOAD, NODE_SHIFT, RECORD, RECORD_SIZE
 from actors._wire.uds import SocketLink, UnixListener, UnixTransport, socket_path
 
 log = logging.getLogger(__name__)
 
-NODE_SHIFT = 20                     # 1,048,575 actors per node run, 4,095 node numbers per cluster
-LOCAL_MASK = (1 << NODE_SHIFT) - 1
-MAX_NODE_NUMBER = (1 << (32 - NODE_SHIFT)) - 1
 
 MAGIC = b"actors-cluster/1\n"
 NONCE = 32
@@ -280,7 +277,7 @@ class TcpLink(SocketLink):
 
     def close(self) -> None:
         self._drop_block()
-        self.sock.close()
+        super().close()
 
     def adopt(self, fresh: TcpLink) -> None:
         self._attach(fresh.sock)

@@ -37,6 +37,11 @@ class SocketLink(Link):
             return 0
 
     def close(self) -> None:
+        # a task waiting on the socket (an asker reading its reply) wakes with ClosedResourceError, not never
+        try:
+            trio.lowlevel.notify_closing(self.sock)
+        except RuntimeError:
+            pass                        # outside trio: nothing can be waiting on it
         self.sock.close()
 
 

@@ -91,6 +91,18 @@ class Relay(actors.Actor):
         """An ask from inside a handler, to an actor on another node."""
         return (self.ref.node, await ref.ask(value, timeout=10))
 
+    async def ask_failing(self, ref, value):
+        """An ask that its node's loss ends: the error it raised."""
+        try:
+            return ("answered", await ref.ask(value, timeout=120))
+        except actors.ActorStoppedError as exc:
+            return ("failed", str(exc))
+
+
+class Hang(actors.Actor):
+    async def receive(self, message):
+        await trio.sleep(3600)          # an answer that never comes: its node goes first
+
 
 class Slow(actors.Actor):
     """Stalls on "stall" (reading nothing meanwhile), then counts what it received."""
@@ -207,6 +219,45 @@ async def backpressure(system):
     say("counted", await slow.ask("count", timeout=60))
 
 
+async def node_loss(system):
+    await wait_for_line()               # the test starts the node that will be lost
+    with trio.fail_after(20):
+        while "doomed" not in {n.name for n in await system.nodes()}:
+            await trio.sleep(0.05)      # polling the membership, with a deadline
+    doomed = await system.spawn(Echo, node="doomed")
+    hanging = await system.spawn(Hang, node="doomed")
+    watcher = await system.spawn(Collector)
+    await system.watch(doomed, watcher=watcher)
+    elsewhere = await system.spawn(Relay, node=NODES[0])
+    say("ready", True)
+    results = {}
+
+    async def ask_from_here():
+        try:
+            await hanging.ask("answer?", timeout=120)
+        except actors.ActorStoppedError as exc:
+            results["driver"] = str(exc)
+
+    async def ask_from_an_actor():
+        results["actor"] = await elsewhere.proxy.ask_failing(hanging, "answer?", timeout=120)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask_from_here)
+        nursery.start_soon(ask_from_an_actor)
+        await wait_for_line()           # the test splits the doomed node off the network
+        split = trio.current_time()
+        with trio.fail_after(60):
+            while not await watcher.proxy.collected():
+                await trio.sleep(0.05)  # polling the collector, with a deadline
+        say("terminated", (await watcher.proxy.collected(), trio.current_time() - split))
+    say("asks", results)
+    say("nodes_after", sorted(n.name for n in await system.nodes()))
+    try:
+        await doomed.tell("anyone?")
+    except actors.ActorStoppedError as exc:
+        say("tell_after", str(exc))
+
+
 async def race(system):
     await wait_for_line()
     try:
@@ -261,7 +312,7 @@ async def wrong_secret(system):
 
 
 SCENARIOS = {f.__name__: f for f in (placement, talk, refs, arrays, backpressure, race, lookup, join_leave,
-                                     wrong_secret)}
+                                     wrong_secret, node_loss)}
 
 if __name__ == "__main__":
     scenario, url, name, *NODES = sys.argv[1:]

@@ -57,14 +57,21 @@ class ClusterOptions:
     `url` is the etcd that holds the cluster (`etcd://HOST:PORT`); `name` this node's (default HOSTNAME-PID);
     `labels` what `spawn(labels=...)` places by; `listen` where other nodes connect (`HOST:PORT`; default: this
     machine's address towards etcd, any free port); `secret` the cluster secret its nodes authenticate each other
-    with (default: $ACTORS_CLUSTER_SECRET; without one, a node listens on loopback only).
+    with (default: $ACTORS_CLUSTER_SECRET; without one, a node listens on loopback only); `lease_ttl` how long
+    (whole seconds, 2 or more) a node that stops renewing its etcd lease keeps its names and its place: the others
+    count it as lost once it has run out, and it stops itself.
     """
+
+    def __post_init__(self):
+        if isinstance(self.lease_ttl, bool) or not isinstance(self.lease_ttl, int) or self.lease_ttl < 2:
+            raise ValueError(f"lease_ttl={self.lease_ttl!r}: a whole number of seconds, 2 or more")
 
     url: str
     name: str | None = None
     labels: dict = dataclasses.field(default_factory=dict)
     listen: str | None = None           # HOST:PORT for the gateway; by default the address that reaches etcd
     secret: bytes | None = None         # by default ACTORS_CLUSTER_SECRET; none: loopback only
+    lease_ttl: int = LEASE_TTL          # seconds without contact with etcd before the node counts as lost
 
     @classmethod
     def of(cls, cluster) -> ClusterOptions | None:
@@ -144,7 +151,7 @@ class Node:
         parse_cluster_url(self.options.url)
         host, port = _address(self.options.listen) if self.options.listen else (await self._etcd_facing(), 0)
         tcp.check_listen_address(host, self.secret)
-        self.lease = await self.etcd.grant(LEASE_TTL)
+        self.lease = await self.etcd.grant(self.options.lease_ttl)
         self.number = await self._take_number()
         self.gateway = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.gateway.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -185,9 +192,9 @@ class Node:
     def _node_key(self, name: str) -> str:
         return f"{PREFIX}nodes/{name}"
 
-    def _record(self) -> bytes:
+    def _record(self, leaving: bool = False) -> bytes:
         return _json({"number": self.number, "host": self.host, "port": self.port, "labels": self.labels,
-                      "actors": len(self.driver.actors), "cpus": os.cpu_count() or 1})
+                      "actors": len(self.driver.actors), "cpus": os.cpu_count() or 1, "leaving": leaving})
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Keep the lease, follow the membership, publish this node's load and serve the gateway, until cancelled.
@@ -210,14 +217,23 @@ class Node:
             self.driver.fail(ClusterError(f"node {self.name!r} lost its place in the cluster, and stops: {exc}"))
 
     async def leave(self) -> None:
-        """Give back the lease: this node's names and its membership go at once."""
+        """Give back the lease: this node's names and its membership go at once. The others learn that it left
+        (rather than was lost) from its record's last version."""
         self.scope.cancel()
+        if self.joined:
+            self.joined = False
+            with trio.move_on_after(3):
+                try:
+                    await self.etcd.put(self._node_key(self.name), self._record(leaving=True), lease=self.lease.id)
+                except ClusterError:
+                    pass
         if self.lease is not None:
             with trio.move_on_after(3):
                 try:
                     await self.lease.revoke()
                 except ClusterError as exc:
-                    log.warning("leaving the cluster: %s (the lease runs out by itself in %d s)", exc, LEASE_TTL)
+                    log.warning("leaving the cluster: %s (the lease runs out by itself in %d s)", exc,
+                                self.options.lease_ttl)
         self.joined = False
 
     # -- membership ----------------------------------------------------------------------------------------------
@@ -257,8 +273,13 @@ class Node:
         gone = self.members.pop(name, None)
         if gone is not None:
             self.left[gone["number"]] = name
-            log.info("node %r left the cluster", name)
-            self.driver.stop_owned_by(name)
+            lost = not gone.get("leaving")
+            if lost:
+                log.warning("node %r is lost: its lease ran out", name)
+            else:
+                log.info("node %r left the cluster", name)
+            self._write_members()       # first: whoever connects from now on learns that it is gone
+            self.driver.node_gone(gone["number"], name, "node lost" if lost else "node left")
 
     def _write_members(self) -> None:
         nodes = {info["number"]: (name, info["host"], info["port"]) for name, info in self.members.items()}
