@@ -66,10 +66,10 @@ class ActorRef:
     @property
     def node(self) -> str | None:
         """The name of the cluster node the actor runs on; None outside a cluster."""
-        number = self.id >> NODE_SHIFT
-        if not number or _system is None:
+        if not self.id >> NODE_SHIFT or _system is None:
             return None
-        return _system.endpoint.transport.node_name(number)
+        transport = _system.endpoint.transport
+        return transport.node_name(transport.node_of(self.id))      # where it runs now, re-placed or not
 
     @property
     def proxy(self) -> _Proxy:

@@ -69,7 +69,10 @@ class Program:
     def read(self, key, timeout=TIMEOUT):
         """The value of the next `key=` line (the lines before it are kept in `seen`)."""
         while key not in self.seen:
-            line = self.process.read_line(timeout)
+            try:
+                line = self.process.read_line(timeout)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; its log: {self.logged()[-3000:]}") from None
             if line.startswith("shm-left:"):
                 raise AssertionError(f"the program ended before printing {key}: {self.seen}; "
                                      f"stderr: {self.process.stderr()}")
@@ -77,6 +80,10 @@ class Program:
             if name and value:
                 self.seen[name] = ast.literal_eval(value)
         return self.seen.pop(key)
+
+    def logged(self):
+        with open(self.log, errors="replace") as f:
+            return f.read()
 
     def finish(self):
         """Its last lines: it printed done, and left nothing in /dev/shm."""
@@ -126,7 +133,9 @@ def test_tell_ask_proxy_watch_and_classes_across_hosts(cluster_hosts, agents):
     assert p.read("point") == ("point", 5, "h2")     # a class registered at startup, fetched on first use
     assert p.read("late") == ("late", "x", "h2")     # one registered while running
     assert "holds an ObjectRef, which names a block in this machine's shared memory" in p.read("objectref")
-    assert "on node 'h2': it has stopped" in p.read("after_stop")
+    after_stop = p.read("after_stop")        # refused at the dial, or its connection found closed
+    assert "on node 'h2'" in after_stop and ("it has stopped" in after_stop or "stopped before it replied"
+                                             in after_stop), after_stop
     watched = p.read("watched")
     assert len(watched) == 1 and watched[0][0] == "terminated" and watched[0][2] is False
     p.finish()
@@ -231,6 +240,27 @@ def test_a_node_split_off_the_network_is_lost_within_its_lease(cluster_hosts, ag
     finally:
         cluster_hosts.link(host, up=True)
         doomed.process.close()
+
+
+def test_an_actor_of_a_lost_node_runs_again_on_another_under_its_name_and_id(cluster_hosts, agents):
+    p = run(cluster_hosts, "replacement", "p-replace")
+    host = cluster_hosts.extra_host()
+    mortal = Agent(cluster_hosts, host, "mortal")
+    try:
+        p.process.send_line("go")
+        assert p.read("before") == "mortal"
+        cluster_hosts.link(host, up=False)
+        p.process.send_line("split")
+        node, after = p.read("after")
+        assert node in ("h2", "h3", "p-replace"), node
+        assert after <= LEASE_TTL + 4, after       # lost (TTL + about 1 s), re-placed, answering: with slack
+        assert p.read("same") == (True, node)     # its name, its id: the refs held before still reach it
+        assert p.read("fragile") == "gone"         # restart="never": not re-placed
+        p.finish()
+        assert mortal.process.read_line(TIMEOUT) == "shm-left:"
+    finally:
+        cluster_hosts.link(host, up=True)
+        mortal.process.close()
 
 
 _RAW_DIAL = """

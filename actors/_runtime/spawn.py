@@ -82,9 +82,12 @@ class Spawner:
                         self._early_exits[msg[1]] = msg[2:]     # before we handled its "spawned": see _start
 
     async def _op_spawn(self, pickled: bytes, name: str | None, opts: dict | None = None, node: str | None = None,
-                        labels: dict | None = None, owner: str | None = None) -> ActorRef:
+                        labels: dict | None = None, owner: str | None = None, actor_id: int | None = None,
+                        replaced: list | None = None) -> ActorRef:
         """Spawn an actor here, or on the node placement picks. An actor spawned for another node (`owner`) stops
-        when that node leaves the cluster, as the actors of a program stop when it ends."""
+        when that node leaves the cluster, as the actors of a program stop when it ends. `actor_id` (with
+        `replaced`, when it was re-placed) is given when the cluster's coordinator spawns again an actor of a lost
+        node: it keeps its id, so that the refs to it stay valid."""
         if self.cluster is None:
             if node is not None or labels:
                 raise ActorsError("spawn(node=..., labels=...) places actors on the nodes of a cluster, and this "
@@ -98,7 +101,10 @@ class Spawner:
                 return ref
         cls, args, kwargs = cloudpickle.loads(pickled) if isinstance(pickled, bytes) else pickled
         opts = opts if opts is not None else actor_options(cls, None)
-        actor_id = self.id_base | next(self._ids)
+        if actor_id is None:
+            actor_id = self.id_base | next(self._ids)
+        else:
+            await self.cluster.moved_here(actor_id)
         if opts["persistent"] and name is None:
             raise ActorsError(f"cannot spawn persistent {cls.__qualname__} without a name: its state is stored "
                               f"under its name, to be found again after a restart; pass name=")
@@ -130,6 +136,9 @@ class Spawner:
             raise
         if self.cluster is not None:
             self.cluster.note_load()
+            if opts["restart"] != "never" and not opts["persistent"]:     # re-placed if its node is lost
+                await self.cluster.record_spec(actor_id, pickled, name, opts, owner or self.cluster.name,
+                                               replaced)
         return info.ref()
 
     async def _start(self, info: ActorInfo) -> None:
@@ -167,9 +176,10 @@ class Spawner:
         info.started = True
 
     async def _op_stop(self, actor_id: int, timeout: float = 5.0) -> None:
-        if self.cluster is not None and actor_id >> NODE_SHIFT != self.cluster.number:
+        if self.cluster is not None and self.cluster.node_of(actor_id) != self.cluster.number:
             try:                        # its own node's driver stops it
-                await self._ask_driver(actor_id >> NODE_SHIFT << NODE_SHIFT, SystemOp.STOP, actor_id, timeout)
+                await self._ask_driver(self.cluster.node_of(actor_id) << NODE_SHIFT, SystemOp.STOP, actor_id,
+                                       timeout)
             except ActorStoppedError:
                 pass                    # its node has left: it stopped with it
             self.spawned_elsewhere.pop(actor_id, None)

@@ -92,6 +92,8 @@ class Supervisor:
         if self.cluster is not None and self.nursery is not None:
             if info.claim is not None:
                 self.nursery.start_soon(self.cluster.release_name, info.name, info.claim)
+            if info.options["restart"] != "never" and not info.options["persistent"]:
+                self.nursery.start_soon(self.cluster.drop_spec, info.id)
             self.cluster.note_load()
 
     def node_gone(self, number: int, name: str, reason: str) -> None:
@@ -102,12 +104,10 @@ class Supervisor:
         for info in list(self.actors.values()):
             if info.pid and info.returncode is None:
                 self.endpoint.tell_node_gone(info.id, number)
-        for target_id in [t for t in self.remote_watches if t >> NODE_SHIFT == number]:
+        for target_id in [t for t in self.remote_watches if self.cluster.node_of(t) == number]:
             for watcher_id, watcher_name in self.remote_watches.pop(target_id).items():
                 target = ActorRef(target_id, self.endpoint.names.get(target_id, f"#{target_id}"))
                 self._notify(watcher_id, watcher_name, Terminated(target, reason, False))
-        for actor_id in [a for a in self.spawned_elsewhere if a >> NODE_SHIFT == number]:
-            del self.spawned_elsewhere[actor_id]
         self.stop_owned_by(name)
 
     def _notify(self, watcher_id: int, watcher_name: str, message) -> None:
@@ -176,9 +176,9 @@ class Supervisor:
             info.last_failure = reason
 
     async def _op_watch(self, target_id: int, watcher_id: int, watcher_name: str) -> None:
-        if self.cluster is not None and target_id >> NODE_SHIFT != self.cluster.number:
+        if self.cluster is not None and self.cluster.node_of(target_id) != self.cluster.number:
             try:                        # the target's own node watches it; this one, in case that node is lost
-                await self._ask_driver(target_id >> NODE_SHIFT << NODE_SHIFT, SystemOp.WATCH, target_id,
+                await self._ask_driver(self.cluster.node_of(target_id) << NODE_SHIFT, SystemOp.WATCH, target_id,
                                        watcher_id, watcher_name)
                 self.remote_watches.setdefault(target_id, {})[watcher_id] = watcher_name
             except ActorStoppedError:

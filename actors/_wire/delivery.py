@@ -80,7 +80,7 @@ class Delivery:
             if self.transport.is_gone(link.peer):
                 break
             try:
-                fresh = self.open_link(link.peer)
+                fresh = await self.open_link_now(link.peer)
             except OSError:
                 continue
             link.adopt(fresh)               # the same link (senders hold it), on the new connection

@@ -31,7 +31,7 @@ from actors._wire.asks import Asks, resolve
 from actors._wire.delivery import Delivery
 from actors._wire.inbox import Inbox
 from actors._wire.link import FLUSH_RECORDS, Link, Transport, Unreachable
-from actors._wire.protocol import ACK, ERROR, HELLO, NODE_GONE, NODE_SHIFT, RECORD, RECORD_SIZE, REPLY, TELL
+from actors._wire.protocol import ACK, ERROR, HELLO, NODE_GONE, RECORD, RECORD_SIZE, REPLY, TELL
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,9 @@ class Endpoint(Inbox, Asks, Delivery):
         """Cluster node `number` has left or is lost: every link to or from its endpoints is dead now (asks waiting
         on them fail, naming the node), whatever the connections themselves still say (a network split leaves
         them open)."""
+        node_of = self.transport.node_of
         for link in [*self.links.values(), *self.reply_links.values()]:
-            if link.peer >> NODE_SHIFT == number and not link.dead:
+            if link.peer >= 0 and node_of(link.peer) == number and not link.dead:
                 link.persistent = False
                 self._died(link)
                 link.close()
@@ -198,6 +199,8 @@ class Endpoint(Inbox, Asks, Delivery):
             raise ActorStoppedError(f"cannot send to {self.describe(peer)}: {why}") from None
         self.links[peer] = link
         link.out += RECORD.pack(0, HELLO, self.id, self.epoch)
+        if link.pending:                # being dialed: what is posted meanwhile waits in its outbox
+            self.nursery.start_soon(self._establish, link)
         if peer in self.persistent:
             link.persistent = True
             link.reading = True             # the ack reader reads this link for good (replies included)
@@ -206,12 +209,47 @@ class Endpoint(Inbox, Asks, Delivery):
 
     def open_link(self, peer: int) -> Link:
         """A new link to `peer` from the transport, refused (ConnectionRefusedError) if it reaches the process whose
-        link to `peer` died: that one is still exiting, and anything sent to it would be lost."""
+        link to `peer` died: that one is still exiting, and anything sent to it would be lost. A pending link (a
+        dial to another machine) is checked when it is established."""
         link = self.transport.connect(peer)
-        if link.incarnation is not None and link.incarnation == self.dead_incarnations.get(peer):
-            link.close()
-            raise ConnectionRefusedError(f"{self.describe(peer)} is still exiting")
+        if not link.pending:
+            self._check_incarnation(link)
         return link
+
+    def _check_incarnation(self, link: Link) -> None:
+        if link.incarnation is not None and link.incarnation == self.dead_incarnations.get(link.peer):
+            link.close()
+            raise ConnectionRefusedError(f"{self.describe(link.peer)} is still exiting")
+
+    async def open_link_now(self, peer: int) -> Link:
+        """`open_link`, established: for whoever must know that it works before using it (a reconnect, a probe)."""
+        link = self.open_link(peer)
+        if link.pending:
+            try:
+                await link.establish()
+                self._check_incarnation(link)
+            except BaseException as exc:
+                if isinstance(exc, OSError):
+                    self.transport.unreachable(peer, exc)
+                link.close()
+                raise
+        return link
+
+    async def _establish(self, link: Link) -> None:
+        """Finish dialing a link that messages are already queued on; if it cannot be, it dies like a link whose
+        peer went away (asks on it fail, saying why; what was queued is logged as dead letters)."""
+        try:
+            await link.establish()
+            self._check_incarnation(link)
+        except OSError as exc:
+            self.transport.unreachable(link.peer, exc)
+            link.why = exc.why if isinstance(exc, Unreachable) else str(exc)
+            if not link.persistent:     # (a persistent link's acker sees it closed, and reconnects)
+                self._died(link)
+            link.close()
+            return
+        if link.out and not link.dead:
+            self._dirty(link, wake=True)
 
     def connect(self, peer: int) -> None:
         """Open the link to `peer` now (the first message would otherwise); ActorStoppedError if it is not
@@ -446,8 +484,8 @@ class Endpoint(Inbox, Asks, Delivery):
             self.dead_incarnations[link.peer] = link.incarnation
         dropped = self._drop_outbox(link)
         if dropped:
-            log.warning("%d message(s) to %s were not delivered: it stopped (dead letters)", dropped,
-                        self.describe(link.peer))
+            log.warning("%d message(s) to %s were not delivered: %s (dead letters)", dropped,
+                        self.describe(link.peer), link.why or "it stopped")
         link.room.set()
         if not self.closed:
             self.on_death(link.peer)

@@ -1,7 +1,8 @@
 """The TCP transport: links between endpoints on different machines (the nodes of a cluster).
 
-**Ids.** An endpoint id is `(node number << NODE_SHIFT) | local id`. Node 0 is a system that is not part of a cluster,
-so single-machine ids are unchanged; a node's driver is `number << NODE_SHIFT` (its actors still reach it as 0).
+**Ids.** An endpoint id is `(node number << NODE_SHIFT) | local id` (protocol.py). Node 0 is a system that is not part
+of a cluster, so single-machine ids are unchanged; a node's driver is `number << NODE_SHIFT` (its actors still reach
+it as 0). An actor re-placed after its node was lost keeps its id; the membership then says where it runs now.
 
 **Frames.** On the wire a record is followed by its payload: the 24-byte record travels as it is, except that for a
 kind with a payload its offset field carries the payload's length, and the encoded message follows. The sender
@@ -23,7 +24,7 @@ fresh nonces from each side, before anything else crosses. A node without a secr
 from __future__ import annotations
 
 import bisect
-import functools
+import errno
 import hashlib
 import hmac
 import ipaddress
@@ -38,7 +39,7 @@ import trio
 from actors._exceptions import ClusterError
 from actors._wire.link import Link, Listener, Transport, Unreachable
 from actors._wire.protocol import KINDS, LOCAL_MASK, MAX_NODE_NUMBER, NO_PAYLOAD, NODE_SHIFT, RECORD, RECORD_SIZE
-from actors._wire.uds import SocketLink, UnixListener, UnixTransport, socket_path
+from actors._wire.uds import SocketLink, UnixListener, UnixTransport
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,6 @@ _IOV_MAX = 1000                     # buffers per sendmsg (the kernel takes 1024
 _SEND_CHUNK = 4 << 20               # bytes of frames gathered per sendmsg
 _READ_BUFFER = 1 << 18
 _DIRECT_READ = 1 << 16              # the rest of a payload at least this large is read straight into its block
-
-
-def node_of(endpoint_id: int) -> int:
-    return endpoint_id >> NODE_SHIFT
 
 
 def _mac(secret: bytes, *parts: bytes) -> bytes:
@@ -93,19 +90,34 @@ def check_listen_address(host: str, secret: bytes) -> None:
 class TcpLink(SocketLink):
     """A Link over a connected, non-blocking TCP socket, carrying each record's payload with it (see the module
     docstring). The arena is this process's store: where payloads are sent from and received into."""
-    __slots__ = ("arena", "wait_writable", "sent", "rbuf", "rview", "rstart", "rend", "block", "block_at",
-                 "got", "header", "starved", "eof")
+    __slots__ = ("arena", "sent", "rbuf", "rview", "rstart", "rend", "block", "block_at", "got", "header",
+                 "starved", "eof", "dialing", "ready")
 
-    def __init__(self, peer: int, sock: socket.socket, arena):
+    def __init__(self, peer: int, sock: socket.socket, arena, dialing=None):
         super().__init__(peer)
         self.remote = True
         self.arena = arena
         self.block = None
         self._attach(sock)
+        # (address, secret, node name) while the dial is being finished (`establish`): until then nothing is sent
+        # or read, and whoever waits to, waits for `ready`
+        self.dialing = dialing
+        self.pending = dialing is not None
+        self.ready = trio.Event()
+
+    async def establish(self) -> None:
+        """Finish the dial (see `handshake`); Unreachable if it fails. Who waits on the link wakes either way."""
+        address, secret, node = self.dialing
+        try:
+            pid = await handshake(self.sock, address, self.peer, secret, node)
+            self.incarnation = (self.incarnation, pid)
+        finally:
+            self.pending = False
+            self.dialing = None
+            self.ready.set()
 
     def _attach(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.wait_writable = functools.partial(trio.lowlevel.wait_writable, sock)
         self.sent = 0                   # bytes of the first record's frame already written
         self.rbuf = bytearray(_READ_BUFFER)
         self.rview = memoryview(self.rbuf)
@@ -119,6 +131,8 @@ class TcpLink(SocketLink):
     def send(self, data) -> int:
         """Write the frames of the records in `data` (a whole number of records); the bytes of the records whose
         frames are now wholly written. A record's payload is released once its frame is out."""
+        if self.pending:
+            raise BlockingIOError       # still dialing: the records wait in the outbox
         arena = self.arena
         buffers = []
         ends = []           # where each record's frame ends, counted from the first record's frame
@@ -163,6 +177,8 @@ class TcpLink(SocketLink):
     def recv_into(self, out) -> int:
         """Fill `out` with whole records, their payloads already in blocks of this process's store; 0 at the end of
         the connection, BlockingIOError when no whole record has arrived."""
+        if self.pending:
+            raise BlockingIOError
         produced = 0
         room = len(out) - len(out) % RECORD_SIZE
         pack_into = RECORD.pack_into
@@ -258,8 +274,16 @@ class TcpLink(SocketLink):
         except OSError:
             return "a closed connection"
 
+    async def wait_writable(self) -> None:
+        if self.pending:
+            await self.ready.wait()
+        else:
+            await trio.lowlevel.wait_writable(self.sock)
+
     async def wait_readable(self) -> None:
-        if self.starved:                # no room in the store: poll for it (no event crosses processes)
+        if self.pending:
+            await self.ready.wait()
+        elif self.starved:                # no room in the store: poll for it (no event crosses processes)
             self.starved = False
             await trio.sleep(0.002)
         elif self.rend - self.rstart >= RECORD_SIZE or self.eof:
@@ -282,64 +306,90 @@ class TcpLink(SocketLink):
     def adopt(self, fresh: TcpLink) -> None:
         self._attach(fresh.sock)
         self.incarnation = fresh.incarnation
+        self.pending = False
 
 
 # -- dialing and answering --------------------------------------------------------------------------------------------
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+async def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n:
-        chunk = sock.recv(n - len(data))
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            chunk = sock.recv(n - len(data))
+        except BlockingIOError:
+            continue
         if not chunk:
             raise ConnectionRefusedError("the connection was closed during the handshake")
         data += chunk
     return data
 
 
-def dial(address: tuple[str, int], target: int, secret: bytes, node: str) -> tuple[socket.socket, int]:
-    """Connect to the gateway of the node at `address` for endpoint `target`, proving both ends know the secret;
-    (connected non-blocking socket, the target process's pid). `Unreachable` when the target cannot be reached:
-    `gone` is set when it has stopped for good.
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    while data:
+        await trio.lowlevel.wait_writable(sock)
+        try:
+            data = data[sock.send(data):]
+        except BlockingIOError:
+            pass
 
-    Blocking, for at most DIAL_TIMEOUT: a link is opened once per pair of endpoints and then kept."""
-    try:
-        sock = socket.create_connection(address, timeout=DIAL_TIMEOUT)
-    except OSError as exc:
-        raise Unreachable(f"node {node!r} at {address[0]}:{address[1]} cannot be reached ({exc.strerror or exc})")
+
+def start_dial(address: tuple[str, int], node: str) -> socket.socket:
+    """A non-blocking socket connecting to the gateway of the node at `address`; `handshake` finishes the dial, so
+    that no dial ever holds up the process's loop (a node cut off the network answers nothing for seconds)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        challenge = _recv_exactly(sock, len(MAGIC) + NONCE)
-        if challenge[:len(MAGIC)] != MAGIC:
-            raise Unreachable(f"{address[0]}:{address[1]} is not the gateway of an actors node (node {node!r})")
-        theirs, ours = challenge[len(MAGIC):], os.urandom(NONCE)
-        ask = _ASK.pack(target)
-        sock.sendall(ours + ask + _mac(secret, b"dial", theirs, ours, ask))
-        try:
-            answer = _recv_exactly(sock, _ANSWER.size + MAC)
-        except ConnectionRefusedError:
-            raise Unreachable(f"node {node!r} refused the connection: this node's cluster secret is not the "
-                              f"cluster's (check --secret-file or ACTORS_CLUSTER_SECRET on both)",
-                              gone=True) from None
-        status, incarnation = _ANSWER.unpack_from(answer)
-        if not hmac.compare_digest(answer[_ANSWER.size:], _mac(secret, b"answer", ours, theirs, ask,
-                                                                 answer[:_ANSWER.size])):
-            raise Unreachable(f"the node at {address[0]}:{address[1]} does not know the cluster secret: "
-                              f"refusing to talk to it (it is not node {node!r})", gone=True)
-        if status != OK:
-            raise Unreachable("it is not running" if status == NOT_RUNNING else "it has stopped",
-                              gone=status == GONE)
-        sock.setblocking(False)
-        return sock, incarnation
-    except Unreachable:
-        sock.close()
-        raise
+        err = sock.connect_ex(address)
+        if err not in (0, errno.EINPROGRESS):
+            raise OSError(err, os.strerror(err))
     except OSError as exc:
         sock.close()
-        raise Unreachable(f"node {node!r} at {address[0]}:{address[1]}: the handshake failed ({exc})") from None
-    except BaseException:
-        sock.close()
-        raise
+        raise Unreachable(f"node {node!r} at {address[0]}:{address[1]} cannot be reached ({exc.strerror or exc})")
+    return sock
+
+
+async def handshake(sock: socket.socket, address: tuple[str, int], target: int, secret: bytes, node: str) -> int:
+    """Finish a dial (see `start_dial`) for endpoint `target`, proving both ends know the secret; the target
+    process's pid. `Unreachable` when the target cannot be reached (`gone` when waiting will not help), within
+    DIAL_TIMEOUT."""
+    where = f"{address[0]}:{address[1]}"
+    with trio.move_on_after(DIAL_TIMEOUT):
+        try:
+            await trio.lowlevel.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise Unreachable(f"node {node!r} at {where} cannot be reached ({os.strerror(err)})")
+            challenge = await _recv_exactly(sock, len(MAGIC) + NONCE)
+            if challenge[:len(MAGIC)] != MAGIC:
+                raise Unreachable(f"{where} is not the gateway of an actors node (node {node!r})", gone=True)
+            theirs, ours = challenge[len(MAGIC):], os.urandom(NONCE)
+            ask = _ASK.pack(target)
+            await _send_all(sock, ours + ask + _mac(secret, b"dial", theirs, ours, ask))
+            try:
+                answer = await _recv_exactly(sock, _ANSWER.size + MAC)
+            except ConnectionRefusedError:
+                raise Unreachable(f"node {node!r} refused the connection: this node's cluster secret is not the "
+                                  f"cluster's (check --secret-file or ACTORS_CLUSTER_SECRET on both)",
+                                  gone=True) from None
+            status, incarnation = _ANSWER.unpack_from(answer)
+            if not hmac.compare_digest(answer[_ANSWER.size:], _mac(secret, b"answer", ours, theirs, ask,
+                                                                     answer[:_ANSWER.size])):
+                raise Unreachable(f"the node at {where} does not know the cluster secret: refusing to talk to it "
+                                  f"(it is not node {node!r})", gone=True)
+            if status != OK:
+                raise Unreachable("it is not running" if status == NOT_RUNNING else "it has stopped",
+                                  gone=status == GONE)
+            return incarnation
+        except Unreachable:
+            raise
+        except OSError as exc:
+            raise Unreachable(f"node {node!r} at {where}: the handshake failed ({exc.strerror or exc})") from None
+        except trio.ClosedResourceError:
+            raise Unreachable(f"the dial to node {node!r} was given up (its node is gone)", gone=True) from None
+    raise Unreachable(f"node {node!r} at {where} did not answer within {DIAL_TIMEOUT:g} s")
 
 
 async def answer_dial(sock: trio.socket.SocketType, secret: bytes, route, timeout: float = DIAL_TIMEOUT):
@@ -379,7 +429,7 @@ async def answer_dial(sock: trio.socket.SocketType, secret: bytes, route, timeou
 
 class HandoffListener(Listener):
     """Where an actor receives the TCP connections its node's gateway accepted for it: each arrives as a file
-    descriptor over a Unix socket (`<run directory>/<local id>.tcp`, 0600)."""
+    descriptor over a Unix socket (`<run directory>/<id>.tcp`, 0600)."""
 
     def __init__(self, path: str, arena):
         self.arena = arena
@@ -409,10 +459,14 @@ class HandoffListener(Listener):
         self.unix.close()
 
 
-def hand_over(rundir: str, local_id: int, sock) -> bool:
-    """Pass a connected socket to the actor `local_id` of this node (see HandoffListener); False if it is not
+def handoff_path(rundir: str, endpoint_id: int) -> str:
+    return os.path.join(rundir, f"{endpoint_id}.tcp")
+
+
+def hand_over(rundir: str, endpoint_id: int, sock) -> bool:
+    """Pass a connected socket to the actor `endpoint_id` on this node (see HandoffListener); False if it is not
     listening (it is exiting)."""
-    path = socket_path(rundir, local_id)[:-len(".sock")] + ".tcp"
+    path = handoff_path(rundir, endpoint_id)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
         unix.settimeout(DIAL_TIMEOUT)
         try:
@@ -426,13 +480,15 @@ def hand_over(rundir: str, local_id: int, sock) -> bool:
 class Membership:
     """The nodes of the cluster as this machine last heard from etcd: a file in the run directory (written by the
     node's driver, read here when a link to another node is opened). {"nodes": {number: [name, host, port]},
-    "left": {number: name}}."""
+    "left": {number: name}, "moved": {actor id: number of the node now running it}}: an actor re-placed after its
+    node was lost keeps its id, whose node number then names the node it started on."""
 
     def __init__(self, path: str):
         self.path = path
         self.stamp = None
         self.nodes: dict[int, tuple[str, str, int]] = {}
         self.left: dict[int, str] = {}
+        self.moved: dict[int, int] = {}
 
     def refresh(self) -> None:
         try:
@@ -445,15 +501,17 @@ class Membership:
             data = json.load(f)
         self.nodes = {int(k): tuple(v) for k, v in data["nodes"].items()}
         self.left = {int(k): v for k, v in data["left"].items()}
+        self.moved = {int(k): v for k, v in data["moved"].items()}
         self.stamp = stamp
 
     @staticmethod
-    def write(path: str, nodes: dict, left: dict) -> None:
+    def write(path: str, nodes: dict, left: dict, moved: dict) -> None:
         tmp = f"{path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"nodes": {str(k): list(v) for k, v in nodes.items()},
-                       "left": {str(k): v for k, v in left.items()}}, f)
+                       "left": {str(k): v for k, v in left.items()},
+                       "moved": {str(k): v for k, v in moved.items()}}, f)
         os.replace(tmp, path)
 
     def name(self, number: int) -> str:
@@ -461,6 +519,17 @@ class Membership:
         if number in self.nodes:
             return self.nodes[number][0]
         return self.left.get(number, f"#{number}")
+
+    def node_of(self, endpoint_id: int) -> int:
+        """The number of the node that runs `endpoint_id` now."""
+        self.refresh()
+        return self.moved.get(endpoint_id, endpoint_id >> NODE_SHIFT)
+
+
+def socket_id(endpoint_id: int) -> int:
+    """What a node's Unix sockets are named by: 0 for its driver (whatever its number), else the whole id (an actor
+    re-placed here keeps the id it was given on another node)."""
+    return 0 if endpoint_id & LOCAL_MASK == 0 else endpoint_id
 
 
 class ClusterTransport(Transport):
@@ -477,58 +546,57 @@ class ClusterTransport(Transport):
         self.gone: set[int] = set()
 
     def _is_local(self, peer: int) -> bool:
-        number = peer >> NODE_SHIFT
-        return number == 0 or number == self.node
+        if peer == 0:
+            return True
+        return self.members.node_of(peer) == self.node
 
     def listen(self, endpoint_id: int) -> Listener:
-        return self.local.listen(endpoint_id & LOCAL_MASK)
+        return self.local.listen(socket_id(endpoint_id))
 
     def listeners(self, endpoint_id: int) -> list[Listener]:
-        local = endpoint_id & LOCAL_MASK
-        if local == 0:          # the driver: its gateway hands it its connections itself
+        if socket_id(endpoint_id) == 0:     # the driver: its gateway hands it its connections itself
             return [self.listen(endpoint_id)]
-        return [self.listen(endpoint_id),
-                HandoffListener(socket_path(self.rundir, local)[:-len(".sock")] + ".tcp", self.arena)]
+        return [self.listen(endpoint_id), HandoffListener(handoff_path(self.rundir, endpoint_id), self.arena)]
 
     def connect(self, peer: int) -> Link:
         if self._is_local(peer):
-            link = self.local.connect(peer & LOCAL_MASK)
+            link = self.local.connect(socket_id(peer))
             link.peer = peer
             return link
-        number = peer >> NODE_SHIFT
-        self.members.refresh()
+        number = self.members.node_of(peer)
         if number not in self.members.nodes:
             self.gone.add(peer)
             raise Unreachable(f"its node {self.members.name(number)!r} has left the cluster", gone=True)
         name, host, port = self.members.nodes[number]
-        try:
-            sock, incarnation = dial((host, port), peer, self.secret, name)
-        except Unreachable as exc:
-            if exc.gone:
-                self.gone.add(peer)
-            raise
-        link = TcpLink(peer, sock, self.arena)
-        link.incarnation = (number, incarnation)
+        sock = start_dial((host, port), name)
+        link = TcpLink(peer, sock, self.arena, dialing=((host, port), self.secret, name))
+        link.incarnation = number       # with the pid, once the dial is finished
         return link
+
+    def unreachable(self, peer: int, exc: OSError) -> None:
+        if getattr(exc, "gone", False):
+            self.gone.add(peer)
 
     def node_name(self, number: int) -> str:
         return self.members.name(number)
 
+    def node_of(self, peer: int) -> int:
+        return self.members.node_of(peer)
+
     def where(self, peer: int) -> str:
         if self._is_local(peer):
             return ""
-        return f" on node {self.members.name(peer >> NODE_SHIFT)!r}"
+        return f" on node {self.members.name(self.members.node_of(peer))!r}"
 
     def is_gone(self, peer: int) -> bool:
         if self._is_local(peer):
-            return self.local.is_gone(peer & LOCAL_MASK)
+            return self.local.is_gone(socket_id(peer))
         if peer in self.gone:
             return True
-        self.members.refresh()
-        return (peer >> NODE_SHIFT) not in self.members.nodes
+        return self.members.node_of(peer) not in self.members.nodes
 
     def mark_gone(self, peer: int) -> None:
         if self._is_local(peer):
-            self.local.mark_gone(peer & LOCAL_MASK)
+            self.local.mark_gone(socket_id(peer))
         else:
             self.gone.add(peer)

@@ -258,6 +258,32 @@ async def node_loss(system):
         say("tell_after", str(exc))
 
 
+async def replacement(system):
+    await wait_for_line()               # the test starts the node that will be lost
+    with trio.fail_after(20):
+        while "mortal" not in {n.name for n in await system.nodes()}:
+            await trio.sleep(0.05)      # polling the membership, with a deadline
+    phoenix = await system.spawn(Echo, node="mortal", name="phoenix", options={"restart": "always"})
+    fragile = await system.spawn(Echo, node="mortal", name="fragile", options={"restart": "never"})
+    say("before", (await phoenix.ask("hi", timeout=10))[1])
+    await wait_for_line()               # the test splits it off the network
+    split = trio.current_time()
+    with trio.fail_after(60):
+        while True:
+            try:
+                answer = await phoenix.ask("again", timeout=1)   # the same ref, as any holder of it has
+                break
+            except (actors.ActorStoppedError, actors.AskTimeoutError):
+                await trio.sleep(0.05)  # polling for it to run again, with a deadline
+    say("after", (answer[1], trio.current_time() - split))
+    found = await system.lookup("phoenix")
+    say("same", (found == phoenix, found.node))
+    try:
+        await system.lookup("fragile")
+    except actors.ActorNotFoundError:
+        say("fragile", "gone")
+
+
 async def race(system):
     await wait_for_line()
     try:
@@ -312,7 +338,7 @@ async def wrong_secret(system):
 
 
 SCENARIOS = {f.__name__: f for f in (placement, talk, refs, arrays, backpressure, race, lookup, join_leave,
-                                     wrong_secret, node_loss)}
+                                     wrong_secret, node_loss, replacement)}
 
 if __name__ == "__main__":
     scenario, url, name, *NODES = sys.argv[1:]

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import time
 
 import cloudpickle
 import trio
@@ -29,6 +30,7 @@ from actors._exceptions import ActorNotFoundError, ActorsError, ClusterError
 from actors._ref import ActorRef
 from actors._runtime.cluster.etcd import Etcd, parse_cluster_url
 from actors._wire import tcp
+from actors._wire.protocol import SystemOp
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,9 @@ class Node:
         self.load_changed = trio.Event()
         self.joined = False
         self.scope = trio.CancelScope()     # the node's own tasks: cancelled when it leaves
+        self.moved: dict[int, int] = {}     # actor id -> the node now running it, for actors re-placed elsewhere
+        self.leading = False                # this node is the coordinator, which re-places lost nodes' actors
+        self.nursery = None
 
     # -- joining and leaving ---------------------------------------------------------------------------------------
 
@@ -202,10 +207,13 @@ class Node:
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
                     await nursery.start(self._keep_lease)
-                    await nursery.start(self._follow_members)
+                    await nursery.start(self._follow, PREFIX + "moved/", self._moved)
+                    await nursery.start(self._follow, PREFIX + "nodes/", self._members)
                     nursery.start_soon(self._publish_load)
                     nursery.start_soon(self._serve_gateway)
+                    nursery.start_soon(self._lead)
                     task_status.started()
         finally:
             self.gateway.close()
@@ -238,36 +246,48 @@ class Node:
 
     # -- membership ----------------------------------------------------------------------------------------------
 
-    async def _follow_members(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Keep `members` as etcd has it: read, then watch from the revision read. When the watch breaks (etcd
-        restarting, a network blip), read and watch again: whether this node may go on is the lease's business
-        (`keep_alive` ends the node when it runs out), not the watch's."""
-        prefix = PREFIX + "nodes/"
+    async def _follow(self, prefix: str, apply, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a table as etcd has it under `prefix`: read, then watch from the revision read; `apply(key, value)`
+        for each change (value None: deleted), `apply(None, {key: value})` for a whole read. When the watch breaks
+        (etcd restarting, a network blip), read and watch again: whether this node may go on is the lease's
+        business (`keep_alive` ends the node when it runs out), not the watch's."""
         started = False
         while True:
             try:
                 current = await self.etcd.get_prefix(prefix)
-                now = {kv.key.decode()[len(prefix):]: json.loads(kv.value) for kv in current.kvs}
-                for name in set(self.members) - set(now):
-                    self._left(name)
-                self.members = now
-                self._write_members()
+                apply(None, {kv.key.decode()[len(prefix):]: json.loads(kv.value) for kv in current.kvs})
                 if not started:
                     started = True
                     task_status.started()
                 async with self.etcd.watch(prefix, prefix=True, start_revision=current.revision + 1) as events:
                     async for event in events:
-                        name = event.kv.key.decode()[len(prefix):]
-                        if event.kind == "put":
-                            self.members[name] = json.loads(event.kv.value)
-                        else:
-                            self._left(name)
-                        self._write_members()
+                        apply(event.kv.key.decode()[len(prefix):],
+                              json.loads(event.kv.value) if event.kind == "put" else None)
             except ClusterError as exc:
                 if not started:
                     raise
-                log.warning("following the cluster's membership: %s; reading it again", exc)
+                log.warning("following %s in etcd: %s; reading it again", prefix, exc)
             await trio.sleep(0.5)          # pacing the retries while etcd is away
+
+    def _members(self, name: str | None, info) -> None:
+        if name is None:
+            for gone in set(self.members) - set(info):
+                self._left(gone)
+            self.members = info
+        elif info is None:
+            self._left(name)
+        else:
+            self.members[name] = info
+        self._write_members()
+
+    def _moved(self, key: str | None, number) -> None:
+        if key is None:
+            self.moved = {int(k, 16): v for k, v in number.items()}
+        elif number is None:
+            self.moved.pop(int(key, 16), None)
+        else:
+            self.moved[int(key, 16)] = number
+        self._write_members()
 
     def _left(self, name: str) -> None:
         gone = self.members.pop(name, None)
@@ -280,10 +300,16 @@ class Node:
                 log.info("node %r left the cluster", name)
             self._write_members()       # first: whoever connects from now on learns that it is gone
             self.driver.node_gone(gone["number"], name, "node lost" if lost else "node left")
+            if lost and self.leading:
+                self.nursery.start_soon(self.reconcile)
 
     def _write_members(self) -> None:
         nodes = {info["number"]: (name, info["host"], info["port"]) for name, info in self.members.items()}
-        tcp.Membership.write(os.path.join(self.driver.rundir, "members.json"), nodes, self.left)
+        tcp.Membership.write(os.path.join(self.driver.rundir, "members.json"), nodes, self.left, self.moved)
+
+    def node_of(self, actor_id: int) -> int:
+        """The number of the node that runs `actor_id` now (re-placed actors keep their ids)."""
+        return self.moved.get(actor_id, actor_id >> tcp.NODE_SHIFT)
 
     def node_name(self, number: int) -> str:
         for name, info in self.members.items():
@@ -368,6 +394,87 @@ class Node:
         holder = json.loads(kv.value)
         return ActorRef(holder["id"], name, holder["persistent"])
 
+    # -- re-placement ----------------------------------------------------------------------------------------------
+    #
+    # An actor whose restart policy asks for restarts ("always", "on-failure"), and that is not persistent, has a
+    # spec in etcd (`specs/<id>`: how to spawn it again, whose it is, when it was re-placed), deleted when it stops
+    # for good. When a node is lost, the coordinator (one node, elected through etcd) spawns each such actor of the
+    # lost node again on a live node, under the same name and id, and records where (`moved/<id>`), so that refs
+    # held anywhere reach it there. An actor whose owner (the node that spawned it) is gone too is not re-placed:
+    # it would have been stopped with its owner.
+
+    async def record_spec(self, actor_id: int, pickled: bytes, name: str, opts: dict, owner: str,
+                          replaced: list | None = None) -> None:
+        spec = cloudpickle.dumps({"pickled": pickled, "name": name, "options": opts, "owner": owner,
+                                  "replaced": replaced or []})
+        await self.etcd.put(f"{PREFIX}specs/{actor_id:08x}", base64.b64encode(tcp.sign(self.secret, spec) + spec))
+
+    async def drop_spec(self, actor_id: int) -> None:
+        try:
+            await self.etcd.delete(f"{PREFIX}specs/{actor_id:08x}")
+            if actor_id in self.moved:
+                await self.etcd.delete(f"{PREFIX}moved/{actor_id:08x}")
+        except ClusterError as exc:
+            log.warning("could not forget the spec of actor #%d in etcd: %s", actor_id, exc)
+
+    async def moved_here(self, actor_id: int) -> None:
+        """Route `actor_id` here from now on: at once on this node, through etcd on the others."""
+        self.moved[actor_id] = self.number
+        self._write_members()
+        await self.etcd.put(f"{PREFIX}moved/{actor_id:08x}", str(self.number))
+
+    async def _lead(self) -> None:
+        """Campaign to be the coordinator; once leading (until this node's lease ends), re-place what needs it."""
+        await self.etcd.campaign(PREFIX + "coordinator", self.name, lease=self.lease.id)
+        self.leading = True
+        log.info("node %r coordinates the cluster: it re-places the actors of lost nodes", self.name)
+        await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """Spawn again, on live nodes, the actors with a spec whose node is gone (and whose owner is not)."""
+        live = {info["number"] for info in self.members.values()}
+        try:
+            specs = await self.etcd.get_prefix(PREFIX + "specs/")
+        except ClusterError as exc:
+            log.warning("could not read the actors to re-place: %s", exc)
+            return
+        for kv in specs.kvs:
+            actor_id = int(kv.key.decode().rsplit("/", 1)[1], 16)
+            if self.node_of(actor_id) in live:
+                continue
+            data = base64.b64decode(kv.value)
+            if not tcp.verify(self.secret, data[tcp.MAC:], data[:tcp.MAC]):
+                log.error("the spec of actor #%d in etcd is not signed with this cluster's secret: ignored",
+                          actor_id)
+                continue
+            spec = cloudpickle.loads(data[tcp.MAC:])
+            await self._replace(actor_id, spec)
+
+    async def _replace(self, actor_id: int, spec: dict) -> None:
+        name, opts = spec["name"], spec["options"]
+        if spec["owner"] not in self.members:
+            await self.drop_spec(actor_id)      # its owner is gone: nobody holds it any more
+            return
+        now = time.time()              # wall clock: the next coordinator may be another machine
+        replaced = [t for t in spec["replaced"] if now - t < opts["restart_window"]]
+        if len(replaced) >= opts["max_restarts"]:
+            log.error("actor %r is not re-placed: it was re-placed %d times within %g s, its restart intensity",
+                      name, len(replaced), opts["restart_window"])
+            await self.drop_spec(actor_id)
+            return
+        try:
+            where = self.place(None, None)
+            args = (spec["pickled"], name, opts, where[0] if where else self.name, None, spec["owner"], actor_id,
+                    [*replaced, now])
+            if where is None:
+                await self.driver._op_spawn(*args)
+            else:
+                await self.driver._ask_driver(where[1], SystemOp.SPAWN, *args)
+            log.warning("actor %r (#%d) re-placed on node %r: its node was lost", name, actor_id,
+                        where[0] if where else self.name)
+        except Exception as exc:
+            log.error("could not re-place actor %r (#%d): %s", name, actor_id, exc)
+
     # -- classes -------------------------------------------------------------------------------------------------
 
     async def publish_classes(self, entries) -> None:
@@ -409,9 +516,9 @@ class Node:
     def _route(self, target: int, sock) -> tuple[int, int]:
         """(status, incarnation) for a connection to `target`, handed over to it when it can take it."""
         driver = self.driver
-        if target >> tcp.NODE_SHIFT != self.number:
+        if self.node_of(target) != self.number:
             return tcp.GONE, 0              # an id of an earlier node, or of another node
-        if target & tcp.LOCAL_MASK == 0:
+        if tcp.socket_id(target) == 0:
             plain = socket.socket(fileno=os.dup(sock.fileno()))
             plain.setblocking(False)
             driver.endpoint.accept_link(tcp.TcpLink(-1, plain, driver.endpoint.arena))
@@ -421,6 +528,6 @@ class Node:
             return tcp.GONE, 0
         if not (info.pid and info.started and info.returncode is None and not info.restarting):
             return tcp.NOT_RUNNING, 0
-        if not tcp.hand_over(driver.rundir, target & tcp.LOCAL_MASK, sock):
+        if not tcp.hand_over(driver.rundir, target, sock):
             return tcp.NOT_RUNNING, 0
         return tcp.OK, info.pid
