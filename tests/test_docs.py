@@ -245,6 +245,7 @@ def environment() -> dict:
     env["PYTHONUNBUFFERED"] = "1"               # line by line, as on a terminal
     env.setdefault("ACTORS_STORE_CAPACITY", "64M")
     env.pop("PYTHONPATH", None)
+    env.pop("ACTORS_CLUSTER_SECRET", None)      # the cluster page starts without a secret
     return env
 
 
