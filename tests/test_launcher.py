@@ -690,8 +690,6 @@ def test_actors_follow_the_logging_the_program_configured(tmp_path):
     assert "app.worker" not in proc.stderr         # nothing of theirs went around the program's configuration
 
 
-@pytest.mark.xfail(strict=True, reason="read_secret (actors/_runtime/cluster/node.py) lets the OSError of a secret "
-                                       "file it cannot read escape: the launcher prints a traceback")
 @pytest.mark.parametrize("command", ["node", "run"])
 def test_a_secret_file_that_cannot_be_read_is_a_clear_error(tmp_path, command):
     app = write_app(tmp_path, """
