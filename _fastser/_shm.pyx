@@ -17,6 +17,8 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
+from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
 from _fastser._codec cimport Decoder, Encoder, Registry
@@ -619,6 +621,17 @@ cdef class Arena:
             o.refcount = 2
         return off
 
+    cdef object_header* _new_object(self, int64_t off, uint64_t generation, uint64_t n):
+        """Fill in the header of a new block for an n-byte message that holds no refs, with one count."""
+        cdef object_header* o = <object_header*>(self.base + off)
+        o.generation = generation
+        o.refcount = 1
+        o.size = n
+        o.nrefs = 0
+        o.refs_at = OBJ_HEADER + ((n + 7) & ~7)
+        o.magic = OBJECT_MAGIC
+        return o
+
     cpdef object commit(self, tuple prepared):
         """Allocate and write a prepared message; its (offset, generation) with one count, or None when full."""
         cdef uint64_t generation = 0
@@ -753,13 +766,7 @@ cdef class Arena:
         if off < 0:
             self.abandon((enc,))
             return None
-        o = <object_header*>(self.base + off)
-        o.generation = generation
-        o.refcount = 1
-        o.size = n
-        o.nrefs = 0
-        o.refs_at = OBJ_HEADER + ((n + 7) & ~7)
-        o.magic = OBJECT_MAGIC
+        o = self._new_object(off, generation, n)
         data_at = enc.write_stream_to(<char*>o + OBJ_HEADER)
         self._encoders.append(enc)
         block = SharedBlock.__new__(SharedBlock)
@@ -827,6 +834,30 @@ cdef class Arena:
         """A copy of the encoded message at `off` (the caller holds a count): what a journal stores."""
         cdef object_header* o = <object_header*>(self.base + off)
         return PyBytes_FromStringAndSize(<char*>o + OBJ_HEADER, <Py_ssize_t>o.size)
+
+    def payload(self, uint64_t off):
+        """The encoded message at `off` (the caller holds a count) as a read-only view into the store: what a link
+        to another machine writes to its socket, with no copy. Valid while the count is held."""
+        cdef object_header* o = <object_header*>(self.base + off)
+        return PyMemoryView_FromMemory(<char*>o + OBJ_HEADER, <Py_ssize_t>o.size, PyBUF_READ)
+
+    def payload_refs(self, uint64_t off):
+        """How many store objects the message at `off` holds refs to (ObjectRefs inside it)."""
+        return (<object_header*>(self.base + off)).nrefs
+
+    def receive(self, uint64_t n):
+        """A new block for an `n`-byte message arriving from another machine, to be read straight into:
+        (offset, writable view of its n bytes), with one count for the receiver; None when the store is full.
+        The message is checked when it is decoded, like any other."""
+        cdef uint64_t generation = 0
+        cdef int64_t off = self._alloc(OBJ_HEADER + ((n + 7) & ~7), &generation)
+        cdef object_header* o
+        if off == -2:
+            raise ActorsError(_SHM_EXHAUSTED)
+        if off < 0:
+            return None
+        o = self._new_object(off, generation, n)
+        return (off, PyMemoryView_FromMemory(<char*>o + OBJ_HEADER, <Py_ssize_t>n, PyBUF_WRITE))
 
     def decref_id(self, uint64_t off):
         self.decref(off)

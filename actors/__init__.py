@@ -26,6 +26,7 @@ from actors._exceptions import (
     ActorNotFoundError as ActorNotFoundError,
     ActorStoppedError as ActorStoppedError,
     AskTimeoutError as AskTimeoutError,
+    ClusterError as ClusterError,
     MailboxFullError as MailboxFullError,
     RemoteActorError as RemoteActorError,
     PersistenceError as PersistenceError,
@@ -35,6 +36,7 @@ from actors._exceptions import (
     SupervisionError as SupervisionError,
     UnknownClassError as UnknownClassError,
 )
+from actors._runtime.cluster.node import ClusterOptions as ClusterOptions, NodeInfo as NodeInfo
 from actors._runtime.driver import open_system as open_system, run as run
 from actors._runtime.supervise import Terminated as Terminated
 from actors._runtime.system import System as System

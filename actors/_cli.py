@@ -1,5 +1,5 @@
-"""The `actors` command: `actors run app.py` (or `module:function`), `actors status`, `actors cleanup` and
-`actors --version`."""
+"""The `actors` command: `actors run app.py` (or `module:function`), `actors node`, `actors status`,
+`actors cleanup` and `actors --version`."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,39 @@ def _run(args) -> int:
     return _launcher.main(args)
 
 
+def _node(args) -> int:
+    from actors import _launcher
+    return _launcher.node(args)
+
+
+def _system_options(command: argparse.ArgumentParser, *, cluster_required: bool) -> None:
+    """The options of the commands that run a system: its store, persistence, stopping, logging, and cluster."""
+    command.add_argument("--store-capacity", default=None, help="shared-memory store size, e.g. 512M or 4G")
+    command.add_argument("--resilience-dir", default=None,
+                         help="directory where persistent actors keep their journals and snapshots; run again "
+                              "with the same directory to recover them")
+    command.add_argument("--stop-timeout", type=float, default=5.0,
+                         help="seconds to wait for actors to stop gracefully before killing them (default 5)")
+    command.add_argument("--log-level", default="INFO", type=str.upper,
+                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                         help="the lowest level of log records shown, the actors' included (default INFO)")
+    cluster = command.add_argument_group("cluster", "run as a node of a cluster (docs/cluster.md)")
+    cluster.add_argument("--cluster", required=cluster_required, metavar="etcd://HOST:PORT",
+                         help="the etcd that holds the cluster's membership and names")
+    cluster.add_argument("--name", default=None, help="this node's name (default: HOSTNAME-PID)")
+    cluster.add_argument("--labels", default="", metavar="k=v,...",
+                         help="labels that spawn(labels=...) places actors by")
+    cluster.add_argument("--listen", default=None, metavar="HOST:PORT",
+                         help="where other nodes connect (default: this machine's address towards etcd, any "
+                              "free port; without a secret, loopback only)")
+    cluster.add_argument("--secret-file", default=None, metavar="FILE",
+                         help="the cluster secret (owner-only file) that nodes authenticate each other with; "
+                              "default: $ACTORS_CLUSTER_SECRET")
+    cluster.add_argument("--lease-ttl", type=int, default=3, metavar="SECONDS",
+                         help="how long a node out of touch with etcd keeps its place: then the others count it "
+                              "as lost, and it stops itself (default 3)")
+
+
 class _Version(argparse.Action):
     """`actors --version`, on one line (argparse's own version action wraps it at the terminal's width). It says
     where the package was imported from, as pip does: a source checkout can shadow the installed package."""
@@ -48,16 +81,11 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an app: import it and call its `async def main(system)`")
     run.add_argument("app", help="path to the app's .py file, or module:function (options go before it)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the app (sys.argv[1:] inside it)")
-    run.add_argument("--store-capacity", default=None, help="shared-memory store size, e.g. 512M or 4G")
-    run.add_argument("--resilience-dir", default=None,
-                     help="directory where persistent actors keep their journals and snapshots; run again with "
-                          "the same directory to recover them")
-    run.add_argument("--stop-timeout", type=float, default=5.0,
-                     help="seconds to wait for actors to stop gracefully before killing them (default 5)")
-    run.add_argument("--log-level", default="INFO", type=str.upper,
-                     choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-                     help="the lowest level of log records shown, the actors' included (default INFO)")
+    _system_options(run, cluster_required=False)
     run.set_defaults(func=_run)
+    node = sub.add_parser("node", help="run a node of a cluster: it runs the actors placed on it until stopped")
+    _system_options(node, cluster_required=True)
+    node.set_defaults(func=_node)
     status = sub.add_parser("status", help="show every running system of yours: its actors and its store")
     status.add_argument("--watch", action="store_true", help="refresh the table like top, until Ctrl-C")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")

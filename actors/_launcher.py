@@ -150,6 +150,53 @@ def configure_logging(level: str) -> None:
         handler.setFormatter(LogLines("%(levelname)s %(name)s: %(message)s"))
 
 
+def cluster_options(args):
+    """The cluster options of `actors run` or `actors node`, or None without --cluster."""
+    if args.cluster is None:
+        return None
+    from actors._runtime.cluster.node import ClusterOptions, parse_labels, read_secret
+    try:
+        labels = parse_labels(args.labels)
+    except ValueError as exc:
+        raise ActorsError(f"--labels: {exc}") from None
+    try:
+        return ClusterOptions(args.cluster, name=args.name, labels=labels, listen=args.listen,
+                              secret=read_secret(args.secret_file), lease_ttl=args.lease_ttl)
+    except ValueError as exc:
+        raise ActorsError(f"--lease-ttl: {exc}") from None
+
+
+def node(args) -> int:
+    """`actors node --cluster etcd://HOST:PORT`: a node that runs the actors placed on it, until it is stopped
+    (Ctrl-C or SIGTERM), when it stops them and leaves the cluster."""
+    import trio
+    from actors._runtime.driver import run
+    configure_logging(args.log_level)
+    try:
+        options = cluster_options(args)
+    except ActorsError as exc:
+        print(f"actors: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve(system):
+        here = system.cluster
+        print(f"node {here.name!r} (pid {os.getpid()}) joined the cluster at {options.url}; listening on "
+              f"{here.host}:{here.port}")
+        await trio.sleep_forever()
+
+    with Interrupts() as interrupts:
+        try:
+            run(interrupts.wrap(serve), store_capacity=args.store_capacity, stop_timeout=args.stop_timeout,
+                resilience_dir=args.resilience_dir, cluster=options)
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        except ActorsError as exc:
+            print(f"actors: {exc}", file=sys.stderr)
+            return 1
+    print("actors: the node stopped its actors and left the cluster", file=sys.stderr)
+    return 0
+
+
 def main(args) -> int:
     from actors._runtime.driver import run
     # One write per line, as the actors' output pumps do: unbuffered (PYTHONUNBUFFERED, -u), print writes the text
@@ -174,6 +221,10 @@ def main(args) -> int:
             print_app_error(exc)
             return 1
         app_main = find_main(module, function, named)
+        cluster = cluster_options(args)
+        if cluster is not None:
+            import cloudpickle
+            cloudpickle.register_pickle_by_value(module)    # its classes reach nodes that do not have the file
     except ActorsError as exc:
         print(f"actors: {exc}", file=sys.stderr)
         return 2
@@ -187,7 +238,7 @@ def main(args) -> int:
         try:
             result = run(interrupts.wrap(app_main), store_capacity=args.store_capacity, serialize=serialize,
                          deserialize=deserialize, stop_timeout=args.stop_timeout,
-                         resilience_dir=args.resilience_dir, _app=(directory, module_name))
+                         resilience_dir=args.resilience_dir, cluster=cluster, _app=(directory, module_name))
         except KeyboardInterrupt:
             print("actors: interrupted; every actor was stopped", file=sys.stderr)
             return 130

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from _fastser import _codec
 from actors._exceptions import RemoteActorError, StoreFull
-from actors._wire.protocol import ASK, CALL, TELL
+from actors._wire.protocol import ASK, CALL, NODE_SHIFT, TELL
 
 # The running system of this process; ActorRefs decoded here talk through it. Set by `set_current_system` only.
 _system = None
@@ -64,6 +64,14 @@ class ActorRef:
         return await _system.ask(self, ASK, _system.outgoing(message), timeout)
 
     @property
+    def node(self) -> str | None:
+        """The name of the cluster node the actor runs on; None outside a cluster."""
+        if not self.id >> NODE_SHIFT or _system is None:
+            return None
+        transport = _system.endpoint.transport
+        return transport.node_name(transport.node_of(self.id))      # where it runs now, re-placed or not
+
+    @property
     def proxy(self) -> _Proxy:
         """`await ref.proxy.method(*args, **kwargs)` calls the actor's `async def method` and returns its result."""
         return _Proxy(self)
@@ -75,7 +83,9 @@ class ActorRef:
         return hash(("ActorRef", self.id))
 
     def __repr__(self):
-        return f"<ActorRef {self.name!r} #{self.id}>"
+        node = self.node
+        where = f" on node {node!r}" if node is not None else ""
+        return f"<ActorRef {self.name!r} #{self.id}{where}>"
 
     def __reduce__(self):
         return (ActorRef, (self.id, self.name, self.persistent))

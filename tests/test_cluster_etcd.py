@@ -174,6 +174,21 @@ def test_create_if_absent(etcd):
     run(main)
 
 
+def test_delete_created_deletes_only_that_claim(etcd):
+    """A holder giving a name back must never delete the claim of whoever took the name after it."""
+
+    async def main():
+        first = await etcd.create("names/y", "a")
+        await etcd.delete("names/y")
+        second = await etcd.create("names/y", "b")
+        assert not await etcd.delete_created("names/y", first.holder.create_revision)
+        assert (await etcd.get("names/y")).value == b"b"
+        assert await etcd.delete_created("names/y", second.holder.create_revision)
+        assert await etcd.get("names/y") is None
+
+    run(main)
+
+
 # -- watch --------------------------------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,13 @@ How a page marks its blocks:
   matches any number, for tables of timings); `unordered` (each process's lines in any order, for log lines that
   race with the lines around them); `exit=N` (every command of the block exits with N); `before=SHELL`
   (a hidden command run first, to make the files a session needs; it may not contain `;`).
+- For clusters: `etcd` marks the block that starts etcd on 127.0.0.1:2379. It is not run: a real etcd starts in its
+  place, on free ports, for the rest of the page; `127.0.0.1:2379` in the page's later programs and commands is that
+  etcd, and its address reads as `127.0.0.1:2379` in what they print (without the etcd binary the page skips, and
+  fails under CI, as the cluster tests do). `background` runs the block's one command until the end of the page, as
+  in a terminal of its own (a node agent): the page goes on once it has printed the lines the block shows before
+  its first actor line, `^C` or `...`; at the end of the page it gets Ctrl-C (`SIGINT` to its process group) where
+  the block shows `^C`, else `SIGTERM`, and all it printed must match the block.
 
 How output is compared, so that pids, addresses, timings and ids do not matter:
 
@@ -37,12 +44,16 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 
 import pytest
 
+from _helpers.cluster import EtcdServer, require_etcd
 from _helpers.processes import leftover_segments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -234,10 +245,116 @@ def environment() -> dict:
     env["PYTHONUNBUFFERED"] = "1"               # line by line, as on a terminal
     env.setdefault("ACTORS_STORE_CAPACITY", "64M")
     env.pop("PYTHONPATH", None)
+    env.pop("ACTORS_CLUSTER_SECRET", None)      # the cluster page starts without a secret
     return env
 
 
-def run_session(step: Step, directory: str) -> list[str]:
+class Services:
+    """What a page's sessions run against, for the rest of the page: the etcd of its `etcd` block, and the commands
+    of its `background` blocks."""
+
+    PAGE_ETCD = "127.0.0.1:2379"
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.etcd = None
+        self.address = ""
+        self.background: list[Background] = []
+
+    def start_etcd(self) -> None:
+        self.etcd = EtcdServer(require_etcd())
+        self.address = self.etcd.url[len("etcd://"):]
+
+    def to_real(self, text: str) -> str:
+        """The page's etcd address, as the etcd running for it."""
+        return text.replace(self.PAGE_ETCD, self.address) if self.etcd else text
+
+    def to_page(self, text: str) -> str:
+        """Its address as the page shows it (never a longer number that starts with the same digits)."""
+        return re.sub(re.escape(self.address) + r"(?!\d)", self.PAGE_ETCD, text) if self.etcd else text
+
+    def start_background(self, step: Step) -> list[str]:
+        process = Background(step, self)
+        self.background.append(process)
+        return process.started()
+
+    def stop(self) -> list[str]:
+        """Stop the background commands, in the order they started; the problems found in what they printed."""
+        problems = []
+        for process in self.background:
+            problems += process.stop()
+        return problems
+
+    def close(self) -> None:
+        """Whatever still runs (the page failed before its end) is killed; the etcd goes last."""
+        for process in self.background:
+            process.kill()
+        if self.etcd is not None:
+            self.etcd.close()
+
+
+class Background:
+    """A `background` block's command, started in a process group of its own, as in a terminal of its own."""
+
+    def __init__(self, step: Step, services: Services):
+        self.step = step
+        self.services = services
+        self.command, expected = step.commands[0]
+        self.interrupt = any(line.startswith("^C") for line in expected)
+        self.expected = [line[2:] if line.startswith("^C") else line for line in expected]   # ^C: the terminal's echo
+        self.output = tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(["bash", "-c", services.to_real(self.command)], cwd=services.directory,
+                                        env=environment(), stdout=self.output, stderr=subprocess.STDOUT,
+                                        start_new_session=True, text=True)
+
+    def printed(self) -> list[str]:
+        self.output.seek(0)
+        return self.services.to_page(self.output.read()).split("\n")
+
+    def started(self) -> list[str]:
+        """Wait until it has printed as many lines as the block shows before an actor's line, `^C` or `...`."""
+        if len(self.step.commands) != 1:
+            return [f"a background block runs one command (block at line {self.step.line})"]
+        shown = self.step.commands[0][1]
+        ready = next((i for i, line in enumerate(shown) if line.startswith(("[", "^C")) or line.strip() == "..."),
+                     len(shown))
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while len([line for line in self.printed() if line]) < ready:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                return [f"`{self.command}` (block at line {self.step.line}) did not start within {COMMAND_TIMEOUT} s "
+                        f"(exit status {self.process.poll()}); its output:\n" + "\n".join(self.printed())]
+            time.sleep(0.05)        # polling its output, with the deadline above
+        return []
+
+    def stop(self) -> list[str]:
+        if self.process.poll() is None:
+            if self.interrupt:
+                os.killpg(self.process.pid, signal.SIGINT)      # Ctrl-C: to every process of the terminal's group
+            else:
+                self.process.send_signal(signal.SIGTERM)
+        try:
+            status = self.process.wait(COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return [f"`{self.command}` (block at line {self.step.line}) did not stop within {COMMAND_TIMEOUT} s"]
+        problems = []
+        actual = self.printed()
+        diff = compare(self.expected, actual, "numbers" in self.step.options, "unordered" in self.step.options)
+        if diff:
+            problems.append(f"`{self.command}` (block at line {self.step.line}):\n{diff}\nall it printed:\n"
+                            + "\n".join(actual)[-3000:])
+        if status != int(self.step.options.get("exit", 0)):
+            problems.append(f"`{self.command}` (block at line {self.step.line}) exited with {status}")
+        return problems
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(COMMAND_TIMEOUT)
+        self.output.close()
+
+
+def run_session(step: Step, directory: str, services: Services) -> list[str]:
     """The problems found running the session: each command's output against the page's."""
     problems = []
     env = environment()
@@ -254,15 +371,17 @@ def run_session(step: Step, directory: str) -> list[str]:
             if status != allowed:
                 problems.append(f"`{step.commands[i - 1][0]}` exited with {status}; the page shows no `echo $?`")
             try:
-                out = subprocess.run(["bash", "-c", command], cwd=directory, env=env, timeout=COMMAND_TIMEOUT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                out = subprocess.run(["bash", "-c", services.to_real(command)], cwd=directory, env=env,
+                                     timeout=COMMAND_TIMEOUT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
             except subprocess.TimeoutExpired as exc:
                 problems.append(f"`{command}` did not finish within {COMMAND_TIMEOUT} s; its output:\n"
                                 f"{exc.output}")
                 return problems
             status = out.returncode if out.returncode >= 0 else 128 - out.returncode    # as a shell shows it
             # a shell reports a command killed by a signal; a terminal shows it as the signal's name
-            actual = [re.sub(r"^bash: line \d+: +\d+ (\w+).*", r"\1", line) for line in out.stdout.split("\n")]
+            actual = [re.sub(r"^bash: line \d+: +\d+ (\w+).*", r"\1", line)
+                      for line in services.to_page(out.stdout).split("\n")]
         diff = compare(expected, actual, "numbers" in step.options, "unordered" in step.options)
         if diff:
             printed = "\n".join(actual)[-3000:]
@@ -278,16 +397,27 @@ def test_programs(page, tmp_path):
     todo = steps(page)
     if not todo:
         pytest.skip("no programs on this page")
+    if any("etcd" in step.options for step in todo):
+        require_etcd()              # before anything of the page runs: it skips without etcd (fails under CI)
     before = leftover_segments()
     problems = []
-    for step in todo:
-        if "skip" in step.options:
-            continue
-        if step.kind == "program":
-            (tmp_path / step.file).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / step.file).write_text(step.text + "\n")
-        else:
-            problems += run_session(step, str(tmp_path))
+    services = Services(str(tmp_path))
+    try:
+        for step in todo:
+            if "skip" in step.options:
+                continue
+            if "etcd" in step.options:
+                services.start_etcd()
+            elif step.kind == "program":
+                (tmp_path / step.file).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / step.file).write_text(services.to_real(step.text) + "\n")
+            elif "background" in step.options:
+                problems += services.start_background(step)
+            else:
+                problems += run_session(step, str(tmp_path), services)
+        problems += services.stop()
+    finally:
+        services.close()
     assert not problems, f"{page} drifted from the code:\n\n" + "\n\n".join(problems)
     assert leftover_segments() == before        # every program's segments are gone with its driver
 
@@ -295,7 +425,7 @@ def test_programs(page, tmp_path):
 def test_every_page_parses():
     """A program that the parser would not find, or a marker that names an unknown option, is a mistake in the
     page: this keeps the convention honest."""
-    known = {"file", "skip", "numbers", "unordered", "exit", "before"}
+    known = {"file", "skip", "numbers", "unordered", "exit", "before", "etcd", "background"}
     for page in PAGES:
         with open(os.path.join(ROOT, page)) as f:
             text = f.read()

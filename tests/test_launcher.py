@@ -688,3 +688,16 @@ def test_actors_follow_the_logging_the_program_configured(tmp_path):
     assert mine == ["custom|DEBUG|app.worker|debug 1", "custom|INFO|app.worker|info 1",
                     "custom|WARNING|app.worker|warning 1"]
     assert "app.worker" not in proc.stderr         # nothing of theirs went around the program's configuration
+
+
+@pytest.mark.parametrize("command", ["node", "run"])
+def test_a_secret_file_that_cannot_be_read_is_a_clear_error(tmp_path, command):
+    app = write_app(tmp_path, """
+        async def main(system):
+            pass
+    """)
+    args = ["--cluster", "etcd://127.0.0.1:9", "--secret-file", tmp_path / "missing.secret"]
+    out = run_cli(command, *args, *([app] if command == "run" else []), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith("actors: ") and str(tmp_path / "missing.secret") in out.stderr    # names the file

@@ -501,7 +501,10 @@ COUNTER_APP = """
                     pid = await next_target(pid)
                     await trio.sleep(rng.uniform(0.005, MAX_DELAY))
                     sending = not done.is_set()
-                    os.kill(pid, signal.SIGKILL)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue            # that incarnation already ended: aim at the next one
                     time.sleep(BUSY)        # the driver's loop does not run meanwhile (a loaded machine)
                     kills += 1
                     during += sending

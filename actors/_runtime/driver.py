@@ -19,15 +19,19 @@ import tempfile
 
 import trio
 
+from _fastser import _codec
+from actors import _codec as _public_codec
 from actors import _output, _persist, _ref, _store
 from actors._exceptions import ActorsError
+from actors._runtime.cluster.node import ClusterOptions, Node
 from actors._runtime.registry import ActorInfo, Registry
 from actors._runtime.spawn import Spawner
 from actors._runtime.status import ENDED_KEPT, Status
 from actors._runtime.supervise import Supervisor
 from actors._runtime.system import System, error_payload, reply
 from actors._wire.endpoint import Endpoint, Handler
-from actors._wire.protocol import ERROR, REPLY, REPORTS, SYSTEM, SYSTEM_TELL, SystemOp
+from actors._wire.protocol import ERROR, NODE_SHIFT, REPLY, REPORTS, SYSTEM, SYSTEM_TELL, SystemOp
+from actors._wire.tcp import ClusterTransport
 from actors._wire.uds import UnixTransport
 
 log = logging.getLogger(__name__)
@@ -65,11 +69,15 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
         self._ops = {
             SystemOp.SPAWN: self._op_spawn, SystemOp.LOOKUP: self._op_lookup, SystemOp.STOP: self._op_stop,
             SystemOp.WATCH: self._op_watch, SystemOp.REGISTER: self._op_register,
-            SystemOp.REGISTRY: self._op_registry, SystemOp.STATUS: self._op_status,
+            SystemOp.REGISTRY: self._op_registry, SystemOp.STATUS: self._op_status, SystemOp.NODES: self._op_nodes,
         }
         self._reports = {SystemOp.READY: self._note_ready, SystemOp.FAILURE: self._note_failure,
                          SystemOp.STOPPING: self._note_stopping, SystemOp.LOG: self._note_log}
         self.actor_logged = trio.Event()    # set (and replaced) at each record an actor logs
+        self.cluster = None                 # the Node, when this system is a node of a cluster
+        self.id_base = 0                    # this node's number, shifted: the high bits of its actors' ids
+        self.spawned_elsewhere: dict[int, int] = {}     # actor id -> the driver of the node running it
+        self.remote_watches: dict[int, dict] = {}       # actor id on another node -> {watcher id: name} from here
         try:
             store = _store.ObjectStore(store_capacity)
         except BaseException:
@@ -88,6 +96,31 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
 
     async def _system_request(self, op: SystemOp, *args):
         return await self._ops[op](*args)
+
+    async def join_cluster(self, options) -> None:
+        """Become a node of the cluster (before any actor exists): ids get this node's number, and the endpoint
+        reaches other nodes over TCP. The node's tasks start with `start_cluster`."""
+        node = Node(self, options)
+        try:
+            await node.join()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await node.leave()
+            if node.gateway is not None:
+                node.gateway.close()
+            raise
+        self.cluster = node
+        self.id_base = node.number << NODE_SHIFT
+        self.transport = ClusterTransport(self.rundir, node.number, node.secret, self.store._arena)
+        self.endpoint.transport = self.transport
+        self.endpoint.id = self.id_base
+
+    async def start_cluster(self) -> None:
+        node = self.cluster
+        await self.nursery.start(node.run)
+        await node.publish_classes(_codec.default_registry.entries())
+        # a class the program registers from now on is published too, for other nodes to fetch on first use
+        _public_codec.on_register = lambda entry: self.nursery.start_soon(node.publish_classes, [entry])
 
     async def handle(self, off, kind, src, call) -> bool:
         """The driver's endpoint handler: each system request runs in its own task (spawning takes a while)."""
@@ -166,7 +199,7 @@ def _check_options(serialize, deserialize) -> None:
 @contextlib.asynccontextmanager
 async def open_system(*, store_capacity: int | str | None = None, mailbox_size: int = 4096, serialize=None,
                       deserialize=None, stop_timeout: float = 5.0, resilience_dir: str | None = None,
-                      _app: tuple[str, str] | None = None):
+                      cluster: str | ClusterOptions | None = None, _app: tuple[str, str] | None = None):
     """`async with actors.open_system() as system:` runs a system inside any trio program (a nursery, a pytest-trio
     test, a trio web server) for as long as the block lasts.
 
@@ -177,6 +210,7 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
     handling on top of this. The options are those of `actors.run`.
     """
     _check_options(serialize, deserialize)
+    cluster = ClusterOptions.of(cluster)
     if _ref._system is not None:
         raise ActorsError("a system is already open in this process; one process runs one system at a time: "
                           "close it (leave its `async with open_system()` block) before opening another")
@@ -186,8 +220,12 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
     failure = None
     try:
         driver.start_forkserver()
+        if cluster is not None:
+            await driver.join_cluster(cluster)      # out of the nursery: its errors come out as themselves
         async with trio.open_nursery() as nursery:
             driver.nursery = nursery
+            if driver.cluster is not None:
+                await driver.start_cluster()
             driver.endpoint.start_handling()
             await nursery.start(driver.endpoint.serve)
             await nursery.start(driver.serve_status)
@@ -205,6 +243,10 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
                         await driver.stop_all(driver.stop_timeout)
             nursery.cancel_scope.cancel()
     finally:
+        _public_codec.on_register = None
+        if driver.cluster is not None:
+            with trio.CancelScope(shield=True):
+                await driver.cluster.leave()     # its names and membership go now, not when the lease runs out
         driver.uninstall()
         driver.close()
     if driver.fatal is not None:
@@ -234,17 +276,19 @@ async def _driver_main(main, options: dict):
 
 def run(main, *, store_capacity: int | str | None = None, mailbox_size: int = 4096, serialize=None,
         deserialize=None, stop_timeout: float = 5.0, resilience_dir: str | None = None,
-        _app: tuple[str, str] | None = None):
+        cluster: str | ClusterOptions | None = None, _app: tuple[str, str] | None = None):
     """Run a system: call `await main(system)` in this process, then stop every actor gracefully.
 
     Like `trio.run`, it returns main's result; SIGTERM stops the system as the end of `main` does, then raises
     SystemExit(143). It is `trio.run` around `open_system`: a trio program embeds a system with that instead.
     Options: the store's capacity (bytes, or "512M"); the mailbox size in messages; `serialize`/`deserialize` to
     replace the fast codec for message payloads; how long actors get to stop before they are killed; the
-    resilience directory of persistent actors.
+    resilience directory of persistent actors; `cluster`, to run as a node of a cluster (the etcd address,
+    `etcd://HOST:PORT`, or `actors.ClusterOptions`; see docs/cluster.md).
     """
     _check_options(serialize, deserialize)
     options = dict(store_capacity=store_capacity, mailbox_size=mailbox_size, serialize=serialize,
-                   deserialize=deserialize, stop_timeout=stop_timeout, _app=_app, resilience_dir=resilience_dir)
+                   deserialize=deserialize, stop_timeout=stop_timeout, _app=_app, resilience_dir=resilience_dir,
+                   cluster=cluster)
     with _output.whole_lines():     # an actor's line never lands inside one of ours
         return trio.run(_driver_main, main, options)

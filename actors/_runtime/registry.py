@@ -2,6 +2,9 @@
 (which actors fetch from it when they first meet one)."""
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import cloudpickle
 import trio
 
@@ -31,6 +34,8 @@ class ActorInfo:
         self.last_failure = None
         self.watchers: dict[int, str] = {}
         self.restarting = False
+        self.owner = None               # the cluster node it was spawned for, when another node spawned it
+        self.claim = None               # the revision of its name's key in etcd, in a cluster
 
     def ref(self) -> ActorRef:
         return ActorRef(self.id, self.name, self.options["persistent"])
@@ -42,21 +47,37 @@ class Registry:
     async def _op_lookup(self, name: str) -> ActorRef:
         actor_id = self.by_name.get(name)
         if actor_id is None:
+            if self.cluster is not None:
+                return await self.cluster.lookup(name)
             raise ActorNotFoundError(f"no running actor is named {name!r}")
         return self.actors[actor_id].ref()
 
     async def _op_register(self, pickled: bytes) -> None:
-        _codec.default_registry.add_entries([cloudpickle.loads(pickled)])
+        entry = cloudpickle.loads(pickled)
+        _codec.default_registry.add_entries([entry])
+        if self.cluster is not None:
+            await self.cluster.publish_classes([entry])
 
     async def _op_registry(self, code: int):
-        # A registration sent by the class's owner may still be on its way: give it a moment.
+        # A registration sent by the class's owner (here, or on another node through etcd) may still be on its
+        # way: give it a moment.
         with trio.move_on_after(2):
             while True:
                 entry = _codec.default_registry.lookup_code(code)
                 if entry is not None:
                     return cloudpickle.dumps(entry)
-                await trio.sleep(0.01)     # polling the registry, with a deadline (no event to await)
+                if self.cluster is not None:
+                    pickled = await self.cluster.fetch_class(code)
+                    if pickled is not None:
+                        _codec.default_registry.add_entries([cloudpickle.loads(pickled)])
+                        return pickled
+                await trio.sleep(0.01 if self.cluster is None else 0.05)     # polling, with a deadline
         return None
+
+    async def _op_nodes(self) -> list[tuple]:
+        if self.cluster is None:
+            return [("local", {}, "", len(self.actors), os.cpu_count() or 1, True)]
+        return [dataclasses.astuple(node) for node in self.cluster.nodes()]
 
     async def pull_class(self, code: int) -> bool:
         return await self._op_registry(code) is not None

@@ -19,7 +19,7 @@ from actors._exceptions import ActorsError, ActorStoppedError, SpawnError
 from actors._ref import ActorRef
 from actors._runtime import forkserver
 from actors._runtime.registry import ActorInfo
-from actors._wire.protocol import STOP, SpawnSpec
+from actors._wire.protocol import NODE_SHIFT, STOP, SpawnSpec, SystemOp
 
 log = logging.getLogger(__name__)
 
@@ -96,27 +96,64 @@ class Spawner:
                     else:
                         self._early_exits[msg[1]] = msg[2:]     # before we handled its "spawned": see _start
 
-    async def _op_spawn(self, pickled: bytes, name: str | None, opts: dict | None = None) -> ActorRef:
+    async def _op_spawn(self, pickled: bytes, name: str | None, opts: dict | None = None, node: str | None = None,
+                        labels: dict | None = None, owner: str | None = None, actor_id: int | None = None,
+                        replaced: list | None = None) -> ActorRef:
+        """Spawn an actor here, or on the node placement picks. An actor spawned for another node (`owner`) stops
+        when that node leaves the cluster, as the actors of a program stop when it ends. `actor_id` (with
+        `replaced`, when it was re-placed) is given when the cluster's coordinator spawns again an actor of a lost
+        node: it keeps its id, so that the refs to it stay valid."""
+        if self.cluster is None:
+            if node is not None or labels:
+                raise ActorsError("spawn(node=..., labels=...) places actors on the nodes of a cluster, and this "
+                                  "system is not part of one: run it with cluster='etcd://HOST:PORT'")
+        else:
+            target = self.cluster.place(node, labels)
+            if target is not None:      # another node: its driver spawns it (and does not place it again)
+                ref = await self._ask_driver(target[1], SystemOp.SPAWN, pickled, name, opts, target[0], None,
+                                             self.cluster.name)
+                self.spawned_elsewhere[ref.id] = target[1]
+                return ref
         cls, args, kwargs = cloudpickle.loads(pickled) if isinstance(pickled, bytes) else pickled
         opts = opts if opts is not None else actor_options(cls, None)
-        actor_id = next(self._ids)
+        if actor_id is None:
+            actor_id = self.id_base | next(self._ids)
+        else:
+            await self.cluster.moved_here(actor_id)
         if opts["persistent"] and name is None:
             raise ActorsError(f"cannot spawn persistent {cls.__qualname__} without a name: its state is stored "
                               f"under its name, to be found again after a restart; pass name=")
         name = name if name is not None else f"{cls.__name__}-{actor_id}"
         if name in self.by_name:
             raise ActorsError(f"cannot spawn {cls.__qualname__} as {name!r}: an actor of that name is running")
+        claim = None
+        if self.cluster is not None:
+            claim = await self.cluster.claim_name(name, actor_id, opts["persistent"])     # unique in the cluster
         payload = cloudpickle.dumps(SpawnSpec(
             id=actor_id, name=name, cls=cls, args=args, kwargs=kwargs, rundir=self.rundir,
             store=self.store.name, registry=_codec.default_registry.entries(),
             serialize=self.serialize, deserialize=self.deserialize, mailbox_size=self.mailbox_size,
             app=self.app, options=opts, resilience_dir=self.resilience_dir, log_levels=log_levels(),
+            node=self.id_base >> NODE_SHIFT, secret=self.cluster.secret if self.cluster is not None else b"",
         ))
         info = ActorInfo(actor_id, name, cls, opts, payload)
+        info.owner = owner
+        info.claim = claim
         self.actors[actor_id] = info
         self.by_name[name] = actor_id
         self.endpoint.names[actor_id] = name
-        await self._start(info)
+        try:
+            await self._start(info)
+        except BaseException:
+            if claim is not None and name not in self.by_name:
+                with trio.CancelScope(shield=True):
+                    await self.cluster.release_name(name, claim)
+            raise
+        if self.cluster is not None:
+            self.cluster.note_load()
+            if opts["restart"] != "never" and not opts["persistent"]:     # re-placed if its node is lost
+                await self.cluster.record_spec(actor_id, pickled, name, opts, owner or self.cluster.name,
+                                               replaced)
         return info.ref()
 
     async def _start(self, info: ActorInfo) -> None:
@@ -154,6 +191,14 @@ class Spawner:
         info.started = True
 
     async def _op_stop(self, actor_id: int, timeout: float = 5.0) -> None:
+        if self.cluster is not None and self.cluster.node_of(actor_id) != self.cluster.number:
+            try:                        # its own node's driver stops it
+                await self._ask_driver(self.cluster.node_of(actor_id) << NODE_SHIFT, SystemOp.STOP, actor_id,
+                                       timeout)
+            except ActorStoppedError:
+                pass                    # its node has left: it stopped with it
+            self.spawned_elsewhere.pop(actor_id, None)
+            return
         info = self.actors.get(actor_id)
         if info is None:
             return
@@ -165,6 +210,8 @@ class Spawner:
             pass
         await self._wait_or_kill(info, timeout)
         self.endpoint.forget(actor_id)
+        if info.claim is not None:      # now, so that the name can be taken again as soon as stop returns
+            await self.cluster.release_name(info.name, info.claim)
 
     async def _wait_or_kill(self, info: ActorInfo, timeout: float) -> None:
         with trio.move_on_after(timeout):
@@ -181,6 +228,16 @@ class Spawner:
             await info.exited.wait()
 
     async def stop_all(self, timeout: float) -> None:
+        """Stop every actor of this system: those running here, and those it spawned on other nodes."""
         async with trio.open_nursery() as nursery:
             for info in list(self.actors.values()):
                 nursery.start_soon(self._op_stop, info.id, timeout)
+            for actor_id in list(self.spawned_elsewhere):
+                nursery.start_soon(self._op_stop, actor_id, timeout)
+
+    def stop_owned_by(self, node: str) -> None:
+        """`node` left the cluster: stop the actors spawned here for it (nothing else would)."""
+        for info in list(self.actors.values()):
+            if info.owner == node and not info.stopping:
+                log.info("stopping actor %r: node %r, which spawned it, left the cluster", info.name, node)
+                self.nursery.start_soon(self._op_stop, info.id, self.stop_timeout)

@@ -12,10 +12,10 @@ import trio
 
 from _fastser import _codec
 from actors._actor import restart_delay
-from actors._exceptions import SpawnError, SupervisionError
+from actors._exceptions import ActorStoppedError, SpawnError, SupervisionError
 from actors._ref import ActorRef
 from actors._runtime.registry import ActorInfo
-from actors._wire.protocol import TELL
+from actors._wire.protocol import NODE_SHIFT, TELL, SystemOp
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,26 @@ class Supervisor:
         self.actors.pop(info.id, None)
         self.ended.append(info)
         self.transport.mark_gone(info.id)
+        if self.cluster is not None and self.nursery is not None:
+            if info.claim is not None:
+                self.nursery.start_soon(self.cluster.release_name, info.name, info.claim)
+            if info.options["restart"] != "never" and not info.options["persistent"]:
+                self.nursery.start_soon(self.cluster.drop_spec, info.id)
+            self.cluster.note_load()
+
+    def node_gone(self, number: int, name: str, reason: str) -> None:
+        """Cluster node `number` (`name`) left or is lost (`reason`): no link to it lives on, here or in this node's
+        actors; the watchers of its actors hear of it, as they would of the actors' exits; the actors it spawned
+        here stop."""
+        self.endpoint.node_gone(number)
+        for info in list(self.actors.values()):
+            if info.pid and info.returncode is None:
+                self.endpoint.tell_node_gone(info.id, number)
+        for target_id in [t for t in self.remote_watches if self.cluster.node_of(t) == number]:
+            for watcher_id, watcher_name in self.remote_watches.pop(target_id).items():
+                target = ActorRef(target_id, self.endpoint.names.get(target_id, f"#{target_id}"))
+                self._notify(watcher_id, watcher_name, Terminated(target, reason, False))
+        self.stop_owned_by(name)
 
     def _notify(self, watcher_id: int, watcher_name: str, message) -> None:
         try:
@@ -156,6 +176,15 @@ class Supervisor:
             info.last_failure = reason
 
     async def _op_watch(self, target_id: int, watcher_id: int, watcher_name: str) -> None:
+        if self.cluster is not None and self.cluster.node_of(target_id) != self.cluster.number:
+            try:                        # the target's own node watches it; this one, in case that node is lost
+                await self._ask_driver(self.cluster.node_of(target_id) << NODE_SHIFT, SystemOp.WATCH, target_id,
+                                       watcher_id, watcher_name)
+                self.remote_watches.setdefault(target_id, {})[watcher_id] = watcher_name
+            except ActorStoppedError:
+                self._notify(watcher_id, watcher_name, Terminated(ActorRef(target_id, self.endpoint.names.get(
+                    target_id, f"#{target_id}")), "its node has left the cluster", False))
+            return
         info = self.actors.get(target_id)
         if info is None:
             self._notify(watcher_id, watcher_name, Terminated(ActorRef(target_id, self.endpoint.names.get(

@@ -19,6 +19,7 @@ from actors._exceptions import (
     UnknownClassError,
 )
 from actors._ref import ActorRef, check_timeout, remote_error
+from actors._runtime.cluster.node import NodeInfo
 from actors._runtime.status import SystemStatus
 from actors._wire.endpoint import Endpoint
 from actors._wire.protocol import ASK, ERROR, SYSTEM, SystemOp
@@ -64,19 +65,26 @@ class System:
     # -- the public API ------------------------------------------------------------------------------------------
 
     async def spawn(self, cls, *args, name: str | None = None, options: dict | None = None,
-                    **kwargs) -> ActorRef:
+                    node: str | None = None, labels: dict | None = None, **kwargs) -> ActorRef:
         """Start `cls(*args, **kwargs)` in a new process; its ActorRef once its `on_start` has finished.
 
         `options` overrides the class's supervision and persistence settings for this actor (restart,
         max_restarts, restart_window, restart_backoff, on_error, persistent, snapshot_every, fsync,
-        fsync_interval; see `Actor`).
+        fsync_interval; see `Actor`). In a cluster, `node` names the node to run it on, and `labels` picks among
+        the nodes that carry them; otherwise it goes to the least-loaded node (see docs/cluster.md).
         """
         if not (isinstance(cls, type) and issubclass(cls, Actor)):
             raise TypeError(f"spawn() takes an Actor subclass, not {cls!r}")
         if name is not None and type(name) is not str:
             raise TypeError(f"spawn(name={name!r}): an actor's name is a str, not {type(name).__qualname__}")
         opts = actor_options(cls, options)
-        return await self._system_request(SystemOp.SPAWN, cloudpickle.dumps((cls, args, kwargs)), name, opts)
+        if node is not None and type(node) is not str:
+            raise TypeError(f"spawn(node={node!r}): a node's name is a str, not {type(node).__qualname__}")
+        if labels is not None and not (isinstance(labels, dict) and all(
+                type(k) is str and type(v) is str for k, v in labels.items())):
+            raise TypeError(f"spawn(labels={labels!r}): labels are a dict of str to str")
+        return await self._system_request(SystemOp.SPAWN, cloudpickle.dumps((cls, args, kwargs)), name, opts,
+                                          node, labels)
 
     async def watch(self, ref: ActorRef, *, watcher: ActorRef | None = None) -> None:
         """Deliver `actors.Terminated(ref, reason, restarting)` to `watcher` (by default, the calling actor)
@@ -98,16 +106,19 @@ class System:
 
     async def status(self) -> SystemStatus:
         """What every actor of the system is doing, and the store's use (from inside an actor, the driver is
-        asked): see `actors._runtime.status.SystemStatus`."""
+        asked): see `actors._runtime.status.SystemStatus`. In a cluster, this node's actors."""
         return SystemStatus.from_json(await self._system_request(SystemOp.STATUS))
 
-    async def status(self) -> SystemStatus:
-        """What every actor of the system is doing, and the store's use (from inside an actor, the driver is
-        asked): see `actors._runtime.status.SystemStatus`."""
-        return SystemStatus.from_json(await self._system_request(SystemOp.STATUS))
+    async def nodes(self) -> list[NodeInfo]:
+        """The live nodes of the cluster (a single `local` one when the system is not part of a cluster)."""
+        return [NodeInfo(*fields) for fields in await self._system_request(SystemOp.NODES)]
 
     async def _system_request(self, op: SystemOp, *args):
-        kind, off = await self.endpoint.request(0, SYSTEM, (int(op), *args))
+        return await self._ask_driver(0, op, *args)
+
+    async def _ask_driver(self, driver: int, op: SystemOp, *args):
+        """Ask a driver (0: this machine's) to run a system operation; its result, or its error raised here."""
+        kind, off = await self.endpoint.request(driver, SYSTEM, (int(op), *args))
         payload = self.endpoint.arena.read(off, True)
         if kind == ERROR:
             type_name, message, _tb = payload

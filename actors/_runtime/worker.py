@@ -25,6 +25,7 @@ from actors._runtime.dispatch import ActorHandler, has_own, method_of
 from actors._runtime.system import System, error_payload
 from actors._wire.endpoint import Endpoint
 from actors._wire.protocol import ASK, CALL, CALL_TELL, SYSTEM_TELL, TELL, SpawnSpec, SystemOp
+from actors._wire.tcp import ClusterTransport
 from actors._wire.uds import UnixTransport
 
 log = logging.getLogger(__name__)
@@ -174,8 +175,9 @@ async def _actor_main(spec: SpawnSpec) -> int:
     store._arena.defer_frees = True     # freed at the end of each batch, under one lock acquisition
     system = System(None, store, spec.serialize, spec.deserialize)
     handler = ActorHandler(system, spec)
-    endpoint = system.endpoint = Endpoint(spec.id, UnixTransport(spec.rundir), store._arena, handler,
-                                          mailbox_size=spec.mailbox_size)
+    transport = (ClusterTransport(spec.rundir, spec.node, spec.secret, store._arena) if spec.node
+                 else UnixTransport(spec.rundir))
+    endpoint = system.endpoint = Endpoint(spec.id, transport, store._arena, handler, mailbox_size=spec.mailbox_size)
     system.me = ActorRef(spec.id, spec.name, spec.options["persistent"])
     system.install()
     for log_handler in logging.getLogger().handlers:

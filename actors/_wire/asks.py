@@ -56,6 +56,9 @@ class Asks:
         if not waiter.kind:
             return None, 0
         if waiter.kind == -1:
+            link = self.links.get(peer)
+            if link is not None and link.why:
+                raise ActorStoppedError(f"cannot ask {self.describe(peer)}: {link.why}")
             raise ActorStoppedError(f"{self.describe(peer)} stopped before it replied")
         return waiter.kind, waiter.offset
 
@@ -114,7 +117,7 @@ class Asks:
         delay = 0.001
         while not self.transport.is_gone(peer) and not self.closed:
             try:
-                self.open_link(peer).close()    # a probe: is the new incarnation listening yet?
+                (await self.open_link_now(peer)).close()    # a probe: is the new incarnation listening yet?
                 return True
             except OSError:
                 pass

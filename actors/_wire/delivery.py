@@ -27,6 +27,9 @@ class Delivery:
         size = self.arena.post_record(obj, out, TELL, self.id, seq, True)
         if size < 0:
             raise self._store_full(obj)
+        if link.remote and self.arena.payload_refs(self.arena.last_offset):
+            self.arena.decref_id(self.arena.last_offset)     # the count held for the resend
+            self._refuse_refs(link, out)
         link.unacked.append((seq, self.arena.last_offset))
         if not link.dead:
             self._queued(link, size, wake=not self.in_batch())
@@ -77,7 +80,7 @@ class Delivery:
             if self.transport.is_gone(link.peer):
                 break
             try:
-                fresh = self.open_link(link.peer)
+                fresh = await self.open_link_now(link.peer)
             except OSError:
                 continue
             link.adopt(fresh)               # the same link (senders hold it), on the new connection

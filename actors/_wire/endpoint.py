@@ -27,12 +27,12 @@ import numpy as np
 import trio
 
 from _fastser._shm import SharedBlock
-from actors._exceptions import ActorStoppedError, MailboxFullError, StoreFull, StoreFullError
+from actors._exceptions import ActorsError, ActorStoppedError, MailboxFullError, StoreFull, StoreFullError
 from actors._wire.asks import Asks, resolve
 from actors._wire.delivery import Delivery
 from actors._wire.inbox import Inbox, SpinPolicy
-from actors._wire.link import FLUSH_RECORDS, Link, Transport
-from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, TELL
+from actors._wire.link import FLUSH_RECORDS, Link, Transport, Unreachable
+from actors._wire.protocol import ACK, ERROR, HELLO, NODE_GONE, RECORD, RECORD_SIZE, REPLY, TELL
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,12 @@ class Endpoint(Inbox, Asks, Delivery):
         self.stopped = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.closed = False
-        self.listener = transport.listen(endpoint_id)
+        self.listeners = transport.listeners(endpoint_id)
 
     def describe(self, peer: int) -> str:
         name = self.names.get(peer)
-        return f"actor {name!r}" if name else ("the system" if peer == 0 else f"actor #{peer}")
+        who = f"actor {name!r}" if name else ("the system" if peer == 0 else f"actor #{peer}")
+        return who + self.transport.where(peer)
 
     def introduce(self, peer: int, name: str, persistent: bool) -> None:
         """What the endpoint needs to know of a peer before it first connects: its name (for errors), and whether
@@ -122,15 +123,22 @@ class Endpoint(Inbox, Asks, Delivery):
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._flusher)
+            for listener in self.listeners:
+                nursery.start_soon(self._accept, listener)
             task_status.started()
-            listener = self.listener
+
+    async def _accept(self, listener) -> None:
+        while True:
+            await listener.wait_readable()
             while True:
-                await listener.wait_readable()
-                while True:
-                    link = listener.accept()
-                    if link is None:
-                        break
-                    nursery.start_soon(self._reader, link)
+                link = listener.accept()
+                if link is None:
+                    break
+                self.nursery.start_soon(self._reader, link)
+
+    def accept_link(self, link: Link) -> None:
+        """Read `link`, accepted somewhere else (a node's gateway), as if it had come in through a listener."""
+        self.nursery.start_soon(self._reader, link)
 
     def close(self):
         """Release every payload still queued here, and stop listening."""
@@ -142,7 +150,8 @@ class Endpoint(Inbox, Asks, Delivery):
             link.close()
         while self.queue:
             self._release(self.queue.popleft()[0])
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
 
     def forget(self, peer: int) -> None:
         """`peer` has stopped for good: its link is dead, so the next message to it raises at once."""
@@ -150,6 +159,31 @@ class Endpoint(Inbox, Asks, Delivery):
         if link is not None and not link.dead:
             link.persistent = False
             self._died(link)
+            link.close()
+
+    def node_gone(self, number: int) -> None:
+        """Cluster node `number` has left or is lost: every link to or from its endpoints is dead now (asks waiting
+        on them fail, naming the node), whatever the connections themselves still say (a network split leaves
+        them open)."""
+        node_of = self.transport.node_of
+        for link in [*self.links.values(), *self.reply_links.values()]:
+            if link.peer >= 0 and node_of(link.peer) == number and not link.dead:
+                link.persistent = False
+                self._died(link)
+                link.close()
+
+    def tell_node_gone(self, peer: int, number: int) -> None:
+        """Tell the endpoint `peer` (on this machine) that node `number` is gone, on a connection of its own, so
+        that its reader acts at once, however busy its handler is."""
+        try:
+            link = self.transport.connect(peer)
+        except OSError:
+            return                      # it is not running
+        try:
+            link.send(RECORD.pack(0, NODE_GONE, self.id, number))
+        except OSError:
+            pass
+        finally:
             link.close()
 
     # -- sending -------------------------------------------------------------------------------------------------
@@ -165,10 +199,13 @@ class Endpoint(Inbox, Asks, Delivery):
             del self.links[peer]        # it may have been restarted: try a fresh connection
         try:
             link = self.open_link(peer)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise ActorStoppedError(f"cannot send to {self.describe(peer)}: it is not running") from None
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            why = exc.why if isinstance(exc, Unreachable) else "it is not running"
+            raise ActorStoppedError(f"cannot send to {self.describe(peer)}: {why}") from None
         self.links[peer] = link
         link.out += RECORD.pack(0, HELLO, self.id, self.epoch)
+        if link.pending:                # being dialed: what is posted meanwhile waits in its outbox
+            self.nursery.start_soon(self._establish, link)
         if peer in self.persistent:
             link.persistent = True
             link.reading = True             # the ack reader reads this link for good (replies included)
@@ -177,12 +214,47 @@ class Endpoint(Inbox, Asks, Delivery):
 
     def open_link(self, peer: int) -> Link:
         """A new link to `peer` from the transport, refused (ConnectionRefusedError) if it reaches the process whose
-        link to `peer` died: that one is still exiting, and anything sent to it would be lost."""
+        link to `peer` died: that one is still exiting, and anything sent to it would be lost. A pending link (a
+        dial to another machine) is checked when it is established."""
         link = self.transport.connect(peer)
-        if link.incarnation is not None and link.incarnation == self.dead_incarnations.get(peer):
-            link.close()
-            raise ConnectionRefusedError(f"{self.describe(peer)} is still exiting")
+        if not link.pending:
+            self._check_incarnation(link)
         return link
+
+    def _check_incarnation(self, link: Link) -> None:
+        if link.incarnation is not None and link.incarnation == self.dead_incarnations.get(link.peer):
+            link.close()
+            raise ConnectionRefusedError(f"{self.describe(link.peer)} is still exiting")
+
+    async def open_link_now(self, peer: int) -> Link:
+        """`open_link`, established: for whoever must know that it works before using it (a reconnect, a probe)."""
+        link = self.open_link(peer)
+        if link.pending:
+            try:
+                await link.establish()
+                self._check_incarnation(link)
+            except BaseException as exc:
+                if isinstance(exc, OSError):
+                    self.transport.unreachable(peer, exc)
+                link.close()
+                raise
+        return link
+
+    async def _establish(self, link: Link) -> None:
+        """Finish dialing a link that messages are already queued on; if it cannot be, it dies like a link whose
+        peer went away (asks on it fail, saying why; what was queued is logged as dead letters)."""
+        try:
+            await link.establish()
+            self._check_incarnation(link)
+        except OSError as exc:
+            self.transport.unreachable(link.peer, exc)
+            link.why = exc.why if isinstance(exc, Unreachable) else str(exc)
+            if not link.persistent:     # (a persistent link's acker sees it closed, and reconnects)
+                self._died(link)
+            link.close()
+            return
+        if link.out and not link.dead:
+            self._dirty(link, wake=True)
 
     def connect(self, peer: int) -> None:
         """Open the link to `peer` now (the first message would otherwise); ActorStoppedError if it is not
@@ -215,6 +287,8 @@ class Endpoint(Inbox, Asks, Delivery):
             size = arena.post_record(obj, link.out, kind, self.id, call)
             if size < 0:
                 raise self._store_full(obj)
+            if link.remote and arena.payload_refs(arena.last_offset):
+                self._refuse_refs(link, link.out)
             if size >= LARGE_BYTES:
                 link.lead.append((arena.last_offset, arena.last_generation, size))
                 link.lead_bytes += size
@@ -241,6 +315,14 @@ class Endpoint(Inbox, Asks, Delivery):
         flushes), so it need not wake the flusher, whose pass would find nothing left to write. Any other task
         (the driver's program, say, while a handler is suspended) still wakes it."""
         return self.busy and trio.lowlevel.current_task() is self.batch_task
+
+    def _refuse_refs(self, link: Link, out: bytearray) -> None:
+        """The message just appended to `out` holds ObjectRefs, and goes to another machine: take it back."""
+        off = self.arena.last_offset
+        del out[-RECORD_SIZE:]
+        self.arena.decref_id(off)
+        raise ActorsError(f"cannot send to {self.describe(link.peer)}: the message holds an ObjectRef, which names a "
+                          f"block in this machine's shared memory; send the object itself (ref.get()) instead")
 
     def _store_full(self, obj) -> StoreFull:
         return StoreFull(self.arena.prepare(obj))
@@ -469,8 +551,8 @@ class Endpoint(Inbox, Asks, Delivery):
             self.dead_incarnations[link.peer] = link.incarnation
         dropped = self._drop_outbox(link)
         if dropped:
-            log.warning("%d message(s) to %s were not delivered: it stopped (dead letters)", dropped,
-                        self.describe(link.peer))
+            log.warning("%d message(s) to %s were not delivered: %s (dead letters)", dropped,
+                        self.describe(link.peer), link.why or "it stopped")
         link.room.set()
         if not self.closed:
             self.on_death(link.peer)

@@ -15,7 +15,7 @@ import time
 import trio
 
 from actors._wire.asks import SPIN, resolve
-from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, STATUS, TELL
+from actors._wire.protocol import ACK, ERROR, HELLO, NODE_GONE, RECORD, RECORD_SIZE, REPLY, STATUS, TELL
 
 INBOX_BATCHES = 8
 READ_SIZE = 1 << 18
@@ -168,7 +168,10 @@ class Inbox:
             while waiter is None or not waiter.kind:
                 if drained:                 # the last read came up short: the socket is empty, wait first
                     if quiet is None or not quiet():
-                        await link.wait_readable()
+                        try:
+                            await link.wait_readable()
+                        except trio.ClosedResourceError:
+                            return False    # closed here: the peer is gone (a node lost, say)
                 try:
                     n = recv_into(view[have:])
                 except BlockingIOError:
@@ -218,6 +221,8 @@ class Inbox:
                             self._acked(link, rec[3])
                         elif kind == STATUS:
                             self._answer_status(link)
+                        elif kind == NODE_GONE:
+                            self.node_gone(rec[3])
                         else:
                             work.append(rec)
                     else:

@@ -14,7 +14,7 @@ import collections
 
 import trio
 
-from actors._wire.protocol import RECORD_SIZE
+from actors._wire.protocol import NODE_SHIFT, RECORD_SIZE
 
 FLUSH_RECORDS = 256     # stream rather than burst: write once this many records are waiting
 
@@ -27,7 +27,8 @@ class Link(abc.ABC):
     they run for every read and write of the hot path.
     """
     __slots__ = ("peer", "out", "draining", "room", "dead", "reading", "handover", "inbuf", "have", "unsent_bytes",
-                 "flush_mark", "persistent", "unacked", "checked", "incarnation", "lead", "lead_bytes", "lead_policy")
+                 "flush_mark", "persistent", "unacked", "checked", "incarnation", "remote", "pending", "why", "lead",
+                 "lead_bytes", "lead_policy")
 
     def __init__(self, peer: int):
         self.peer = peer
@@ -47,6 +48,9 @@ class Link(abc.ABC):
         # Which process answers at the other end, where the transport can tell (None where it cannot): a link
         # opened to a peer whose previous link just died must not reach that dying process again.
         self.incarnation = None
+        self.remote = False             # to another machine: what it carries must not name this machine's store
+        self.pending = False            # still being opened: `establish` finishes it (a dial to another machine)
+        self.why = None                 # why it died, when that is worth saying (a node that cannot be reached)
         self.draining = False
         self.room = trio.Event()
         self.dead = False
@@ -55,6 +59,10 @@ class Link(abc.ABC):
         self.handover = None            # made when a second asker has to wait for the reading
         self.inbuf = bytearray(RECORD_SIZE * 64)
         self.have = 0
+
+    async def establish(self) -> None:
+        """Finish opening a pending link (one whose transport cannot open it at once without blocking); an
+        OSError (`Unreachable`) if it cannot be."""
 
     @abc.abstractmethod
     def send(self, data) -> int:
@@ -91,6 +99,16 @@ class Link(abc.ABC):
         """Carry on over `fresh`'s connection (a reconnect): this link's outbox and state stay."""
 
 
+class Unreachable(ConnectionRefusedError):
+    """A transport cannot reach a peer, and says why (for the error the sender gets); `gone` when waiting will not
+    help: the peer has stopped for good, or its node refuses this one."""
+
+    def __init__(self, why: str, *, gone: bool = False):
+        super().__init__(why)
+        self.why = why
+        self.gone = gone
+
+
 class Listener(abc.ABC):
     """Where an endpoint accepts the links its peers open to it."""
 
@@ -113,6 +131,25 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def listen(self, endpoint_id: int) -> Listener:
         """Make `endpoint_id` reachable here."""
+
+    def listeners(self, endpoint_id: int) -> list[Listener]:
+        """Everywhere `endpoint_id` is reachable from (the one `listen` gives, unless a transport has more)."""
+        return [self.listen(endpoint_id)]
+
+    def unreachable(self, peer: int, exc: OSError) -> None:
+        """A pending link to `peer` could not be established (`exc` says why)."""
+
+    def node_of(self, peer: int) -> int:
+        """The number of the cluster node `peer` runs on (0: not in a cluster)."""
+        return peer >> NODE_SHIFT
+
+    def node_name(self, number: int) -> str | None:
+        """The name of cluster node `number` (None for a transport that has no nodes)."""
+        return None
+
+    def where(self, peer: int) -> str:
+        """Where `peer` runs, for errors (" on node 'b'"), or "" when that goes without saying."""
+        return ""
 
     @abc.abstractmethod
     def connect(self, peer: int) -> Link:

@@ -28,10 +28,19 @@ HELLO = 10          # no payload; call = the sender's epoch. The first record on
 ACK = 11            # no payload; call = the highest sender seq the (persistent) receiver has journaled
 STATUS = 12         # no payload; sent alone on a connection of its own, answered at once by the reader with a
                     # STATUS record on it: offset = records handled, call = records waiting to be handled
+NODE_GONE = 13      # no payload; call = a cluster node's number. Sent by the driver alone on a connection of its
+                    # own, acted on at once by the reader: that node has left or is lost, its links are dead
+
+# Ids in a cluster: (node number << NODE_SHIFT) | the actor's number on its node. Node 0 is a system that is not part
+# of a cluster, so the ids of one machine are plain numbers.
+NODE_SHIFT = 20                     # 1,048,575 actors per node run, 4,095 node numbers per cluster
+LOCAL_MASK = (1 << NODE_SHIFT) - 1
+MAX_NODE_NUMBER = (1 << (32 - NODE_SHIFT)) - 1
 
 KINDS = {"TELL": TELL, "ASK": ASK, "CALL": CALL, "CALL_TELL": CALL_TELL, "REPLY": REPLY, "ERROR": ERROR,
-         "SYSTEM": SYSTEM, "SYSTEM_TELL": SYSTEM_TELL, "STOP": STOP, "HELLO": HELLO, "ACK": ACK, "STATUS": STATUS}
-NO_PAYLOAD = (HELLO, ACK, STATUS)
+         "SYSTEM": SYSTEM, "SYSTEM_TELL": SYSTEM_TELL, "STOP": STOP, "HELLO": HELLO, "ACK": ACK, "STATUS": STATUS,
+         "NODE_GONE": NODE_GONE}
+NO_PAYLOAD = (HELLO, ACK, STATUS, NODE_GONE)
 
 
 class SystemOp(enum.IntEnum):
@@ -39,7 +48,7 @@ class SystemOp(enum.IntEnum):
 
     On the wire they travel as plain ints (`int(op)`); the system dispatches them through a table, never by name.
     """
-    SPAWN = 1           # (pickled (cls, args, kwargs), name, options) -> ActorRef
+    SPAWN = 1           # (pickled (cls, args, kwargs), name, options, node, labels, owner) -> ActorRef
     LOOKUP = 2          # (name) -> ActorRef
     STOP = 3            # (actor id, timeout)
     WATCH = 4           # (target id, watcher id, watcher name)
@@ -51,6 +60,7 @@ class SystemOp(enum.IntEnum):
     STOPPING = 9        # (actor id, reason): it stops for good (on_error="stop")
     LOG = 10            # (actor id, a log record's fields): for the system's logging to handle
     STATUS = 11         # () -> system.status() as JSON
+    NODES = 12          # () -> the cluster's live nodes, as tuples of NodeInfo's fields
 
 
 REPORTS = frozenset((SystemOp.READY, SystemOp.FAILURE, SystemOp.STOPPING, SystemOp.LOG))
@@ -74,3 +84,5 @@ class SpawnSpec:
     options: dict
     resilience_dir: str | None
     log_levels: tuple = (logging.WARNING, {})     # the system's: its root level, and the levels set per logger
+    node: int = 0           # the number of the cluster node it runs on (0: not in a cluster)
+    secret: bytes = b""     # the cluster's secret, for the links it opens to other nodes

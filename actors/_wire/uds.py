@@ -18,9 +18,28 @@ def socket_path(rundir: str, endpoint_id: int) -> str:
     return os.path.join(rundir, f"{endpoint_id}.sock")
 
 
-class UnixLink(Link):
+class SocketLink(Link):
+    """What the links over a connected stream socket (Unix or TCP) share."""
+    __slots__ = ("sock",)
+
+    def unread(self) -> int:
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
+
+    def close(self) -> None:
+        # a task waiting on the socket (an asker reading its reply) wakes with ClosedResourceError, not never
+        try:
+            trio.lowlevel.notify_closing(self.sock)
+        except RuntimeError:
+            pass                        # outside trio: nothing can be waiting on it
+        self.sock.close()
+
+
+class UnixLink(SocketLink):
     """A Link over a connected, non-blocking Unix stream socket."""
-    __slots__ = ("sock", "send", "recv_into", "wait_readable", "wait_writable")
+    __slots__ = ("send", "recv_into", "wait_readable", "wait_writable")
 
     def __init__(self, peer: int, sock: socket.socket):
         super().__init__(peer)
@@ -35,16 +54,9 @@ class UnixLink(Link):
         self.wait_writable = functools.partial(trio.lowlevel.wait_writable, sock)
 
     def fileno(self) -> int:
+        # Records are read straight from the socket, so its readiness is theirs. (Not so over TCP, where whole
+        # records may wait in the link's own buffer, or for room in the store: no quiet wait there.)
         return self.sock.fileno()
-
-    def unread(self) -> int:
-        try:
-            return struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-        except OSError:
-            return 0
-
-    def close(self) -> None:
-        self.sock.close()
 
     def adopt(self, fresh: UnixLink) -> None:
         self._attach(fresh.sock)

@@ -281,11 +281,20 @@ class SimulatedHosts:
         self.addresses[name] = address
         return name
 
+    def extra_host(self):
+        """One more host on the bridge, for a test of its own (not in `hosts`, which tests iterate over)."""
+        self.extras = getattr(self, "extras", 0) + 1
+        return self._attach(f"x{self.extras}", f"{SUBNET}.{100 + self.extras}")
+
+    def link(self, host, up):
+        """Take `host`'s network link down (a split: it reaches nothing, nothing reaches it) or up again."""
+        _ip("-n", host, "link", "set", "eth0", "up" if up else "down")
+
     @staticmethod
     def _enter(host):
         """The argv prefix that runs a command on `host`, in its own mount namespace with a private /dev/shm."""
         return ["ip", "netns", "exec", host, "unshare", "--mount", "--propagation", "private", "sh", "-c",
-                'mount -t tmpfs -o mode=1777,size=256m tmpfs /dev/shm && exec "$@"', "sh"]
+                'mount -t tmpfs -o mode=1777,size=1g tmpfs /dev/shm && exec "$@"', "sh"]
 
     def run(self, host, argv, *, log=None):
         """Start `argv` on `host`; the process is killed at `close` if still running."""

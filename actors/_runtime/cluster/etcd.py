@@ -322,6 +322,17 @@ class Etcd:
         kvs = answer["responses"][0]["response_range"].get("kvs", [])
         return Created(False, KeyValue._from_json(kvs[0]))
 
+    async def delete_created(self, key: Key, create_revision: int) -> bool:
+        """Delete `key` only if it is the one created at `create_revision` (not a later holder's); True if it
+        went."""
+        raw = _b64(_raw(key))
+        answer = await self._call("/v3/kv/txn", {
+            "compare": [{"key": raw, "target": "CREATE", "result": "EQUAL",
+                         "create_revision": str(create_revision)}],
+            "success": [{"request_delete_range": {"key": raw}}],
+        })
+        return bool(answer.get("succeeded"))
+
     # -- leases ------------------------------------------------------------------------------------------------------
 
     async def grant(self, ttl: float) -> "Lease":
