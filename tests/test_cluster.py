@@ -28,7 +28,7 @@ def _with_shm_report(argv):
 class Agent:
     """`actors node` on a simulated host."""
 
-    def __init__(self, hosts, host, name, labels="", secret=SECRET):
+    def __init__(self, hosts, host, name, labels="", secret=SECRET, resilience_dir=None):
         self.name = name
         self.log = os.path.join(hosts.dir, f"agent-{name}.log")
         secret_file = os.path.join(hosts.dir, f"secret-{name}")
@@ -37,7 +37,8 @@ class Agent:
             f.write(secret)
         self.process = hosts.run(host, _with_shm_report([
             sys.executable, "-m", "actors", "node", "--cluster", hosts.etcd_url, "--name", name,
-            "--labels", labels, "--secret-file", secret_file, "--store-capacity", "512M"]), log=self.log)
+            "--labels", labels, "--secret-file", secret_file, "--store-capacity", "512M",
+            *(["--resilience-dir", resilience_dir] if resilience_dir else [])]), log=self.log)
         line = self.process.read_line(TIMEOUT)
         assert f"node {name!r} (pid " in line, (line, self.logged())
         self.pid = int(line.split("(pid ")[1].split(")")[0])
@@ -261,6 +262,21 @@ def test_an_actor_of_a_lost_node_runs_again_on_another_under_its_name_and_id(clu
     finally:
         cluster_hosts.link(host, up=True)
         mortal.process.close()
+
+
+def test_tells_to_a_persistent_actor_on_another_node_survive_kill_9_exactly_once(cluster_hosts, agents, tmp_path):
+    p = run(cluster_hosts, "persistent_remote", "p-persist")
+    journals = tmp_path / "journals"
+    journals.mkdir(mode=0o700)
+    keeper = Agent(cluster_hosts, cluster_hosts.extra_host(), "keeper", resilience_dir=str(journals))
+    try:
+        p.process.send_line("go")
+        count, total, kills = p.read("tally")
+        assert kills == 3 and count == total       # every tell counted once: none lost, none doubled
+        p.finish()
+        assert keeper.stop() == ""
+    finally:
+        keeper.process.close()
 
 
 _RAW_DIAL = """

@@ -99,6 +99,23 @@ class Relay(actors.Actor):
             return ("failed", str(exc))
 
 
+class Tally(actors.Actor):
+    """A persistent running total; "count" answers it, "pid" its process."""
+    persistent = True
+    restart = "always"
+    max_restarts = 10
+
+    def __init__(self):
+        self.n = 0
+
+    async def receive(self, message):
+        if message == "count":
+            return self.n
+        if message == "pid":
+            return os.getpid()
+        self.n += message
+
+
 class Hang(actors.Actor):
     async def receive(self, message):
         await trio.sleep(3600)          # an answer that never comes: its node goes first
@@ -284,6 +301,36 @@ async def replacement(system):
         say("fragile", "gone")
 
 
+async def persistent_remote(system):
+    await wait_for_line()               # the test starts the node that keeps the journal
+    with trio.fail_after(20):
+        while "keeper" not in {n.name for n in await system.nodes()}:
+            await trio.sleep(0.05)      # polling the membership, with a deadline
+    tally = await system.spawn(Tally, node="keeper", name="tally")
+    total = 3000
+    kills = 0
+    for i in range(total):
+        await tally.tell(1)
+        if i in (700, 1500, 2300):      # kill -9 its process (hosts share the pid space): mid-stream
+            with trio.fail_after(30):
+                while True:
+                    try:
+                        pid = await tally.ask("pid", timeout=5)
+                        break
+                    except (actors.ActorStoppedError, actors.AskTimeoutError):
+                        await trio.sleep(0.05)  # polling for its restart, with a deadline
+            os.kill(pid, 9)
+            kills += 1
+    with trio.fail_after(60):
+        while True:
+            try:
+                count = await tally.ask("count", timeout=5)
+                break
+            except (actors.ActorStoppedError, actors.AskTimeoutError):
+                await trio.sleep(0.05)          # polling for its restart, with a deadline
+    say("tally", (count, total, kills))
+
+
 async def race(system):
     await wait_for_line()
     try:
@@ -338,7 +385,7 @@ async def wrong_secret(system):
 
 
 SCENARIOS = {f.__name__: f for f in (placement, talk, refs, arrays, backpressure, race, lookup, join_leave,
-                                     wrong_secret, node_loss, replacement)}
+                                     wrong_secret, node_loss, replacement, persistent_remote)}
 
 if __name__ == "__main__":
     scenario, url, name, *NODES = sys.argv[1:]
