@@ -312,23 +312,20 @@ async def persistent_remote(system):
     for i in range(total):
         await tally.tell(1)
         if i in (700, 1500, 2300):      # kill -9 its process (hosts share the pid space): mid-stream
-            with trio.fail_after(30):
-                while True:
-                    try:
-                        pid = await tally.ask("pid", timeout=5)
-                        break
-                    except (actors.ActorStoppedError, actors.AskTimeoutError):
-                        await trio.sleep(0.05)  # polling for its restart, with a deadline
-            os.kill(pid, 9)
+            os.kill(await answered(tally, "pid"), 9)
             kills += 1
+    say("tally", (await answered(tally, "count"), total, kills))
+
+
+async def answered(ref, message):
+    """The answer to `message`, asked again while the actor is being restarted (an ask in flight when it died
+    fails rather than being resent)."""
     with trio.fail_after(60):
         while True:
             try:
-                count = await tally.ask("count", timeout=5)
-                break
+                return await ref.ask(message, timeout=5)
             except (actors.ActorStoppedError, actors.AskTimeoutError):
-                await trio.sleep(0.05)          # polling for its restart, with a deadline
-    say("tally", (count, total, kills))
+                await trio.sleep(0.05)  # polling for its restart, with a deadline
 
 
 async def race(system):
