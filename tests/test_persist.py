@@ -32,6 +32,7 @@ from actors._wire import protocol as mb
 from actors._persist import Journal, PersistenceError
 from _helpers.processes import CLI_TIMEOUT as TIMEOUT, env, gone, retry, run, run_cli, wait_gone, wait_until  # noqa: E402
 from _helpers.processes import launched  # noqa: F401  (the fixture)
+import _helpers.actors as helpers  # noqa: E402
 from _helpers.processes import as_other_user  # noqa: E402
 
 
@@ -1307,3 +1308,24 @@ def test_a_system_that_fails_to_start_does_not_keep_the_lock(tmp_path):
         run(main, resilience_dir=res, store_capacity=1 << 50)
     run(main, resilience_dir=res)       # while `failed` still holds the first attempt's traceback
     assert ran == [True] and failed.value is not None
+
+
+class TellsThenCounts(actors.Actor):
+    """Tells `n` ones to a persistent adder from inside one handler, then asks it for its count."""
+
+    async def receive(self, msg):
+        adder, n = msg
+        for _ in range(n):
+            await adder.tell(1)
+        return await adder.ask("count")
+
+
+def test_a_handler_that_tells_a_persistent_actor_past_its_mailbox_waits_for_acks_and_does_not_stall(tmp_path):
+    """A handler's tells leave at the end of its batch, unless it must wait for room first: then what it queued
+    leaves before it sleeps, or the acks that make room never come (64 unacked, fewer than a flush's worth)."""
+    async def main(system):
+        adder = await system.spawn(helpers.PersistentAdder, name="adder")
+        teller = await system.spawn(TellsThenCounts, name="teller")
+        return await teller.ask((adder, 1000), timeout=30)
+
+    assert run(main, resilience_dir=str(tmp_path), mailbox_size=64) == 1000

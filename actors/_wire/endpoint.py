@@ -439,6 +439,7 @@ class Endpoint(Inbox, Asks, Delivery):
                                  f"store ({self.arena.capacity} bytes); start the system with a larger "
                                  f"store_capacity")
         delay = 0.0005
+        self.flush_all()        # what this task queued must leave: its receivers free the room it waits for
         try:
             with trio.move_on_after(30) as scope:
                 while True:
@@ -466,6 +467,9 @@ class Endpoint(Inbox, Asks, Delivery):
         while link.persistent and (link.dead or len(link.unacked) >= self.limit // RECORD_SIZE):
             if link.room.is_set():
                 link.room = trio.Event()
+            # What this task queued must leave before it sleeps: a handler's records otherwise wait for the end of
+            # its batch (see in_batch), and the acks that would make room could never come.
+            self.flush_all()
             await link.room.wait()
         while len(link.out) >= self.limit and not link.dead:
             self._flush(link)
