@@ -42,14 +42,17 @@ def run_actors(url: str, node: str, tells: int, asks: int, big_mb: int, big_coun
 
     async def main(system):
         sink = await system.spawn(Sink, node=node)
-        for _ in range(1000):                   # warm: the connection, the blocks, the caches
-            await sink.tell(MESSAGE)
-        await sink.ask("count")
-        start = time.perf_counter()
-        for _ in range(tells):
-            await sink.tell(MESSAGE)
-        await sink.ask("count")
-        tell_s = time.perf_counter() - start
+
+        async def stream(message, n) -> float:
+            """Seconds to tell `n` of `message` and hear the sink answer after them."""
+            start = time.perf_counter()
+            for _ in range(n):
+                await sink.tell(message)
+            await sink.ask("count")
+            return time.perf_counter() - start
+
+        await stream(MESSAGE, 1000)             # warm: the connection, the blocks, the caches
+        tell_s = await stream(MESSAGE, tells)
         times = []
         for i in range(asks + 200):
             t = time.perf_counter()
@@ -57,14 +60,8 @@ def run_actors(url: str, node: str, tells: int, asks: int, big_mb: int, big_coun
             if i >= 200:
                 times.append(time.perf_counter() - t)
         big = np.ones(big_mb * 1024 * 1024 // 8)
-        for _ in range(3):                      # warm: the blocks of both stores that a stream of them reuses
-            await sink.tell(big)
-        await sink.ask("count")
-        start = time.perf_counter()
-        for _ in range(big_count):
-            await sink.tell(big)
-        await sink.ask("count")
-        big_s = time.perf_counter() - start
+        await stream(big, 3)                    # warm: the blocks of both stores that a stream of them reuses
+        big_s = await stream(big, big_count)
         _result(tell_s=tell_s, ask_times=times, big_s=big_s)
 
     actors.run(main, cluster=actors.ClusterOptions(url, name=f"bench-{time.monotonic_ns()}"),
