@@ -29,6 +29,7 @@ from actors._exceptions import (
     ClusterError as ClusterError,
     MailboxFullError as MailboxFullError,
     RemoteActorError as RemoteActorError,
+    FencedError as FencedError,
     PersistenceError as PersistenceError,
     SpawnError as SpawnError,
     StaleRefError as StaleRefError,

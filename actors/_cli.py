@@ -61,6 +61,12 @@ def _system_options(command: argparse.ArgumentParser, *, cluster_required: bool)
     cluster.add_argument("--lease-ttl", type=int, default=3, metavar="SECONDS",
                          help="how long a node out of touch with etcd keeps its place: then the others count it "
                               "as lost, and it stops itself (default 3)")
+    cluster.add_argument("--margin", type=float, default=1.0, metavar="SECONDS",
+                         help="a node out of touch with etcd kills its persistent actors this long before its "
+                              "lease can run out, so that they are dead before any replacement starts (default 1)")
+    cluster.add_argument("--shared-resilience", action="store_true",
+                         help="the resilience directory is on storage that every node mounts at the same path: "
+                              "a persistent actor of a lost node starts again on another node")
 
 
 class _Version(argparse.Action):

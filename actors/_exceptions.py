@@ -64,6 +64,11 @@ class PersistenceError(ActorsError):
     """A persistent actor's state cannot be stored or recovered, or the resilience directory is unsafe or in use."""
 
 
+class FencedError(PersistenceError):
+    """A persistent actor's journal was taken over by a newer instance (on another node, after this one's node lost
+    its place in the cluster): this instance must stop, without acknowledging what it journaled last."""
+
+
 class StoreFull(Exception):
     """Internal (never reaches the user): the store had no room for a message; `prepared` holds it, encoded, for a
     later try."""

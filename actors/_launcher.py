@@ -161,7 +161,8 @@ def cluster_options(args):
         raise ActorsError(f"--labels: {exc}") from None
     try:
         return ClusterOptions(args.cluster, name=args.name, labels=labels, listen=args.listen,
-                              secret=read_secret(args.secret_file), lease_ttl=args.lease_ttl)
+                              secret=read_secret(args.secret_file), lease_ttl=args.lease_ttl,
+                              margin=args.margin, shared_resilience=args.shared_resilience)
     except ValueError as exc:
         raise ActorsError(f"--lease-ttl: {exc}") from None
 

@@ -10,6 +10,19 @@ with body             u64 seq | u64 sender epoch | u64 sender seq | u32 kind | u
 where the message bytes are the message exactly as the codec encoded it into shared memory: the journal uses the
 same codec as messages (the fast codec, or the app's own serialize/deserialize, whose bytes it carries).
 
+Fencing (a journal opened with a writer epoch, as a cluster's nodes open them): a node's lease can run out while it
+still runs, and another node may then run the actor on the same journal (shared storage). So that the two never
+both count:
+- `<name>.epoch` holds the writer epoch (the etcd revision of the actor's claim: later claims are higher) and the
+  generation (1, 2, ...: one per opening) of the latest writer. A writer with an older epoch than the file's is
+  refused at open.
+- Every batch a writer appends starts with a marker record (seq 0, kind MARK, sender epoch = writer epoch, sender
+  seq = generation), and a writer's opening appends its marker before it reads the journal. Replay ignores a batch
+  whose generation is older than a marker before it: it was written after a newer writer had taken over, which
+  never saw it.
+- After each batch is durable, the writer reads the epoch file again: if a newer writer has taken over, it raises
+  `FencedError` before acking anything, so the senders send again to the newer writer (which drops what it had).
+
 A snapshot is         magic | u32 crc32(body) | u64 length | body, body = the codec's encoding of
                       {"seq": last journaled seq it covers, "state": the actor's state, "seen": {epoch: seq}}
 
@@ -30,10 +43,11 @@ import logging
 import os
 import stat
 import struct
+import time
 import zlib
 
 from _fastser import _codec
-from actors._exceptions import PersistenceError
+from actors._exceptions import FencedError, PersistenceError
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +56,12 @@ BODY = struct.Struct("<QQQII")         # seq, sender epoch, sender seq, kind, re
 SNAP_MAGIC = b"ACTSNAP1"
 SNAP_HEAD = struct.Struct("<8sIQ")     # magic, crc32, length
 FSYNC_POLICIES = ("always", "group", "interval")
+LOCK_WAIT = 10.0        # seconds a writer waits for the actor's lock (`Journal(lock=True)`)
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 LOCK_FILE = ".lock"     # a name no actor's files can have (`_safe` refuses names starting with a dot)
+MARK = 0xFFFF           # the kind of a batch marker record (see "Fencing"); no message kind is this high
+EPOCH = struct.Struct("<QI")           # writer epoch, generation
 
 
 def check_directory(directory: str) -> None:
@@ -92,11 +109,13 @@ class DirectoryLock:
     the driver closes its copy at once, so the lock ends with the driver, however the driver ends.
     """
 
-    def __init__(self, directory: str | None):
+    def __init__(self, directory: str | None, shared: bool = False):
         self.fd = None
         if directory is None:
             return                      # a system without a resilience directory: nothing to lock
         check_directory(directory)
+        if shared:
+            return                      # shared by a cluster's nodes: each journal locks its actor's own files
         fd = _open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -159,7 +178,10 @@ class Journal:
     """The write-ahead journal of one persistent actor, and its snapshots."""
 
     def __init__(self, directory: str, name: str, *, fsync: str = "group", interval: float = 0.05,
-                 serialize=None, deserialize=None):
+                 serialize=None, deserialize=None, epoch: int = 0, lock: bool = False):
+        """`epoch` (a cluster node's claim on the actor) turns fencing on (see the module docstring); `lock` takes
+        an exclusive lock on the actor's own files, for a directory that several systems share (each system
+        otherwise locks the whole directory)."""
         if fsync not in FSYNC_POLICIES:
             raise PersistenceError(f"unknown fsync policy {fsync!r}; use one of {', '.join(FSYNC_POLICIES)}")
         check_directory(directory)
@@ -176,6 +198,11 @@ class Journal:
         self.dirty = False
         self.since_snapshot = 0
         self.syncs = 0                  # fsyncs of the journal so far: what a policy costs, for tests and benchmarks
+        self.epoch = epoch
+        self.generation = 0             # this writer's, when fenced (epoch given)
+        self.epoch_fd = None
+        self.mark = b""                 # the marker record each batch starts with
+        self.lock_fd = self._lock() if lock else None
 
     # -- paths -----------------------------------------------------------------------------------------------------
 
@@ -271,7 +298,7 @@ class Journal:
         where a message journaled alone is its own batch."""
         self.seq += 1
         body = BODY.pack(self.seq, epoch, sender_seq, kind, 0) + message
-        self.file.write(HEAD.pack(len(body), zlib.crc32(body)) + body)
+        self.file.write(self.mark + HEAD.pack(len(body), zlib.crc32(body)) + body)
         if epoch:
             self.seen[epoch] = max(self.seen.get(epoch, 0), sender_seq)
         self._appended(1)
@@ -300,6 +327,7 @@ class Journal:
         ("interval"). (records to handle, highest sender seq to ack). `framed` is a scratch buffer the caller
         keeps."""
         framed.clear()
+        framed += self.mark
         keep, seq, ack = arena.journal_records(batch, epoch, self.seen.get(epoch, 0) if epoch else 0, self.seq,
                                                framed)
         self.append_framed(framed, seq, epoch, ack, seq - self.seq)
@@ -307,6 +335,8 @@ class Journal:
             self.flush()                # in the OS: safe from a process crash; fsynced every interval
         else:
             self.sync()
+        if self.epoch_fd is not None:
+            self.check_fence()          # before anything of the batch is acked
         return keep, ack
 
     def is_duplicate(self, epoch: int, sender_seq: int) -> bool:
@@ -331,12 +361,75 @@ class Journal:
             self.file.close()
             self.file = None
             self.file_path = None
+        for fd in (self.epoch_fd, self.lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self.epoch_fd = self.lock_fd = None
+
+    # -- fencing ---------------------------------------------------------------------------------------------------
+
+    def _lock(self) -> int:
+        """An exclusive flock on `<name>.lock`, for as long as this writer lives. Where another writer still holds
+        it (an instance whose node has just been declared lost, still exiting), wait a while for it to go."""
+        fd = _open(self._path("lock"), os.O_RDWR | os.O_CREAT)
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise PersistenceError(
+                        f"the files of actor {self.name!r} in {self.dir} are locked by another running instance "
+                        f"(for {LOCK_WAIT:g} s): two instances of one persistent actor would lose each other's "
+                        f"acknowledged tells; stop the other one first") from None
+                time.sleep(0.05)        # polling the lock (flock has no timeout), with a deadline
+
+    def _take_over(self) -> None:
+        """Become the journal's writer: refuse an epoch older than the last writer's, record ours with the next
+        generation, and append our marker, before the journal is read (see the module docstring)."""
+        fd = _open(self._path("epoch"), os.O_RDWR | os.O_CREAT)
+        try:
+            data = os.pread(fd, EPOCH.size, 0)
+            last_epoch, last_gen = EPOCH.unpack(data) if len(data) == EPOCH.size else (0, 0)
+            if last_epoch > self.epoch:
+                raise FencedError(
+                    f"actor {self.name!r} cannot open its journal in {self.dir}: a newer instance (writer epoch "
+                    f"{last_epoch}) has taken it over, and this one (epoch {self.epoch}) is older; it stops. (A "
+                    f"node whose lease ran out is replaced by another; this is the old one.)")
+            self.generation = last_gen + 1
+            os.pwrite(fd, EPOCH.pack(self.epoch, self.generation), 0)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.epoch_fd = fd
+        body = BODY.pack(0, self.epoch, self.generation, MARK, 0)
+        self.mark = HEAD.pack(len(body), zlib.crc32(body)) + body
+
+    def check_fence(self) -> None:
+        """Raise FencedError if a newer writer has taken the journal over since this one opened it."""
+        data = os.pread(self.epoch_fd, EPOCH.size, 0)
+        epoch, generation = EPOCH.unpack(data) if len(data) == EPOCH.size else (0, 0)
+        if generation != self.generation:
+            raise FencedError(
+                f"actor {self.name!r}: another instance (writer epoch {epoch}, generation {generation}) has taken "
+                f"over its journal in {self.dir}; this one (generation {self.generation}) stops without "
+                f"acknowledging its last batch, which the senders send again to the other")
 
     # -- recovery --------------------------------------------------------------------------------------------------
 
     def recover(self):
         """(restored from a snapshot?, its state or None, [(kind, message bytes), ...] to replay). Opens the journal
         for appending."""
+        if self.epoch:
+            self._take_over()
+            last = self._segments()
+            self._open_segment(last[-1][0] if last else 1)
+            self.file.write(self.mark)      # ours, before we read: whatever follows it from an older writer is stale
+            self.dirty = True
+            self.sync()
         state = None
         snap = None
         for path in (self._path("snapshot"), self._path("snapshot.prev")):
@@ -350,6 +443,8 @@ class Journal:
         replay = []
         last_start = None
         gap = False
+        generation = 0                  # the newest writer's marker so far
+        stale = False                   # in a batch an older writer appended after it had been replaced
         for start, path in self._segments():
             if gap:
                 os.replace(path, path + ".orphaned")    # beyond a gap: never replayed, never renumbered over
@@ -357,7 +452,11 @@ class Journal:
                 continue
             last_start = start
             for seq, epoch, sender_seq, kind, message in self._read_segment(path):
-                if seq <= self.seq:
+                if kind == MARK:
+                    stale = sender_seq < generation
+                    generation = max(generation, sender_seq)
+                    continue
+                if seq <= self.seq or stale:
                     continue
                 if seq != self.seq + 1:
                     log.warning("journal %s: records %d to %d are missing; recovered up to %d", path,
@@ -378,6 +477,18 @@ class Journal:
                                else self.seq + 1)
         self.since_snapshot = len(replay)       # replayed messages count towards the next snapshot
         return (snap is not None), state, replay
+
+    def writers(self) -> list[tuple[int, int, int]]:
+        """[(writer epoch, generation, records)] for each batch marker in the journal, in the order written: who
+        wrote what. Two instances that ran at once would show as a generation lower than one before it."""
+        out = []
+        for _start, path in self._segments():
+            for _seq, epoch, sender_seq, kind, _message in self._read_segment(path):
+                if kind == MARK:
+                    out.append([epoch, sender_seq, 0])
+                elif out:
+                    out[-1][2] += 1
+        return [tuple(w) for w in out]
 
     def _read_segment(self, path: str):
         with os.fdopen(_open(path, os.O_RDONLY), "rb") as f:

@@ -2,97 +2,16 @@
 a real etcd, TCP between network namespaces, a private /dev/shm per host process. The programs are
 tests/programs/cluster_app.py; each prints `key=value` lines that these tests check.
 """
-import ast
 import os
-import signal
 import sys
 
 import pytest
 
 from actors._runtime.cluster.node import LEASE_TTL
-from _helpers.cluster import EtcdServer, HostProcess, require_etcd
+from _helpers.cluster import TIMEOUT, Agent, EtcdServer, HostProcess, Program, require_etcd
 from _helpers.cluster import cluster_hosts  # noqa: F401 (fixture)
 
-APP = os.path.join(os.path.dirname(__file__), "programs", "cluster_app.py")
-SECRET = "a-test-secret-of-this-cluster"
 AGENTS = {"h2": "role=cpu", "h3": "role=gpu"}
-TIMEOUT = 60
-
-
-def _with_shm_report(argv):
-    """Run `argv`, then print what it left in the host's private /dev/shm (the mount namespace ends with it)."""
-    command = " ".join(f"'{a}'" for a in argv)
-    return ["sh", "-c", f'{command}; echo "shm-left:$(ls -A /dev/shm | tr "\\n" " ")"']
-
-
-class Agent:
-    """`actors node` on a simulated host."""
-
-    def __init__(self, hosts, host, name, labels="", secret=SECRET, resilience_dir=None):
-        self.name = name
-        self.log = os.path.join(hosts.dir, f"agent-{name}.log")
-        secret_file = os.path.join(hosts.dir, f"secret-{name}")
-        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret)
-        self.process = hosts.run(host, _with_shm_report([
-            sys.executable, "-m", "actors", "node", "--cluster", hosts.etcd_url, "--name", name,
-            "--labels", labels, "--secret-file", secret_file, "--store-capacity", "512M",
-            *(["--resilience-dir", resilience_dir] if resilience_dir else [])]), log=self.log)
-        line = self.process.read_line(TIMEOUT)
-        assert f"node {name!r} (pid " in line, (line, self.logged())
-        self.pid = int(line.split("(pid ")[1].split(")")[0])
-        self.address = line.rsplit(" ", 1)[1]
-
-    def logged(self):
-        with open(self.log) as f:
-            return f.read()
-
-    def stop(self):
-        """SIGTERM, as a service manager stops it; what it left in its /dev/shm."""
-        os.kill(self.pid, signal.SIGTERM)
-        line = self.process.read_line(TIMEOUT)
-        assert self.process.finish(TIMEOUT) == 0
-        assert line.startswith("shm-left:"), line
-        return line[len("shm-left:"):].strip()
-
-
-class Program:
-    """cluster_app.py running a scenario on a host, as a node of its own."""
-
-    def __init__(self, hosts, host, scenario, name, secret=SECRET, nodes=("h2", "h3")):
-        argv = [sys.executable, APP, scenario, hosts.etcd_url, name, *nodes]
-        self.log = os.path.join(hosts.dir, f"program-{name}.log")
-        self.process = hosts.run(host, ["env", f"ACTORS_CLUSTER_SECRET={secret}", *_with_shm_report(argv)],
-                                 log=self.log)
-        self.seen = {}
-
-    def read(self, key, timeout=TIMEOUT):
-        """The value of the next `key=` line (the lines before it are kept in `seen`)."""
-        while key not in self.seen:
-            try:
-                line = self.process.read_line(timeout)
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}; its log: {self.logged()[-3000:]}") from None
-            if line.startswith("shm-left:"):
-                raise AssertionError(f"the program ended before printing {key}: {self.seen}; "
-                                     f"stderr: {self.process.stderr()}")
-            name, _, value = line.partition("=")
-            if name and value:
-                self.seen[name] = ast.literal_eval(value)
-        return self.seen.pop(key)
-
-    def logged(self):
-        with open(self.log, errors="replace") as f:
-            return f.read()
-
-    def finish(self):
-        """Its last lines: it printed done, and left nothing in /dev/shm."""
-        done = self.read("done")
-        line = self.process.read_line(TIMEOUT)
-        assert line.startswith("shm-left:") and line[len("shm-left:"):].strip() == "", line
-        assert self.process.finish(TIMEOUT) == 0
-        return done
 
 
 @pytest.fixture(scope="module")

@@ -1329,3 +1329,51 @@ def test_a_handler_that_tells_a_persistent_actor_past_its_mailbox_waits_for_acks
         return await teller.ask((adder, 1000), timeout=30)
 
     assert run(main, resilience_dir=str(tmp_path), mailbox_size=64) == 1000
+
+
+# -- fencing: a journal that a newer instance takes over ----------------------------------------------------------------
+
+def test_a_newer_writer_fences_the_older_one_which_acks_nothing_more(tmp_path):
+    """Two instances of one actor on one journal (shared storage, a node replaced while it still ran): the newer
+    epoch takes the journal over, the older one is refused at its next batch, and replay keeps only what the
+    newer one saw plus its own."""
+    old = Journal(str(tmp_path), "fenced", epoch=10)
+    old.recover()
+    for i in range(3):
+        old.append(5, i + 1, TELL, dumps(i))
+    old.sync()
+    new = Journal(str(tmp_path), "fenced", epoch=20)
+    assert replayed(new.recover()[2]) == [(TELL, 0), (TELL, 1), (TELL, 2)]
+    assert (old.generation, new.generation) == (1, 2)
+    old.append(5, 4, TELL, dumps("stale"))      # written after the takeover: never counted
+    old.sync()
+    with pytest.raises(actors.FencedError, match="taken over its journal"):
+        old.check_fence()
+    new.append(5, 4, TELL, dumps(3))
+    new.sync()
+    again = Journal(str(tmp_path), "fenced", epoch=20)
+    assert replayed(again.recover()[2]) == [(TELL, 0), (TELL, 1), (TELL, 2), (TELL, 3)]
+    # who wrote what, in order: generation 1's batches, 2's opening, 1's stale batch, 2's, then 3's opening
+    assert [(e, g) for e, g, _n in again.writers()] == [(10, 1), (10, 1), (10, 1), (10, 1), (20, 2), (10, 1),
+                                                           (20, 2), (20, 3)]
+    for j in (old, new, again):
+        j.close()
+
+
+def test_an_older_writer_epoch_is_refused_at_open(tmp_path):
+    Journal(str(tmp_path), "older", epoch=30).recover()
+    with pytest.raises(actors.FencedError, match=r"newer instance \(writer epoch 30\).*this one \(epoch 29\)"):
+        Journal(str(tmp_path), "older", epoch=29).recover()
+    same = Journal(str(tmp_path), "older", epoch=30)      # the same claim, restarted on its node: allowed
+    same.recover()
+    assert same.generation == 2
+    same.close()
+
+
+def test_a_journal_lock_keeps_a_second_instance_out(tmp_path, monkeypatch):
+    monkeypatch.setattr("actors._persist.LOCK_WAIT", 0.2)
+    first = Journal(str(tmp_path), "locked", lock=True)
+    with pytest.raises(PersistenceError, match="locked by another running instance"):
+        Journal(str(tmp_path), "locked", lock=True)
+    first.close()
+    Journal(str(tmp_path), "locked", lock=True).close()    # free again once the first has closed

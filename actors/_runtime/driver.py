@@ -41,10 +41,13 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
     """The system as seen from the driver process: it owns the store, the sockets' directory and the processes."""
 
     def __init__(self, *, store_capacity=None, mailbox_size: int = 4096, serialize=None, deserialize=None,
-                 stop_timeout: float = 5.0, app: tuple[str, str] | None = None, resilience_dir=None):
+                 stop_timeout: float = 5.0, app: tuple[str, str] | None = None, resilience_dir=None,
+                 shared_dir: bool = False):
         self.resilience_dir = os.path.abspath(resilience_dir) if resilience_dir else None
-        # first: a second system on the directory fails here, before it has made anything
-        self.dir_lock = _persist.DirectoryLock(self.resilience_dir)
+        # first: a second system on the directory fails here, before it has made anything. A directory that the
+        # nodes of a cluster share is locked actor by actor instead (each journal locks its own files).
+        self.shared_dir = shared_dir
+        self.dir_lock = _persist.DirectoryLock(self.resilience_dir, shared=shared_dir)
         self.fatal: BaseException | None = None
         self.main_scope = None
         self.nursery = None             # the system's own tasks run here while it is open
@@ -114,6 +117,7 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
         self.transport = ClusterTransport(self.rundir, node.number, node.secret, self.store._arena)
         self.endpoint.transport = self.transport
         self.endpoint.id = self.id_base
+        self.endpoint.epoch |= node.number << 50        # as every endpoint's epoch carries its node's number
 
     async def start_cluster(self) -> None:
         node = self.cluster
@@ -215,7 +219,8 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
         raise ActorsError("a system is already open in this process; one process runs one system at a time: "
                           "close it (leave its `async with open_system()` block) before opening another")
     driver = Driver(store_capacity=store_capacity, mailbox_size=mailbox_size, serialize=serialize,
-                    deserialize=deserialize, stop_timeout=stop_timeout, app=_app, resilience_dir=resilience_dir)
+                    deserialize=deserialize, stop_timeout=stop_timeout, app=_app, resilience_dir=resilience_dir,
+                    shared_dir=cluster is not None and cluster.shared_resilience)
     driver.install()
     failure = None
     try:
@@ -224,10 +229,10 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
             await driver.join_cluster(cluster)      # out of the nursery: its errors come out as themselves
         async with trio.open_nursery() as nursery:
             driver.nursery = nursery
-            if driver.cluster is not None:
-                await driver.start_cluster()
             driver.endpoint.start_handling()
             await nursery.start(driver.endpoint.serve)
+            if driver.cluster is not None:      # after the endpoint: the gateway hands connections to it
+                await driver.start_cluster()
             await nursery.start(driver.serve_status)
             nursery.start_soon(driver._forkserver_events)
             with trio.CancelScope() as main_scope:

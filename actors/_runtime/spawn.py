@@ -116,10 +116,9 @@ class Spawner:
                 return ref
         cls, args, kwargs = cloudpickle.loads(pickled) if isinstance(pickled, bytes) else pickled
         opts = opts if opts is not None else actor_options(cls, None)
-        if actor_id is None:
+        moved = actor_id is not None
+        if not moved:
             actor_id = self.id_base | next(self._ids)
-        else:
-            await self.cluster.moved_here(actor_id)
         if opts["persistent"] and name is None:
             raise ActorsError(f"cannot spawn persistent {cls.__qualname__} without a name: its state is stored "
                               f"under its name, to be found again after a restart; pass name=")
@@ -129,12 +128,15 @@ class Spawner:
         claim = None
         if self.cluster is not None:
             claim = await self.cluster.claim_name(name, actor_id, opts["persistent"])     # unique in the cluster
+            if moved:
+                await self.cluster.moved_here(actor_id)     # refs to it reach it here from now on
         payload = cloudpickle.dumps(SpawnSpec(
             id=actor_id, name=name, cls=cls, args=args, kwargs=kwargs, rundir=self.rundir,
             store=self.store.name, registry=_codec.default_registry.entries(),
             serialize=self.serialize, deserialize=self.deserialize, mailbox_size=self.mailbox_size,
             app=self.app, options=opts, resilience_dir=self.resilience_dir, log_levels=log_levels(),
             node=self.id_base >> NODE_SHIFT, secret=self.cluster.secret if self.cluster is not None else b"",
+            epoch=claim or 0, shared_dir=self.shared_dir,
         ))
         info = ActorInfo(actor_id, name, cls, opts, payload)
         info.owner = owner
@@ -151,7 +153,7 @@ class Spawner:
             raise
         if self.cluster is not None:
             self.cluster.note_load()
-            if opts["restart"] != "never" and not opts["persistent"]:     # re-placed if its node is lost
+            if opts["restart"] != "never":     # started again elsewhere (or at home) if its node is lost
                 await self.cluster.record_spec(actor_id, pickled, name, opts, owner or self.cluster.name,
                                                replaced)
         return info.ref()
@@ -210,7 +212,7 @@ class Spawner:
             pass
         await self._wait_or_kill(info, timeout)
         self.endpoint.forget(actor_id)
-        if info.claim is not None:      # now, so that the name can be taken again as soon as stop returns
+        if info.claim is not None and not self.cluster.lost:   # now: the name is free as soon as stop returns
             await self.cluster.release_name(info.name, info.claim)
 
     async def _wait_or_kill(self, info: ActorInfo, timeout: float) -> None:

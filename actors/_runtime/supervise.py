@@ -6,6 +6,7 @@ The actor side of supervision (a handler's error policy) is in dispatch.py.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 
 import trio
@@ -89,10 +90,12 @@ class Supervisor:
         self.actors.pop(info.id, None)
         self.ended.append(info)
         self.transport.mark_gone(info.id)
-        if self.cluster is not None and self.nursery is not None:
+        if self.cluster is not None and self.nursery is not None and not self.cluster.lost:
+            # (A node that lost its lease leaves its names to run out with it, and its specs to the node that
+            # re-places its actors.)
             if info.claim is not None:
                 self.nursery.start_soon(self.cluster.release_name, info.name, info.claim)
-            if info.options["restart"] != "never" and not info.options["persistent"]:
+            if info.options["restart"] != "never":
                 self.nursery.start_soon(self.cluster.drop_spec, info.id)
             self.cluster.note_load()
 
@@ -149,6 +152,19 @@ class Supervisor:
             break
         log.warning("actor %r restarted (restart %d within %g s)", info.name, len(info.restarts),
                     opts["restart_window"])
+
+    def kill_persistent(self, why: str) -> None:
+        """Fencing: kill every persistent actor here at once (SIGKILL: not one more write to its journal), and
+        restart none. Another node may run them from now on."""
+        for info in self.actors.values():
+            if info.options["persistent"] and info.pid and info.returncode is None:
+                info.stopping = True
+                log.error("killing persistent actor %r: %s, and another node may run it from now on", info.name,
+                          why)
+                try:
+                    os.kill(info.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def fail(self, exc: BaseException) -> None:
         """Stop the whole system with `exc` (raised from actors.run)."""

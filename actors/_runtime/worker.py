@@ -269,7 +269,7 @@ async def _recover(spec: SpawnSpec, system: System):
             f"`actors run --resilience-dir DIR` or actors.run(main, resilience_dir=DIR)")
     journal = _persist.Journal(spec.resilience_dir, spec.name, fsync=opts["fsync"],
                                interval=opts["fsync_interval"], serialize=spec.serialize,
-                               deserialize=spec.deserialize)
+                               deserialize=spec.deserialize, epoch=spec.epoch, lock=spec.shared_dir)
     restored, state, replay = journal.recover()
     actor = _construct(spec, system, state if restored else _persist_none)
     incoming = system.incoming

@@ -32,7 +32,7 @@ from actors._wire.asks import Asks, resolve
 from actors._wire.delivery import Delivery
 from actors._wire.inbox import Inbox, SpinPolicy
 from actors._wire.link import FLUSH_RECORDS, Link, Transport, Unreachable
-from actors._wire.protocol import ACK, ERROR, HELLO, NODE_GONE, RECORD, RECORD_SIZE, REPLY, TELL
+from actors._wire.protocol import ACK, ERROR, HELLO, NODE_GONE, NODE_SHIFT, RECORD, RECORD_SIZE, REPLY, TELL
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,9 @@ class Endpoint(Inbox, Asks, Delivery):
         self.closed_by: dict[int, trio.Event] = {}  # src -> set when its connection to us has ended
         self.pending: dict = {}
         self.calls = itertools.count(1)     # call ids, and the sequence numbers of tells to persistent actors
-        self.epoch = secrets.randbits(62) + 1   # names this process's sequence numbers to receivers
+        # Names this process's sequence numbers to receivers: its node's number (never reused) over 50 random bits,
+        # so that no two senders of a cluster share one.
+        self.epoch = (endpoint_id >> NODE_SHIFT) << 50 | secrets.randbits(50) | 1
         self.persistent: set[int] = set()   # peers that journal what they receive (and ack it)
         self.dead_incarnations: dict = {}   # peer -> the incarnation its last link died with
         # The handler's per-record methods, set by start_handling; until then, what arrives waits in the queue.
@@ -164,10 +166,14 @@ class Endpoint(Inbox, Asks, Delivery):
     def node_gone(self, number: int) -> None:
         """Cluster node `number` has left or is lost: every link to or from its endpoints is dead now (asks waiting
         on them fail, naming the node), whatever the connections themselves still say (a network split leaves
-        them open)."""
+        them open). A persistent actor that will run again (elsewhere, or when its node is back) keeps the tells it
+        has not acked: they are sent again once it runs."""
         node_of = self.transport.node_of
         for link in [*self.links.values(), *self.reply_links.values()]:
             if link.peer >= 0 and node_of(link.peer) == number and not link.dead:
+                if link.persistent and self.links.get(link.peer) is link and not self.transport.is_gone(link.peer):
+                    link.close()        # its acker wakes, and holds its tells until it runs again (`_lost`)
+                    continue
                 link.persistent = False
                 self._died(link)
                 link.close()

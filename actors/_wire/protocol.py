@@ -86,3 +86,5 @@ class SpawnSpec:
     log_levels: tuple = (logging.WARNING, {})     # the system's: its root level, and the levels set per logger
     node: int = 0           # the number of the cluster node it runs on (0: not in a cluster)
     secret: bytes = b""     # the cluster's secret, for the links it opens to other nodes
+    epoch: int = 0          # a persistent actor's writer epoch (its claim's etcd revision; 0: not in a cluster)
+    shared_dir: bool = False    # the resilience directory is shared by several nodes: lock the actor's own files

@@ -481,7 +481,8 @@ class Membership:
     """The nodes of the cluster as this machine last heard from etcd: a file in the run directory (written by the
     node's driver, read here when a link to another node is opened). {"nodes": {number: [name, host, port]},
     "left": {number: name}, "moved": {actor id: number of the node now running it}}: an actor re-placed after its
-    node was lost keeps its id, whose node number then names the node it started on."""
+    node was lost keeps its id, whose node number then names the node it started on. "awaited": [actor ids] of
+    the persistent actors that will run again when their node is lost (their senders wait for them)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -489,12 +490,15 @@ class Membership:
         self.nodes: dict[int, tuple[str, str, int]] = {}
         self.left: dict[int, str] = {}
         self.moved: dict[int, int] = {}
+        self.awaited: set[int] = set()
 
     def refresh(self) -> None:
         try:
-            stamp = os.stat(self.path).st_mtime_ns
+            st = os.stat(self.path)
         except FileNotFoundError:
             return
+        # every write replaces the file (a new inode): two writes within the clock's tick share an mtime
+        stamp = (st.st_ino, st.st_mtime_ns)
         if stamp == self.stamp:
             return
         with open(self.path) as f:
@@ -502,16 +506,17 @@ class Membership:
         self.nodes = {int(k): tuple(v) for k, v in data["nodes"].items()}
         self.left = {int(k): v for k, v in data["left"].items()}
         self.moved = {int(k): v for k, v in data["moved"].items()}
+        self.awaited = set(data["awaited"])
         self.stamp = stamp
 
     @staticmethod
-    def write(path: str, nodes: dict, left: dict, moved: dict) -> None:
+    def write(path: str, nodes: dict, left: dict, moved: dict, awaited) -> None:
         tmp = f"{path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"nodes": {str(k): list(v) for k, v in nodes.items()},
                        "left": {str(k): v for k, v in left.items()},
-                       "moved": {str(k): v for k, v in moved.items()}}, f)
+                       "moved": {str(k): v for k, v in moved.items()}, "awaited": sorted(awaited)}, f)
         os.replace(tmp, path)
 
     def name(self, number: int) -> str:
@@ -565,6 +570,9 @@ class ClusterTransport(Transport):
             return link
         number = self.members.node_of(peer)
         if number not in self.members.nodes:
+            if peer in self.members.awaited:
+                raise Unreachable(f"its node {self.members.name(number)!r} is gone, and it has not started again "
+                                  f"yet")
             self.gone.add(peer)
             raise Unreachable(f"its node {self.members.name(number)!r} has left the cluster", gone=True)
         name, host, port = self.members.nodes[number]
@@ -574,7 +582,7 @@ class ClusterTransport(Transport):
         return link
 
     def unreachable(self, peer: int, exc: OSError) -> None:
-        if getattr(exc, "gone", False):
+        if getattr(exc, "gone", False) and peer not in self.members.awaited:
             self.gone.add(peer)
 
     def node_name(self, number: int) -> str:
@@ -591,6 +599,8 @@ class ClusterTransport(Transport):
     def is_gone(self, peer: int) -> bool:
         if self._is_local(peer):
             return self.local.is_gone(socket_id(peer))
+        if peer in self.members.awaited:
+            return False                # a persistent actor: it runs again (elsewhere, or when its node is back)
         if peer in self.gone:
             return True
         return self.members.node_of(peer) not in self.members.nodes

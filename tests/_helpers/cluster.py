@@ -10,6 +10,7 @@ was killed (its pid no longer alive) are removed by the next run.
 Where the tests cannot run (no etcd binary, not root) they skip with the reason; under CI (CI set in the
 environment) they fail instead, since CI is where they must run.
 """
+import ast
 import os
 import re
 import secrets
@@ -24,6 +25,9 @@ import time
 
 import pytest
 
+APP = os.path.join(os.path.dirname(os.path.dirname(__file__)), "programs", "cluster_app.py")
+SECRET = "a-test-secret-of-this-cluster"
+TIMEOUT = 60
 SUBNET = "10.213.0"
 ETCD_ADDRESS = f"{SUBNET}.2"
 ETCD_PORT = 2379
@@ -327,6 +331,103 @@ def leftovers(tag, pids):
     found += [f"/dev/shm/{n}" for n in os.listdir("/dev/shm") if tag in n]
     found += [f"process {pid}" for pid in pids if _alive(pid)]
     return found
+
+
+def _with_shm_report(argv):
+    """Run `argv`, then print what it left in the host's private /dev/shm (the mount namespace ends with it); then
+    run `actors cleanup`, as the next system started on that host would, and print what is left after it."""
+    command = " ".join(f"'{a}'" for a in argv)
+    listing = '$(ls -A /dev/shm | tr "\\n" " ")'
+    return ["sh", "-c", f'{command}; echo "shm-left:{listing}"; {sys.executable} -m actors cleanup >/dev/null 2>&1; '
+                        f'echo "shm-after-cleanup:{listing}"']
+
+
+class Agent:
+    """`actors node` on a simulated host."""
+
+    def __init__(self, hosts, host, name, labels="", secret=SECRET, resilience_dir=None, extra=()):
+        self.name = name
+        self.host = host
+        self.log = os.path.join(hosts.dir, f"agent-{name}.log")
+        secret_file = os.path.join(hosts.dir, f"secret-{name}")
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret)
+        self.process = hosts.run(host, _with_shm_report([
+            sys.executable, "-m", "actors", "node", "--cluster", hosts.etcd_url, "--name", name,
+            "--labels", labels, "--secret-file", secret_file, "--store-capacity", "512M",
+            *(["--resilience-dir", resilience_dir] if resilience_dir else []), *extra]), log=self.log)
+        line = self.process.read_line(TIMEOUT)
+        assert f"node {name!r} (pid " in line, (line, self.logged())
+        self.pid = int(line.split("(pid ")[1].split(")")[0])
+        self.address = line.rsplit(" ", 1)[1]
+
+    def logged(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def stop(self):
+        """SIGTERM, as a service manager stops it; what it left in its /dev/shm."""
+        os.kill(self.pid, signal.SIGTERM)
+        line = self.process.read_line(TIMEOUT)
+        assert self.process.finish(TIMEOUT) == 0
+        assert line.startswith("shm-left:"), line
+        return line[len("shm-left:"):].strip()
+
+    def exited(self, timeout=TIMEOUT):
+        """Wait for it to end by itself (or by a kill -9); what is left in its /dev/shm once `actors cleanup` ran
+        there (what a crash leaves, the next system on the host removes)."""
+        line = self.process.read_line(timeout)
+        assert line.startswith("shm-left:"), line
+        line = self.process.read_line(timeout)
+        assert line.startswith("shm-after-cleanup:"), line
+        self.process.close()
+        return line[len("shm-after-cleanup:"):].strip()
+
+    def kill(self):
+        """kill -9 the node agent; what is left after cleanup (see `exited`)."""
+        os.kill(self.pid, signal.SIGKILL)
+        return self.exited()
+
+
+class Program:
+    """cluster_app.py running a scenario on a host, as a node of its own."""
+
+    def __init__(self, hosts, host, scenario, name, secret=SECRET, nodes=("h2", "h3")):
+        argv = [sys.executable, APP, scenario, hosts.etcd_url, name, *nodes]
+        self.log = os.path.join(hosts.dir, f"program-{name}.log")
+        self.process = hosts.run(host, ["env", f"ACTORS_CLUSTER_SECRET={secret}", *_with_shm_report(argv)],
+                                 log=self.log)
+        self.seen = {}
+
+    def read(self, key, timeout=TIMEOUT):
+        """The value of the next `key=` line (the lines before it are kept in `seen`)."""
+        while key not in self.seen:
+            try:
+                line = self.process.read_line(timeout)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; its log: {self.logged()[-3000:]}") from None
+            if line.startswith("shm-left:"):
+                raise AssertionError(f"the program ended before printing {key}: {self.seen}; "
+                                     f"stderr: {self.process.stderr()}")
+            name, _, value = line.partition("=")
+            if name and value:
+                self.seen[name] = ast.literal_eval(value)
+        return self.seen.pop(key)
+
+    def logged(self):
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def finish(self):
+        """Its last lines: it printed done, and left nothing in /dev/shm."""
+        done = self.read("done")
+        line = self.process.read_line(TIMEOUT)
+        assert line.startswith("shm-left:") and line[len("shm-left:"):].strip() == "", line
+        assert self.process.finish(TIMEOUT) == 0
+        return done
+
+
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ ETCD_URL NODE_NAME [ARGS...]`. Each prints `key=value` lines (values as Python l
 reads a line from stdin where it must wait for the test. Its classes live in __main__, so they travel to the other
 nodes by value, as an app's do.
 """
+import functools
 import os
 import sys
 
@@ -114,6 +115,39 @@ class Tally(actors.Actor):
         if message == "pid":
             return os.getpid()
         self.n += message
+
+
+class Producer(actors.Actor):
+    """Sends `n` increments to a tally, each a tell of its own; answers `n` once every one is posted."""
+
+    async def receive(self, message):
+        tally, n = message
+        for _ in range(n):
+            await tally.tell(1)
+        return n
+
+
+class Numbers(actors.Actor):
+    """A persistent list of what it received; "list" answers it."""
+    persistent = True
+
+    def __init__(self):
+        self.got = []
+
+    async def receive(self, message):
+        if message == "list":
+            return self.got
+        self.got.append(message)
+
+
+class Numberer(actors.Actor):
+    """Tells `to` 0, 1, 2, ... without end, each a tell of its own."""
+
+    async def receive(self, to):
+        i = 0
+        while True:
+            await to.tell(i)
+            i += 1
 
 
 class Hang(actors.Actor):
@@ -303,9 +337,7 @@ async def replacement(system):
 
 async def persistent_remote(system):
     await wait_for_line()               # the test starts the node that keeps the journal
-    with trio.fail_after(20):
-        while "keeper" not in {n.name for n in await system.nodes()}:
-            await trio.sleep(0.05)      # polling the membership, with a deadline
+    await wait_for_nodes(system, ["keeper"])
     tally = await system.spawn(Tally, node="keeper", name="tally")
     total = 3000
     kills = 0
@@ -315,6 +347,60 @@ async def persistent_remote(system):
             os.kill(await answered(tally, "pid"), 9)
             kills += 1
     say("tally", (await answered(tally, "count"), total, kills))
+
+
+async def chaos(system):
+    """A tally on NODES[0], producers on NODES[1:], driven by the test's lines: `send N` (each producer sends N
+    more, in the background), `pid` (the tally's process), `count`, `end` (wait for the producers, then for the
+    tally to have journaled everything: its final count)."""
+    home, *others = NODES
+    await wait_for_nodes(system, NODES)
+    tally = await system.spawn(Tally, node=home, name="chaos-tally",
+                               # no snapshot: the journal keeps every batch, for the test to read who wrote what
+                               options={"max_restarts": 1000, "restart_backoff": 0.05, "snapshot_every": 10**9})
+    producers = [await system.spawn(Producer, node=node) for node in others]
+    sent = 0
+    async with trio.open_nursery() as nursery:
+        say("ready", True)
+        while True:
+            command, *args = (await trio.to_thread.run_sync(sys.stdin.readline)).split()
+            if command == "send":
+                for producer in producers:
+                    nursery.start_soon(functools.partial(producer.ask, (tally, int(args[0])), timeout=600))
+                sent += int(args[0]) * len(producers)
+            elif command == "pid":
+                say("pid", await answered(tally, "pid"))
+            elif command == "count":
+                say("count", await answered(tally, "count"))
+            elif command == "end":
+                break
+    with trio.fail_after(120):
+        while (count := await answered(tally, "count")) < sent:
+            await trio.sleep(0.1)       # polling the tally until the last resent tells arrive, with a deadline
+    say("final", (count, sent))
+
+
+async def sender_loss(system):
+    """A persistent receiver on NODES[0], a sender on NODES[1] that the test kills mid-stream: what arrived."""
+    home, doomed = NODES
+    await wait_for_nodes(system, NODES)
+    numbers = await system.spawn(Numbers, node=home, name="numbers")
+    sender = await system.spawn(Numberer, node=doomed)
+    await sender.tell(numbers)
+    with trio.fail_after(30):
+        while len(await numbers.ask("list")) < 500:
+            await trio.sleep(0.05)      # polling until the stream is under way, with a deadline
+    say("streaming", True)              # the test kills the sender's node now
+    with trio.fail_after(30):
+        while doomed in {n.name for n in await system.nodes()}:
+            await trio.sleep(0.05)      # polling the membership until the node is lost, with a deadline
+    say("got", await numbers.ask("list"))
+
+
+async def wait_for_nodes(system, names):
+    with trio.fail_after(30):
+        while not set(names) <= {n.name for n in await system.nodes()}:
+            await trio.sleep(0.05)      # polling the membership, with a deadline
 
 
 async def answered(ref, message):
@@ -382,7 +468,8 @@ async def wrong_secret(system):
 
 
 SCENARIOS = {f.__name__: f for f in (placement, talk, refs, arrays, backpressure, race, lookup, join_leave,
-                                     wrong_secret, node_loss, replacement, persistent_remote)}
+                                     wrong_secret, node_loss, replacement, persistent_remote, chaos,
+                                     sender_loss)}
 
 if __name__ == "__main__":
     scenario, url, name, *NODES = sys.argv[1:]

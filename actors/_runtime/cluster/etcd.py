@@ -413,30 +413,33 @@ class Lease:
     def __repr__(self) -> str:
         return f"Lease({self.id:x}, ttl={self.ttl})"
 
-    async def keep_alive(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Renew the lease every third of its TTL, until cancelled. A renewal that fails is retried until the lease
-        would have run out; then (or when etcd says the lease has ended) this raises `ClusterError`, so that the
-        holder stops acting on keys it no longer owns."""
+    async def keep_alive(self, *, margin: float = 0.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Renew the lease every third of its TTL, until cancelled. A renewal that fails is retried until `margin`
+        seconds before the lease could run out; then (or when etcd says the lease has ended) this raises
+        `ClusterError`, so that the holder stops acting on keys it no longer owns, `margin` seconds before anyone
+        else may take them. (The lease runs out `ttl` after etcd received the last renewal, which was after it was
+        sent: counting from the send errs on the safe side.)"""
         expires = trio.current_time() + self.ttl
         task_status.started()
         while True:
-            await trio.sleep_until(min(expires, trio.current_time() + self.ttl / 3))
+            await trio.sleep_until(min(expires - margin, trio.current_time() + self.ttl / 3))
             while True:
                 try:
                     sent = trio.current_time()
-                    # Never wait for an answer past the lease's end: by then the lease is lost either way.
-                    with trio.move_on_after(max(0.0, expires - sent)):
+                    # Never wait for an answer past the deadline: by then the lease is lost either way.
+                    with trio.move_on_after(max(0.0, expires - margin - sent)):
                         ttl = await self.etcd.refresh(self.id)
                         expires = sent + ttl
                         break
                 except ClusterError as exc:
                     if "has expired or was revoked" in str(exc):
                         raise
-                if trio.current_time() >= expires:
+                if trio.current_time() >= expires - margin:
                     raise ClusterError(
                         f"lease {self.id:x} ran out: {self.etcd._where()} could not be reached to renew it within "
-                        f"its {self.ttl} s TTL; stop acting on the keys bound to it and register again")
-                await trio.sleep(min(0.2, max(0.0, expires - trio.current_time())))
+                        f"its {self.ttl} s TTL (less a margin of {margin:g} s); stop acting on the keys bound to it "
+                        f"and register again")
+                await trio.sleep(min(0.2, max(0.0, expires - margin - trio.current_time())))
 
     async def revoke(self) -> None:
         await self.etcd.revoke(self.id)

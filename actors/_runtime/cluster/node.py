@@ -7,6 +7,7 @@ etcd holds what the nodes must agree on; messages never pass through it. Under t
   when the node stops, or when it dies and its lease runs out.
 - `names/<actor name>`: the actor that holds the name (JSON: id, persistent), bound to its node's lease. Created
   with a transaction, so that of several nodes spawning one name at once exactly one wins.
+- `specs/<id>`, `persistent/<id>`, `moved/<id>`: what re-placement needs (see "re-placement" below).
 - `classes/<wire code>`: a registered class (its pickled registry entry), for a node that meets it in a message to
   fetch on first use; no node is sent classes it never meets.
 
@@ -35,6 +36,7 @@ from actors._wire.protocol import SystemOp
 log = logging.getLogger(__name__)
 
 PREFIX = "actors/"
+RECONCILE_TRIES = 20    # passes of re-placement (half a second apart) before the coordinator gives up
 LEASE_TTL = 3           # seconds: how long a node that dies keeps its names and its place in the membership
 SECRET_ENV = "ACTORS_CLUSTER_SECRET"
 
@@ -61,12 +63,19 @@ class ClusterOptions:
     machine's address towards etcd, any free port); `secret` the cluster secret its nodes authenticate each other
     with (default: $ACTORS_CLUSTER_SECRET; without one, a node listens on loopback only); `lease_ttl` how long
     (whole seconds, 2 or more) a node that stops renewing its etcd lease keeps its names and its place: the others
-    count it as lost once it has run out, and it stops itself.
+    count it as lost once it has run out, and it stops itself. `margin`: a node out of touch with etcd kills its
+    persistent actors this many seconds before its lease can run out, so that they are dead before any node runs
+    them again (less than two thirds of the TTL: the lease is renewed every third). `shared_resilience`: the
+    resilience directory is on storage that every node mounts at the same path (see docs/cluster.md), so that a
+    persistent actor of a lost node starts again on another node, rather than when its own node comes back.
     """
 
     def __post_init__(self):
         if isinstance(self.lease_ttl, bool) or not isinstance(self.lease_ttl, int) or self.lease_ttl < 2:
             raise ValueError(f"lease_ttl={self.lease_ttl!r}: a whole number of seconds, 2 or more")
+        if not 0 <= self.margin < self.lease_ttl * 2 / 3:
+            raise ValueError(f"margin={self.margin!r}: 0 or more, and less than two thirds of lease_ttl "
+                             f"({self.lease_ttl} s), since the lease is renewed every third of it")
 
     url: str
     name: str | None = None
@@ -74,6 +83,8 @@ class ClusterOptions:
     listen: str | None = None           # HOST:PORT for the gateway; by default the address that reaches etcd
     secret: bytes | None = None         # by default ACTORS_CLUSTER_SECRET; none: loopback only
     lease_ttl: int = LEASE_TTL          # seconds without contact with etcd before the node counts as lost
+    margin: float = 1.0                 # seconds before the lease's end that its persistent actors are killed
+    shared_resilience: bool = False     # the resilience directory is on storage all nodes share
 
     @classmethod
     def of(cls, cluster) -> ClusterOptions | None:
@@ -147,6 +158,9 @@ class Node:
         self.scope = trio.CancelScope()     # the node's own tasks: cancelled when it leaves
         self.moved: dict[int, int] = {}     # actor id -> the node now running it, for actors re-placed elsewhere
         self.leading = False                # this node is the coordinator, which re-places lost nodes' actors
+        self.reconciling = trio.Lock()
+        self.lost = False                   # this node lost its lease: it stops, and leaves etcd to the others
+        self.awaited: dict[int, dict] = {}  # persistent actors with a spec (by id): senders wait for them
         self.nursery = None
 
     # -- joining and leaving ---------------------------------------------------------------------------------------
@@ -156,6 +170,11 @@ class Node:
         parse_cluster_url(self.options.url)
         host, port = _address(self.options.listen) if self.options.listen else (await self._etcd_facing(), 0)
         tcp.check_listen_address(host, self.secret)
+        # A node restarted right after it died finds its old record until that lease runs out: wait for it (before
+        # taking a lease of our own, which nothing renews yet).
+        deadline = trio.current_time() + self.options.lease_ttl + 1
+        while await self.etcd.get(self._node_key(self.name)) is not None and trio.current_time() < deadline:
+            await trio.sleep(0.2)      # polling for the old record to run out, with a deadline
         self.lease = await self.etcd.grant(self.options.lease_ttl)
         self.number = await self._take_number()
         self.gateway = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -199,7 +218,8 @@ class Node:
 
     def _record(self, leaving: bool = False) -> bytes:
         return _json({"number": self.number, "host": self.host, "port": self.port, "labels": self.labels,
-                      "actors": len(self.driver.actors), "cpus": os.cpu_count() or 1, "leaving": leaving})
+                      "actors": len(self.driver.actors), "cpus": os.cpu_count() or 1, "leaving": leaving,
+                      "shared": self.options.shared_resilience})
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Keep the lease, follow the membership, publish this node's load and serve the gateway, until cancelled.
@@ -209,7 +229,8 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
                     await nursery.start(self._keep_lease)
-                    await nursery.start(self._follow, PREFIX + "moved/", self._moved)
+                    await nursery.start(self._follow, PREFIX + "moved/", self._by_id("moved"))
+                    await nursery.start(self._follow, PREFIX + "persistent/", self._by_id("awaited"))
                     await nursery.start(self._follow, PREFIX + "nodes/", self._members)
                     nursery.start_soon(self._publish_load)
                     nursery.start_soon(self._serve_gateway)
@@ -220,14 +241,19 @@ class Node:
 
     async def _keep_lease(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await self.lease.keep_alive(task_status=task_status)
+            await self.lease.keep_alive(margin=self.options.margin, task_status=task_status)
         except ClusterError as exc:
+            # Fencing: the persistent actors die first, now, before any node may start them again.
+            self.lost = True
+            self.driver.kill_persistent(f"node {self.name!r} lost its lease")
             self.driver.fail(ClusterError(f"node {self.name!r} lost its place in the cluster, and stops: {exc}"))
 
     async def leave(self) -> None:
         """Give back the lease: this node's names and its membership go at once. The others learn that it left
         (rather than was lost) from its record's last version."""
         self.scope.cancel()
+        if self.lost:
+            return                      # the lease has run out: nothing of this node is left in etcd
         if self.joined:
             self.joined = False
             with trio.move_on_after(3):
@@ -277,17 +303,23 @@ class Node:
         elif info is None:
             self._left(name)
         else:
+            joined = name not in self.members
             self.members[name] = info
+            if joined and self.leading and name != self.name:
+                self.nursery.start_soon(self.reconcile)     # a persistent actor's home may be back
         self._write_members()
 
-    def _moved(self, key: str | None, number) -> None:
-        if key is None:
-            self.moved = {int(k, 16): v for k, v in number.items()}
-        elif number is None:
-            self.moved.pop(int(key, 16), None)
-        else:
-            self.moved[int(key, 16)] = number
-        self._write_members()
+    def _by_id(self, attr: str):
+        """An `apply` for `_follow` that keeps `self.<attr>` as {actor id: value} (etcd keys name ids in hex)."""
+        def apply(key: str | None, value) -> None:
+            if key is None:
+                setattr(self, attr, {int(k, 16): v for k, v in value.items()})
+            elif value is None:
+                getattr(self, attr).pop(int(key, 16), None)
+            else:
+                getattr(self, attr)[int(key, 16)] = value
+            self._write_members()
+        return apply
 
     def _left(self, name: str) -> None:
         gone = self.members.pop(name, None)
@@ -305,7 +337,8 @@ class Node:
 
     def _write_members(self) -> None:
         nodes = {info["number"]: (name, info["host"], info["port"]) for name, info in self.members.items()}
-        tcp.Membership.write(os.path.join(self.driver.rundir, "members.json"), nodes, self.left, self.moved)
+        tcp.Membership.write(os.path.join(self.driver.rundir, "members.json"), nodes, self.left, self.moved,
+                             self.awaited)
 
     def node_of(self, actor_id: int) -> int:
         """The number of the node that runs `actor_id` now (re-placed actors keep their ids)."""
@@ -339,10 +372,11 @@ class Node:
 
     # -- placement -----------------------------------------------------------------------------------------------
 
-    def place(self, node: str | None, labels: dict | None) -> tuple[str, int] | None:
+    def place(self, node: str | None, labels: dict | None, shared: bool = False) -> tuple[str, int] | None:
         """Where to spawn: (node name, its driver's id), or None for this node. A named node, else the least
         loaded of the nodes that carry every label asked for (actors per CPU: this node's own count, and for the
-        others the count they published plus those this node placed there since), this node first among equals."""
+        others the count they published plus those this node placed there since), this node first among equals.
+        `shared`: among the nodes whose resilience directory is the shared one (a persistent actor's journal)."""
         if node is not None:
             if node == self.name:
                 return None
@@ -354,7 +388,10 @@ class Node:
                 raise ActorsError(f"cannot spawn on node {node!r}: it does not carry the labels {labels}")
             return node, info["number"] << tcp.NODE_SHIFT
         candidates = [(name, info) for name, info in self.members.items()
-                      if not labels or all(info["labels"].get(k) == v for k, v in labels.items())]
+                      if (not labels or all(info["labels"].get(k) == v for k, v in labels.items()))
+                      and (not shared or info.get("shared"))]
+        if not candidates and shared:
+            raise ActorsError("no live node shares the resilience directory (--shared-resilience)")
         if not candidates:
             raise ActorsError(f"cannot spawn: no node of the cluster carries the labels {labels}")
         def load(candidate):
@@ -396,22 +433,34 @@ class Node:
 
     # -- re-placement ----------------------------------------------------------------------------------------------
     #
-    # An actor whose restart policy asks for restarts ("always", "on-failure"), and that is not persistent, has a
-    # spec in etcd (`specs/<id>`: how to spawn it again, whose it is, when it was re-placed), deleted when it stops
-    # for good. When a node is lost, the coordinator (one node, elected through etcd) spawns each such actor of the
-    # lost node again on a live node, under the same name and id, and records where (`moved/<id>`), so that refs
-    # held anywhere reach it there. An actor whose owner (the node that spawned it) is gone too is not re-placed:
-    # it would have been stopped with its owner.
+    # An actor whose restart policy asks for restarts ("always", "on-failure") has a spec in etcd (`specs/<id>`:
+    # how to spawn it again, whose it is, when it was re-placed), deleted when it stops for good. When a node is
+    # lost, the coordinator (one node, elected through etcd) spawns each such actor of the lost node again on a live
+    # node, under the same name and id, and records where (`moved/<id>`), so that refs held anywhere reach it
+    # there. An actor whose owner (the node that spawned it) is gone too is not re-placed: it would have been
+    # stopped with its owner.
+    #
+    # A persistent actor goes where its journal is: with a shared resilience directory, to any node that shares
+    # it; otherwise back to its home node (the node of that name), when that node joins again. Until then its
+    # senders hold its unacked tells: `persistent/<id>` tells every node to wait for it rather than count it gone.
+    # Its name, bound to the lost node's lease, is free only once that lease has run out, and its new claim's
+    # revision is the journal's new writer epoch (see actors._persist): the old instance, dead by then (a node
+    # that cannot renew kills its persistent actors first), could not write to it any more anyway.
 
     async def record_spec(self, actor_id: int, pickled: bytes, name: str, opts: dict, owner: str,
                           replaced: list | None = None) -> None:
         spec = cloudpickle.dumps({"pickled": pickled, "name": name, "options": opts, "owner": owner,
-                                  "replaced": replaced or []})
+                                  "replaced": replaced or [], "home": self.name,
+                                  "shared": self.options.shared_resilience})
         await self.etcd.put(f"{PREFIX}specs/{actor_id:08x}", base64.b64encode(tcp.sign(self.secret, spec) + spec))
+        if opts["persistent"]:      # its senders hold what it has not acked until it runs again
+            await self.etcd.put(f"{PREFIX}persistent/{actor_id:08x}",
+                                _json({"name": name, "home": self.name, "shared": self.options.shared_resilience}))
 
     async def drop_spec(self, actor_id: int) -> None:
         try:
             await self.etcd.delete(f"{PREFIX}specs/{actor_id:08x}")
+            await self.etcd.delete(f"{PREFIX}persistent/{actor_id:08x}")
             if actor_id in self.moved:
                 await self.etcd.delete(f"{PREFIX}moved/{actor_id:08x}")
         except ClusterError as exc:
@@ -431,13 +480,24 @@ class Node:
         await self.reconcile()
 
     async def reconcile(self) -> None:
-        """Spawn again, on live nodes, the actors with a spec whose node is gone (and whose owner is not)."""
+        """Spawn again, on live nodes, the actors with a spec whose node is gone (and whose owner is not). What
+        fails (a node that has just joined and is not answering yet, etcd away) is tried again a few times."""
+        async with self.reconciling:    # one pass at a time: two would spawn one actor twice
+            for _attempt in range(RECONCILE_TRIES):
+                if await self._reconcile_once():
+                    return
+                await trio.sleep(0.5)      # pacing the retries
+            log.error("gave up re-placing the actors of lost nodes after %d tries (the next node to join or be "
+                      "lost tries again)", RECONCILE_TRIES)
+
+    async def _reconcile_once(self) -> bool:
         live = {info["number"] for info in self.members.values()}
         try:
             specs = await self.etcd.get_prefix(PREFIX + "specs/")
         except ClusterError as exc:
             log.warning("could not read the actors to re-place: %s", exc)
-            return
+            return False
+        done = True
         for kv in specs.kvs:
             actor_id = int(kv.key.decode().rsplit("/", 1)[1], 16)
             if self.node_of(actor_id) in live:
@@ -448,32 +508,44 @@ class Node:
                           actor_id)
                 continue
             spec = cloudpickle.loads(data[tcp.MAC:])
-            await self._replace(actor_id, spec)
+            done = await self._replace(actor_id, spec) and done
+        return done
 
-    async def _replace(self, actor_id: int, spec: dict) -> None:
+    async def _replace(self, actor_id: int, spec: dict) -> bool:
+        """Re-place one actor of a lost node; False if it failed (and is worth trying again)."""
         name, opts = spec["name"], spec["options"]
         if spec["owner"] not in self.members:
             await self.drop_spec(actor_id)      # its owner is gone: nobody holds it any more
-            return
+            return True
         now = time.time()              # wall clock: the next coordinator may be another machine
         replaced = [t for t in spec["replaced"] if now - t < opts["restart_window"]]
         if len(replaced) >= opts["max_restarts"]:
             log.error("actor %r is not re-placed: it was re-placed %d times within %g s, its restart intensity",
                       name, len(replaced), opts["restart_window"])
             await self.drop_spec(actor_id)
-            return
+            return True
         try:
-            where = self.place(None, None)
+            if not opts["persistent"]:
+                where = self.place(None, None)
+            elif spec["shared"]:        # its journal is on storage that the nodes share: any of them
+                where = self.place(None, None, shared=True)
+            elif spec["home"] in self.members:      # its journal is on its node: there, when it is back
+                where = self.place(spec["home"], None)
+            else:
+                return True             # (tried again when its home joins)
             args = (spec["pickled"], name, opts, where[0] if where else self.name, None, spec["owner"], actor_id,
                     [*replaced, now])
             if where is None:
                 await self.driver._op_spawn(*args)
             else:
                 await self.driver._ask_driver(where[1], SystemOp.SPAWN, *args)
-            log.warning("actor %r (#%d) re-placed on node %r: its node was lost", name, actor_id,
+            log.warning("actor %r (#%d) %s on node %r: its node was lost", name, actor_id,
+                        "restarted at home" if opts["persistent"] and not spec["shared"] else "re-placed",
                         where[0] if where else self.name)
         except Exception as exc:
             log.error("could not re-place actor %r (#%d): %s", name, actor_id, exc)
+            return False
+        return True
 
     # -- classes -------------------------------------------------------------------------------------------------
 
