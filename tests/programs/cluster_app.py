@@ -272,9 +272,7 @@ async def backpressure(system):
 
 async def node_loss(system):
     await wait_for_line()               # the test starts the node that will be lost
-    with trio.fail_after(20):
-        while "doomed" not in {n.name for n in await system.nodes()}:
-            await trio.sleep(0.05)      # polling the membership, with a deadline
+    await wait_for_nodes(system, ["doomed"])
     doomed = await system.spawn(Echo, node="doomed")
     hanging = await system.spawn(Hang, node="doomed")
     watcher = await system.spawn(Collector)
@@ -311,13 +309,11 @@ async def node_loss(system):
 
 async def replacement(system):
     await wait_for_line()               # the test starts the node that will be lost
-    with trio.fail_after(20):
-        while "mortal" not in {n.name for n in await system.nodes()}:
-            await trio.sleep(0.05)      # polling the membership, with a deadline
+    await wait_for_nodes(system, ["mortal"])
     phoenix = await system.spawn(Echo, node="mortal", name="phoenix", options={"restart": "always"})
     fragile = await system.spawn(Echo, node="mortal", name="fragile", options={"restart": "never"})
     say("before", (await phoenix.ask("hi", timeout=10))[1])
-    await wait_for_line()               # the test splits it off the network
+    await wait_for_line()               # the test has killed its node
     split = trio.current_time()
     with trio.fail_after(60):
         while True:
@@ -443,9 +439,7 @@ async def lookup(system):
 async def join_leave(system):
     say("before", sorted(n.name for n in await system.nodes()))
     await wait_for_line()           # the test starts another node
-    with trio.fail_after(20):
-        while "late" not in {n.name for n in await system.nodes()}:
-            await trio.sleep(0.05)  # polling the membership, with a deadline
+    await wait_for_nodes(system, ["late"])
     say("joined", sorted(n.name for n in await system.nodes()))
     echo = await system.spawn(Echo, node="late")
     say("on_late", await echo.ask("hi", timeout=10))

@@ -437,8 +437,8 @@ class Lease:
                 if trio.current_time() >= expires - margin:
                     raise ClusterError(
                         f"lease {self.id:x} ran out: {self.etcd._where()} could not be reached to renew it within "
-                        f"its {self.ttl} s TTL (less a margin of {margin:g} s); stop acting on the keys bound to it "
-                        f"and register again")
+                        f"its {self.ttl} s TTL{f' (less a margin of {margin:g} s)' if margin else ''}; stop acting "
+                        f"on the keys bound to it and register again")
                 await trio.sleep(min(0.2, max(0.0, expires - margin - trio.current_time())))
 
     async def revoke(self) -> None:
