@@ -56,6 +56,10 @@ class Chaos:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nthe tally's node: {self.agent.logged()[-3000:]}") from None
 
+    def nodes(self):
+        self.program.process.send_line("nodes")
+        return self.program.read("nodes")
+
     def kill_tally(self):
         self.program.process.send_line("pid")
         os.kill(self.program.read("pid"), signal.SIGKILL)
@@ -69,7 +73,9 @@ class Chaos:
         (fencing); then it comes back, as a service manager would restart it."""
         self.cluster.link(self.host, up=False)
         try:
-            assert self.agent.exited() == ""
+            assert self.agent.exited() == ("", "")      # it stopped itself, and removed what it had made
+            while self.name in self.nodes():
+                pass                # polling the program until its node is lost (the split outlasts the lease)
         finally:
             self.cluster.link(self.host, up=True)
         assert "killing persistent actor 'chaos-tally'" in self.agent.logged()

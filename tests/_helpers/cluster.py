@@ -375,19 +375,19 @@ class Agent:
         return line[len("shm-left:"):].strip()
 
     def exited(self, timeout=TIMEOUT):
-        """Wait for it to end by itself (or by a kill -9); what is left in its /dev/shm once `actors cleanup` ran
-        there (what a crash leaves, the next system on the host removes)."""
-        line = self.process.read_line(timeout)
-        assert line.startswith("shm-left:"), line
-        line = self.process.read_line(timeout)
-        assert line.startswith("shm-after-cleanup:"), line
+        """Wait for it to end by itself (or by a kill -9): (what it left in its /dev/shm, what is left once
+        `actors cleanup` ran there, as the next system on the host would)."""
+        left = self.process.read_line(timeout)
+        assert left.startswith("shm-left:"), left
+        after = self.process.read_line(timeout)
+        assert after.startswith("shm-after-cleanup:"), after
         self.process.close()
-        return line[len("shm-after-cleanup:"):].strip()
+        return left[len("shm-left:"):].strip(), after[len("shm-after-cleanup:"):].strip()
 
     def kill(self):
-        """kill -9 the node agent; what is left after cleanup (see `exited`)."""
+        """kill -9 the node agent; what is left in its /dev/shm after cleanup (see `exited`)."""
         os.kill(self.pid, signal.SIGKILL)
-        return self.exited()
+        return self.exited()[1]
 
 
 class Program:

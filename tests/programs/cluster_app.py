@@ -347,8 +347,8 @@ async def persistent_remote(system):
 
 async def chaos(system):
     """A tally on NODES[0], producers on NODES[1:], driven by the test's lines: `send N` (each producer sends N
-    more, in the background), `pid` (the tally's process), `count`, `end` (wait for the producers, then for the
-    tally to have journaled everything: its final count)."""
+    more, in the background), `pid` (the tally's process), `count`, `nodes` (the live ones), `end` (wait for the
+    producers, then for the tally to have journaled everything: its final count)."""
     home, *others = NODES
     await wait_for_nodes(system, NODES)
     tally = await system.spawn(Tally, node=home, name="chaos-tally",
@@ -368,6 +368,8 @@ async def chaos(system):
                 say("pid", await answered(tally, "pid"))
             elif command == "count":
                 say("count", await answered(tally, "count"))
+            elif command == "nodes":
+                say("nodes", sorted(n.name for n in await system.nodes()))
             elif command == "end":
                 break
     with trio.fail_after(120):
