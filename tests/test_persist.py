@@ -977,6 +977,31 @@ def test_messages_to_a_dead_persistent_actor_that_will_not_restart_fail_clearly(
     assert run(main, resilience_dir=str(tmp_path / "res")) == "ok"
 
 
+class SlowToRestart(Mortal):
+    restart = "always"
+    restart_backoff = 60.0              # down for a minute after a crash: longer than the test
+
+
+def test_tell_nowait_to_a_persistent_actor_that_is_down_holds_a_mailbox_worth_then_refuses(tmp_path):
+    """While a persistent actor is down, its sender holds what it sends (to resend), up to a mailbox's worth:
+    `tell_nowait` then raises MailboxFullError rather than hold without bound."""
+    async def main(system):
+        ref = await system.spawn(SlowToRestart, name="slow")
+        os.kill(await ref.proxy.pid(timeout=10), signal.SIGKILL)
+        async def down():
+            return system.endpoint.links[ref.id].dead
+        await wait_until(down, timeout=10, what="its link to die")
+        held = 0
+        with pytest.raises(actors.MailboxFullError, match="mailbox of actor 'slow' is full"):
+            while held <= 64:
+                ref.tell_nowait(held)
+                held += 1
+        assert held == 64                   # mailbox_size records' worth, then refused
+        return "ok"
+
+    assert run(main, resilience_dir=str(tmp_path / "res"), mailbox_size=64) == "ok"
+
+
 # -- state through __getstate__ / __setstate__ -------------------------------------------------------------------------
 
 STATE_APP = """

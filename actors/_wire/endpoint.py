@@ -376,9 +376,9 @@ class Endpoint(Inbox, Asks, Delivery):
 
     def post_nowait(self, peer: int, kind: int, obj, call: int = 0) -> None:
         link = self.links.get(peer)
-        if link is not None and len(link.out) >= self.limit:
+        if link is not None and (len(link.out) >= self.limit or link.persistent and link.unacked and self.full(link)):
             self._flush(link)
-            if len(link.out) >= self.limit:
+            if self.full(link):
                 raise MailboxFullError(f"the mailbox of {self.describe(peer)} is full; use `await tell(...)` "
                                        f"to wait for room")
         try:
