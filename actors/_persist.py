@@ -227,6 +227,8 @@ class Journal:
 
     def write_snapshot(self, state) -> None:
         """Store `state` as covering every record journaled so far, then start a new journal segment."""
+        if self.epoch_fd is not None:
+            self.check_fence()          # a replaced writer's snapshot would hide the newer writer's records
         # the envelope is the fast codec's; only the state itself goes through the app's serialize
         body = _codec.dumps({"seq": self.seq, "state": self._encode_state(state), "seen": dict(self.seen)})
         tmp = self._path("snapshot.tmp")

@@ -1374,6 +1374,9 @@ def test_a_newer_writer_fences_the_older_one_which_acks_nothing_more(tmp_path):
     old.sync()
     with pytest.raises(actors.FencedError, match="taken over its journal"):
         old.check_fence()
+    with pytest.raises(actors.FencedError):
+        old.write_snapshot({"n": "stale"})      # nor may it replace the newer writer's snapshot
+    assert not os.path.exists(tmp_path / "fenced.snapshot")
     new.append(5, 4, TELL, dumps(3))
     new.sync()
     again = Journal(str(tmp_path), "fenced", epoch=20)
