@@ -399,7 +399,9 @@ class Journal:
                 raise FencedError(
                     f"actor {self.name!r} cannot open its journal in {self.dir}: a newer instance (writer epoch "
                     f"{last_epoch}) has taken it over, and this one (epoch {self.epoch}) is older; it stops. (A "
-                    f"node whose lease ran out is replaced by another; this is the old one.)")
+                    f"node whose lease ran out is replaced by another; this is the old one. Epochs are etcd "
+                    f"revisions: if the cluster's etcd was recreated from nothing, its revisions started again, and "
+                    f"{self._path('epoch')} must be removed once, with no instance running.)")
             self.generation = last_gen + 1
             os.pwrite(fd, EPOCH.pack(self.epoch, self.generation), 0)
             os.fsync(fd)
@@ -411,8 +413,13 @@ class Journal:
         self.mark = HEAD.pack(len(body), zlib.crc32(body)) + body
 
     def check_fence(self) -> None:
-        """Raise FencedError if a newer writer has taken the journal over since this one opened it."""
-        data = os.pread(self.epoch_fd, EPOCH.size, 0)
+        """Raise FencedError if a newer writer has taken the journal over since this one opened it. The file is
+        opened again each time: a network filesystem revalidates what it caches of a file at its opening."""
+        fd = _open(self._path("epoch"), os.O_RDONLY)
+        try:
+            data = os.pread(fd, EPOCH.size, 0)
+        finally:
+            os.close(fd)
         epoch, generation = EPOCH.unpack(data) if len(data) == EPOCH.size else (0, 0)
         if generation != self.generation:
             raise FencedError(
@@ -428,6 +435,9 @@ class Journal:
         if self.epoch:
             self._take_over()
             last = self._segments()
+            if last:
+                for _record in self._read_segment(last[-1][1]):
+                    pass                # first cut a torn tail (a writer killed mid-write), or it would cut our marker
             self._open_segment(last[-1][0] if last else 1)
             self.file.write(self.mark)      # ours, before we read: whatever follows it from an older writer is stale
             self.dirty = True

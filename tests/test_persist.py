@@ -1405,3 +1405,25 @@ def test_a_journal_lock_keeps_a_second_instance_out(tmp_path, monkeypatch):
         Journal(str(tmp_path), "locked", lock=True)
     first.close()
     Journal(str(tmp_path), "locked", lock=True).close()    # free again once the first has closed
+
+
+def test_a_torn_tail_left_by_the_old_writer_does_not_cut_the_new_writer_s_marker(tmp_path):
+    """The old writer was killed mid-write (a torn record at the end), then woke up as a stale instance: the new
+    writer cuts the torn tail before it appends its marker, so the stale batch after the marker stays ignored."""
+    old = Journal(str(tmp_path), "torn", epoch=10)
+    old.recover()
+    old.append(5, 1, TELL, dumps("a1"))
+    old.sync()
+    [(_, path)] = segments(tmp_path, "torn")
+    with open(path, "ab") as f:
+        f.write(record(99, dumps("torn"))[:-3])         # killed mid-write
+    new = Journal(str(tmp_path), "torn", epoch=20)
+    assert replayed(new.recover()[2]) == [(TELL, "a1")]
+    old.append(5, 2, TELL, dumps("stale"))
+    old.sync()
+    new.append(5, 2, TELL, dumps("acked"))
+    new.sync()
+    again = Journal(str(tmp_path), "torn", epoch=20)
+    assert replayed(again.recover()[2]) == [(TELL, "a1"), (TELL, "acked")]
+    for j in (old, new, again):
+        j.close()

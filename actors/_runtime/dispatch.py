@@ -11,7 +11,7 @@ import sys
 
 import trio
 
-from actors._exceptions import DecodeError, UnknownClassError
+from actors._exceptions import DecodeError, FencedError, UnknownClassError
 from actors._wire.endpoint import Handler
 from actors._wire.protocol import ASK, CALL, CALL_TELL, ERROR, REPLY, STOP, SYSTEM_TELL, TELL, SystemOp
 from actors._runtime.system import error_payload, reply
@@ -177,6 +177,8 @@ class ActorHandler(Handler):
         if journal.since_snapshot >= self.spec.options["snapshot_every"]:
             try:
                 journal.write_snapshot(state_of(self.actor))
+            except FencedError:
+                raise                   # replaced: this instance must stop, not go on from stale state
             except Exception as exc:
                 log.error("actor %r: cannot write a snapshot (the journal keeps everything): %s", self.name, exc)
                 journal.since_snapshot = 0

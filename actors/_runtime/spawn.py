@@ -119,6 +119,9 @@ class Spawner:
         moved = actor_id is not None
         if not moved:
             actor_id = self.id_base | next(self._ids)
+        if opts["persistent"] and self.cluster is not None and self.cluster.lost:
+            raise ActorsError(f"cannot spawn persistent actor {name!r} here: this node lost its lease, and another "
+                              f"node may run it")
         if opts["persistent"] and name is None:
             raise ActorsError(f"cannot spawn persistent {cls.__qualname__} without a name: its state is stored "
                               f"under its name, to be found again after a restart; pass name=")
@@ -129,6 +132,7 @@ class Spawner:
         if self.cluster is not None:
             claim = await self.cluster.claim_name(name, actor_id, opts["persistent"])     # unique in the cluster
             if moved:
+                was = self.cluster.moved.get(actor_id)
                 await self.cluster.moved_here(actor_id)     # refs to it reach it here from now on
         payload = cloudpickle.dumps(SpawnSpec(
             id=actor_id, name=name, cls=cls, args=args, kwargs=kwargs, rundir=self.rundir,
@@ -150,6 +154,8 @@ class Spawner:
             if claim is not None and name not in self.by_name:
                 with trio.CancelScope(shield=True):
                     await self.cluster.release_name(name, claim)
+                    if moved:           # not here after all: the coordinator's next pass tries again
+                        await self.cluster.moved_back(actor_id, was)
             raise
         if self.cluster is not None:
             self.cluster.note_load()
@@ -214,6 +220,8 @@ class Spawner:
         self.endpoint.forget(actor_id)
         if info.claim is not None and not self.cluster.lost:   # now: the name is free as soon as stop returns
             await self.cluster.release_name(info.name, info.claim)
+            if info.options["restart"] != "never":      # and no node waits for it or re-places it
+                await self.cluster.drop_spec(info.id)
 
     async def _wait_or_kill(self, info: ActorInfo, timeout: float) -> None:
         with trio.move_on_after(timeout):

@@ -134,6 +134,9 @@ class Supervisor:
                     f"({opts['max_restarts']}); the system stops. Its last failure: {reason}"))
                 return
             await trio.sleep(restart_delay(opts["restart_backoff"], len(info.restarts)))
+            if opts["persistent"] and self.cluster is not None and self.cluster.lost:
+                self._gone(info)        # fenced: another node may run it now
+                return
             info.restarts.append(trio.current_time())
             info.restart_count += 1
             info.ready = trio.Event()

@@ -337,8 +337,9 @@ class Etcd:
 
     async def grant(self, ttl: float) -> "Lease":
         """A new lease of `ttl` seconds (whole seconds; etcd may raise a very short TTL to its minimum)."""
+        sent = trio.current_time()
         answer = await self._call("/v3/lease/grant", {"TTL": str(max(1, math.ceil(ttl)))})
-        return Lease(self, int(answer["ID"]), int(answer["TTL"]))
+        return Lease(self, int(answer["ID"]), int(answer["TTL"]), sent)
 
     async def refresh(self, lease_id: int) -> int:
         """Renew a lease once; its TTL from now. Raises `ClusterError` when the lease has already ended."""
@@ -405,10 +406,11 @@ class Lease:
     """A lease granted by etcd: keys bound to it live as long as it is renewed. `keep_alive` renews it until
     cancelled; `revoke` ends it at once."""
 
-    def __init__(self, etcd: Etcd, lease_id: int, ttl: int):
+    def __init__(self, etcd: Etcd, lease_id: int, ttl: int, sent: float):
         self.etcd = etcd
         self.id = lease_id
         self.ttl = ttl
+        self.sent = sent        # when the grant was asked for: it cannot run out before sent + ttl
 
     def __repr__(self) -> str:
         return f"Lease({self.id:x}, ttl={self.ttl})"
@@ -419,7 +421,7 @@ class Lease:
         `ClusterError`, so that the holder stops acting on keys it no longer owns, `margin` seconds before anyone
         else may take them. (The lease runs out `ttl` after etcd received the last renewal, which was after it was
         sent: counting from the send errs on the safe side.)"""
-        expires = trio.current_time() + self.ttl
+        expires = self.sent + self.ttl
         task_status.started()
         while True:
             await trio.sleep_until(min(expires - margin, trio.current_time() + self.ttl / 3))

@@ -36,7 +36,7 @@ from actors._wire.protocol import SystemOp
 log = logging.getLogger(__name__)
 
 PREFIX = "actors/"
-RECONCILE_TRIES = 20    # passes of re-placement (half a second apart) before the coordinator gives up
+RECONCILE_PACE = 5.0    # seconds at most between passes of re-placement while some actor could not be re-placed
 LEASE_TTL = 3           # seconds: how long a node that dies keeps its names and its place in the membership
 SECRET_ENV = "ACTORS_CLUSTER_SECRET"
 
@@ -472,6 +472,19 @@ class Node:
         self._write_members()
         await self.etcd.put(f"{PREFIX}moved/{actor_id:08x}", str(self.number))
 
+    async def moved_back(self, actor_id: int, was: int | None) -> None:
+        """Undo `moved_here`: the actor could not start here."""
+        try:
+            if was is None:
+                self.moved.pop(actor_id, None)
+                await self.etcd.delete(f"{PREFIX}moved/{actor_id:08x}")
+            else:
+                self.moved[actor_id] = was
+                await self.etcd.put(f"{PREFIX}moved/{actor_id:08x}", str(was))
+        except ClusterError as exc:
+            log.warning("could not route actor #%d back in etcd: %s", actor_id, exc)
+        self._write_members()
+
     async def _lead(self) -> None:
         """Campaign to be the coordinator; once leading (until this node's lease ends), re-place what needs it."""
         await self.etcd.campaign(PREFIX + "coordinator", self.name, lease=self.lease.id)
@@ -481,14 +494,13 @@ class Node:
 
     async def reconcile(self) -> None:
         """Spawn again, on live nodes, the actors with a spec whose node is gone (and whose owner is not). What
-        fails (a node that has just joined and is not answering yet, etcd away) is tried again a few times."""
+        fails (a node that has just joined and is not answering yet, etcd away, a journal still locked by an
+        instance on its way out) is tried again, with backoff, for as long as this node leads."""
         async with self.reconciling:    # one pass at a time: two would spawn one actor twice
-            for _attempt in range(RECONCILE_TRIES):
-                if await self._reconcile_once():
-                    return
-                await trio.sleep(0.5)      # pacing the retries
-            log.error("gave up re-placing the actors of lost nodes after %d tries (the next node to join or be "
-                      "lost tries again)", RECONCILE_TRIES)
+            delay = 0.5
+            while not await self._reconcile_once():
+                await trio.sleep(delay)    # pacing the retries, with backoff
+                delay = min(delay * 2, RECONCILE_PACE)
 
     async def _reconcile_once(self) -> bool:
         live = {info["number"] for info in self.members.values()}
@@ -498,6 +510,12 @@ class Node:
             log.warning("could not read the actors to re-place: %s", exc)
             return False
         done = True
+        specified = {int(kv.key.decode().rsplit("/", 1)[1], 16) for kv in specs.kvs}
+        for actor_id in set(self.awaited) - specified:
+            try:                        # a stop that was cut short between its deletes: nobody waits for it
+                await self.etcd.delete(f"{PREFIX}persistent/{actor_id:08x}")
+            except ClusterError:
+                done = False
         for kv in specs.kvs:
             actor_id = int(kv.key.decode().rsplit("/", 1)[1], 16)
             if self.node_of(actor_id) in live:
