@@ -2,9 +2,11 @@
 process, its node agent and its node's network fail under it, at home or on storage the nodes share; its journal
 shows that no two instances ever wrote at once. The programs are tests/programs/cluster_app.py's `chaos` scenario.
 """
+import fcntl
 import os
 import random
 import signal
+import time
 
 import pytest
 
@@ -135,15 +137,25 @@ def test_chaos_a_remote_persistent_tally_counts_every_increment_once(hosts, prod
     assert_one_writer_at_a_time(journals, 10)
 
 
-def test_a_persistent_actor_moves_to_a_node_that_shares_its_storage(hosts, producers, tmp_path):
-    """With the resilience directory on storage two nodes share, the tally of a node killed, then of a node split
-    off, starts again on the other node: the count stays exact, and its journal shows one writer at a time."""
+def shared_storage(hosts, tmp_path, program):
+    """The tally's node "ca" and a spare "cd", sharing a resilience directory; (cluster, directory, spare, Chaos)."""
     cluster, extra = hosts
     journals = tmp_path / "shared"
     journals.mkdir(mode=0o700)
     shared = ("--shared-resilience",)
     spare = Agent(cluster, extra[3], "cd", resilience_dir=str(journals), extra=shared)
-    chaos = Chaos(cluster, extra[0], journals, "p-shared", extra=shared)
+    try:
+        return cluster, journals, spare, Chaos(cluster, extra[0], journals, program, extra=shared)
+    except BaseException:
+        spare.process.close()
+        raise
+
+
+def test_a_persistent_actor_moves_to_a_node_that_shares_its_storage(hosts, producers, tmp_path):
+    """With the resilience directory on storage two nodes share, the tally of a node killed, then of a node split
+    off, starts again on the other node: the count stays exact, and its journal shows one writer at a time."""
+    cluster, journals, spare, chaos = shared_storage(hosts, tmp_path, "p-shared")
+    extra = hosts[1]
     try:
         chaos.program.process.send_line("send 2000")
         while chaos.count() < 1000:
@@ -185,4 +197,37 @@ def test_a_lost_sender_s_tells_arrive_as_a_prefix_once_each(hosts, producers, tm
         assert home.stop() == ""
     finally:
         for process in (home.process, doomed.process, program.process):
+            process.close()
+
+
+def test_a_re_placement_that_fails_is_tried_again_until_it_starts(hosts, producers, tmp_path):
+    """The tally's node is killed while something else holds its journal's lock (an instance on its way out, as the
+    coordinator sees it): its start on the node sharing the storage fails, and is tried again until it starts."""
+    cluster, journals, spare, chaos = shared_storage(hosts, tmp_path, "p-retry")
+    watched = [spare, *producers]
+    try:
+        chaos.program.process.send_line("send 1000")
+        while chaos.count() < 500:
+            pass
+        assert chaos.agent.kill() == ""
+        fd = os.open(journals / f"{TALLY}.lock", os.O_RDWR)
+        deadline = time.monotonic() + TIMEOUT
+        while True:                 # the killed instance's lock goes with its process
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the killed tally's lock was never released"
+        try:
+            while not any("could not re-place actor 'chaos-tally'" in log for log in
+                          [chaos.program.logged(), *(agent.logged() for agent in watched)]):
+                assert time.monotonic() < deadline, "no re-placement was tried"
+                time.sleep(0.1)     # polling the logs, with a deadline
+        finally:
+            os.close(fd)            # the lock is free: the next try starts it
+        chaos.program.process.send_line("send 1000")
+        chaos.agent = spare         # it runs on "cd" now; "ca" stays down
+        chaos.finish(4000)
+    finally:
+        for process in (chaos.agent.process, chaos.program.process, spare.process):
             process.close()

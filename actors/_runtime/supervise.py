@@ -95,7 +95,9 @@ class Supervisor:
             # re-places its actors.)
             if info.claim is not None:
                 self.nursery.start_soon(self.cluster.release_name, info.name, info.claim)
-            if info.options["restart"] != "never":
+            if info.options["restart"] != "never" and info.started:
+                # (one that never started here is not this node's to forget: a re-placement that failed to start
+                # stays the coordinator's to try again)
                 self.nursery.start_soon(self.cluster.drop_spec, info.id)
             self.cluster.note_load()
 
