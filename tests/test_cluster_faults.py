@@ -231,3 +231,27 @@ def test_a_re_placement_that_fails_is_tried_again_until_it_starts(hosts, produce
     finally:
         for process in (chaos.agent.process, chaos.program.process, spare.process):
             process.close()
+
+
+def test_a_link_flap_shorter_than_the_lease_loses_nothing_and_loses_no_node(hosts, producers, tmp_path):
+    """The tally's node drops off the network for under a second, well within its lease: its connections survive
+    (TCP resends what the flap dropped), it stays a member, and the count is exact."""
+    cluster, extra = hosts
+    journals = tmp_path / "journals"
+    journals.mkdir(mode=0o700)
+    chaos = Chaos(cluster, extra[0], journals, "p-flap")
+    try:
+        chaos.program.process.send_line("send 4000")
+        while chaos.count() < 2000:
+            pass
+        cluster.link(chaos.host, up=False)
+        try:
+            time.sleep(0.8)         # the fault's length (not synchronisation): well under TTL - margin
+        finally:
+            cluster.link(chaos.host, up=True)
+        assert "ca" in chaos.nodes()
+        chaos.finish(8000)
+        assert "lost" not in chaos.agent.logged()
+    finally:
+        chaos.agent.process.close()
+        chaos.program.process.close()
