@@ -349,6 +349,8 @@ class Agent:
         self.name = name
         self.host = host
         self.log = os.path.join(hosts.dir, f"agent-{name}.log")
+        # a node restarted under its name logs to the same file: this one's part starts here
+        self.log_start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
         secret_file = os.path.join(hosts.dir, f"secret-{name}")
         fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -363,8 +365,10 @@ class Agent:
         self.address = line.rsplit(" ", 1)[1]
 
     def logged(self):
-        with open(self.log) as f:
-            return f.read()
+        """What this agent logged (not the agents of the same name before it)."""
+        with open(self.log, "rb") as f:
+            f.seek(self.log_start)
+            return f.read().decode(errors="replace")
 
     def stop(self):
         """SIGTERM, as a service manager stops it; what it left in its /dev/shm."""
