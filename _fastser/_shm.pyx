@@ -862,6 +862,19 @@ cdef class Arena:
     def decref_id(self, uint64_t off):
         self.decref(off)
 
+    def release_acked(self, object unacked, uint64_t seq):
+        """Drop the count held on each tell a persistent receiver has acked: pop every (sender seq, offset) whose
+        seq is at most `seq` from the front of the deque `unacked` (in seq order). One call per ack, not a Python
+        loop per message: the sender of a stream of tells runs this for every one of them."""
+        cdef tuple item
+        popleft = unacked.popleft
+        while unacked:
+            item = <tuple>unacked[0]
+            if <uint64_t>item[0] > seq:
+                break
+            popleft()
+            self.decref(<uint64_t>item[1])
+
     def incref_id(self, uint64_t off):
         self.incref(off)
 

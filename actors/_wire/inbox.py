@@ -300,6 +300,7 @@ class Inbox:
                     batch, ack = self.journal_batch(batch, epoch)
                     if ack:
                         self.send_ack(src, ack)
+                        self.flush_all()    # now, not after the batch: a sender at its window waits for it
                 self.handled += len(batch)
                 self.running = records = iter(batch)    # how far it has got, for status, at no cost per record
                 for rec in records:
