@@ -160,10 +160,18 @@ class Inbox:
         policy = SpinPolicy()
         epoch = 0
         quiet = None
-        if waiter is None:
-            fd = link.fileno()
-            if fd is not None:
+        fd = link.fileno()
+        if fd is not None:
+            if waiter is None:
                 quiet = QuietWait(fd)
+            else:
+                # an asker sleeps quietly too, when nothing else of the process could run meanwhile (the driver's
+                # program waiting for an answer, with the spin off); its spin goes on whatever else is runnable,
+                # as it always has. Made once per link: an ask costs no poll object of its own.
+                quiet = link.quiet
+                if quiet is None:
+                    quiet = link.quiet = QuietWait(fd)
+        alone = quiet.alone if quiet is not None and waiter is None else None
         try:
             while waiter is None or not waiter.kind:
                 if drained:                 # the last read came up short: the socket is empty, wait first
@@ -180,7 +188,7 @@ class Inbox:
                             spun = True
                             if waiter is None:      # a reader's spin runs from the end of its batch
                                 spin_until = time.perf_counter() + spin
-                        if time.perf_counter() < spin_until and (quiet is None or quiet.alone()):
+                        if time.perf_counter() < spin_until and (alone is None or alone()):
                             os.sched_yield()
                             continue
                         if waiter is None:
