@@ -103,6 +103,7 @@ class Endpoint(Inbox, Asks, Delivery):
         self.batch_task = None              # the task running the batch while busy
         self.queue_room = trio.Event()
         self.stopped = trio.Event()
+        self.halted = False                 # stopped.is_set(), as an attribute: the inbox checks it per record
         self.nursery: trio.Nursery | None = None
         self.closed = False
         self.listeners = transport.listeners(endpoint_id)
