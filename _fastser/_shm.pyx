@@ -108,19 +108,17 @@ cdef enum:
     FREE_AT_ONCE_ORDER = 10     # blocks of 64 KiB (64 << 10) or more are freed at once, even when frees are deferred
 
 
-cdef extern from "zlib.h":
-    unsigned long crc32_z(unsigned long crc, const uint8_t* buf, size_t n) nogil
+cdef extern from "crc32.h":
+    uint32_t actors_crc32(uint32_t crc, const uint8_t* buf, size_t n) nogil
 
 cdef enum:
     CRC_NOGIL = 65536           # records at least this long are checksummed with the GIL released
 
 
 cdef inline uint32_t _crc32(const uint8_t* p, size_t n, uint32_t crc) noexcept nogil:
-    # zlib's (table-driven, several bytes a step): the same value as zlib.crc32(data, crc). zlib reads a NULL
-    # buffer as a request for the initial value, so no bytes are no call.
-    if n == 0:
-        return crc
-    return <uint32_t>crc32_z(crc, p, n)
+    # zlib's CRC-32, the same value as zlib.crc32(data, crc), folded with PCLMULQDQ where the CPU has it
+    # (includes/crc32.h)
+    return actors_crc32(crc, p, n)
 
 
 def crc32(data, uint32_t crc=0):
@@ -814,19 +812,20 @@ cdef class Arena:
             memcpy(body + 24, &kind, 4)
             memset(body + 28, 0, 4)
             length = <uint32_t>(32 + o.size)
-            crc = _crc32(body, 32, 0)
-            if o.size >= CRC_NOGIL:     # the caller holds a count on the block: it stays put without the GIL
-                with nogil:
-                    crc = _crc32(<uint8_t*>o + OBJ_HEADER, o.size, crc)
-            else:
-                crc = _crc32(<uint8_t*>o + OBJ_HEADER, o.size, crc)
             at = PyByteArray_GET_SIZE(out)
             PyByteArray_Resize(out, at + 8 + length)
             p = PyByteArray_AS_STRING(out) + at
             memcpy(p, &length, 4)
-            memcpy(p + 4, &crc, 4)
             memcpy(p + 8, body, 32)
             memcpy(p + 40, <uint8_t*>o + OBJ_HEADER, o.size)
+            # one pass over the body as framed (a short record is too short to checksum in two calls); `out` is
+            # the caller's, and nothing else runs meanwhile, so it stays put without the GIL
+            if o.size >= CRC_NOGIL:
+                with nogil:
+                    crc = _crc32(<uint8_t*>p + 8, length, 0)
+            else:
+                crc = _crc32(<uint8_t*>p + 8, length, 0)
+            memcpy(p + 4, &crc, 4)
             keep.append(rec)
         return keep, seq, ack
 
@@ -861,6 +860,19 @@ cdef class Arena:
 
     def decref_id(self, uint64_t off):
         self.decref(off)
+
+    def release_acked(self, object unacked, uint64_t seq):
+        """Drop the count held on each tell a persistent receiver has acked: pop every (sender seq, offset) whose
+        seq is at most `seq` from the front of the deque `unacked` (in seq order). One call per ack, not a Python
+        loop per message: the sender of a stream of tells runs this for every one of them."""
+        cdef tuple item
+        popleft = unacked.popleft
+        while unacked:
+            item = <tuple>unacked[0]
+            if <uint64_t>item[0] > seq:
+                break
+            popleft()
+            self.decref(<uint64_t>item[1])
 
     def incref_id(self, uint64_t off):
         self.incref(off)

@@ -42,6 +42,36 @@ def test_ask_timeout():
     run(main)
 
 
+def test_an_asker_with_the_spin_off_sleeps_outside_trio_and_still_keeps_every_deadline(monkeypatch):
+    # With the spin off, the driver's program waits for its answer in one poll() (a QuietWait kept on the link)
+    # when nothing else of the process could run; that wait must still end for the ask's own timeout, and for a
+    # deadline of another task of the process (it sleeps no further than the next deadline).
+    from actors._wire import asks
+    monkeypatch.setattr(asks, "SPIN", 0.0)
+
+    async def main(system):
+        ref = await system.spawn(Sleeper, name="sleeper")
+        assert await ref.ask(("fast",)) == "fast"
+        ticks = []
+
+        async def ticker():
+            for _ in range(5):
+                await trio.sleep(0.05)
+                ticks.append(time.monotonic())
+
+        t0 = time.monotonic()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            with pytest.raises(AskTimeoutError):
+                await ref.ask(("sleep", 2.0), timeout=0.5)
+        assert 0.5 <= time.monotonic() - t0 < 1.5
+        assert len(ticks) == 5 and ticks[-1] - t0 < 1.0, [t - t0 for t in ticks]
+        assert system.endpoint.links[ref.id].quiet is not None      # it did wait quietly
+        assert await ref.ask(("fast",)) == "fast"
+
+    run(main)
+
+
 def test_ask_to_an_actor_that_dies_mid_ask():
     async def main(system):
         ref = await system.spawn(Suicidal, name="suicidal")

@@ -19,25 +19,25 @@ log = logging.getLogger(__name__)
 class Delivery:
     """The persistent-delivery side of `Endpoint` (a part of it, kept in its own room)."""
 
-    def _post_unacked(self, link, obj):
-        # A tell to a persistent actor: numbered, and its payload held (a second count) until the actor acks
-        # having journaled it. Only (seq, offset) is kept: the record is rebuilt to resend it.
+    def _post_unacked(self, link, obj) -> int:
+        """Put a tell to a persistent actor in the store and its record in `link`'s outbox (or nowhere, while the
+        link is dead): numbered, and its payload held (a second count) until the actor acks having journaled it.
+        Only (seq, offset) is kept: the record is rebuilt to resend it. The payload's size; `post` does the rest."""
         seq = next(self.calls)
         out = link.out if not link.dead else bytearray()
-        size = self.arena.post_record(obj, out, TELL, self.id, seq, True)
+        arena = self.arena
+        size = arena.post_record(obj, out, TELL, self.id, seq, True)
         if size < 0:
             raise self._store_full(obj)
-        if link.remote and self.arena.payload_refs(self.arena.last_offset):
-            self.arena.decref_id(self.arena.last_offset)     # the count held for the resend
+        off = arena.last_offset
+        if link.remote and arena.payload_refs(off):
+            arena.decref_id(off)        # the count held for the resend
             self._refuse_refs(link, out)
-        link.unacked.append((seq, self.arena.last_offset))
-        if not link.dead:
-            self._queued(link, size, wake=not self.in_batch())
-        return link
+        link.unacked.append((seq, off))
+        return size
 
     def _acked(self, link, seq: int) -> None:
-        while link.unacked and link.unacked[0][0] <= seq:
-            self.arena.decref_id(link.unacked.popleft()[1])
+        self.arena.release_acked(link.unacked, seq)
         link.room.set()
 
     def send_ack(self, src: int, seq: int) -> None:

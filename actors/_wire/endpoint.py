@@ -75,6 +75,7 @@ class Endpoint(Inbox, Asks, Delivery):
         self.handler = handler
         self.on_death = handler.on_death
         self.limit = mailbox_size * RECORD_SIZE
+        self.max_unacked = mailbox_size     # tells a persistent receiver has not acked yet, at most
         self.names = names if names is not None else {}
         self.links: dict[int, Link] = {}
         self.reply_links: dict[int, Link] = {}  # src -> the connection its requests arrive on
@@ -102,6 +103,7 @@ class Endpoint(Inbox, Asks, Delivery):
         self.batch_task = None              # the task running the batch while busy
         self.queue_room = trio.Event()
         self.stopped = trio.Event()
+        self.halted = False                 # stopped.is_set(), as an attribute: the inbox checks it per record
         self.nursery: trio.Nursery | None = None
         self.closed = False
         self.listeners = transport.listeners(endpoint_id)
@@ -279,12 +281,13 @@ class Endpoint(Inbox, Asks, Delivery):
             link = self.links.get(peer)
             if link is None or link.dead:
                 if link is not None and link.persistent and kind == TELL:
-                    return self._post_unacked(link, obj)      # it is restarting: held, resent when it is back
+                    self._post_unacked(link, obj)       # it is restarting: held, resent when it is back
+                    return link
                 link = self._link(peer)
-            if link.persistent and kind == TELL:
-                return self._post_unacked(link, obj)
         arena = self.arena
-        if type(obj) is _ndarray and type(obj.base) is SharedBlock and obj.base.owns(obj):
+        if link.persistent and kind == TELL:
+            size = self._post_unacked(link, obj)
+        elif type(obj) is _ndarray and type(obj.base) is SharedBlock and obj.base.owns(obj):
             obj.flags.writeable = False         # an actors.shared_array is its own message: no copy
             placed = arena.put_shared(obj.base)
             size = obj.nbytes
@@ -304,9 +307,12 @@ class Endpoint(Inbox, Asks, Delivery):
             self._send_first(link)
             if not link.out:
                 return link
-        # What _queued does, inline: this runs for every message, and a call costs it 5%.
         link.unsent_bytes += size
         if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
+            # Stream rather than burst: a few hundred records per write keep a busy receiver fed (and on its own
+            # CPU) for a syscall per few hundred messages. Large payloads go out at once: batching them would hold
+            # many blocks of fresh, cold memory, where a prompt send lets the receiver release each one for the
+            # next to reuse, warm.
             self._flush(link)
             link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
         if not link.draining:
@@ -332,18 +338,6 @@ class Endpoint(Inbox, Asks, Delivery):
 
     def _store_full(self, obj) -> StoreFull:
         return StoreFull(self.arena.prepare(obj))
-
-    def _queued(self, link: Link, size: int, wake: bool) -> None:
-        """Account for a record just appended to `link.out`, with `size` payload bytes behind it."""
-        link.unsent_bytes += size
-        if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
-            # Stream rather than burst: a few hundred records per write keep a busy receiver fed (and on its
-            # own CPU) for a syscall per few hundred messages. Large payloads go out at once: batching them
-            # would hold many blocks of fresh, cold memory, where a prompt send lets the receiver release each
-            # one for the next to reuse, warm.
-            self._flush(link)
-            link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
-        self._dirty(link, wake)
 
     def _dirty(self, link: Link, wake: bool) -> None:
         """`link` has records to write: list it for the next flush, and wake the flusher if asked."""
@@ -467,10 +461,10 @@ class Endpoint(Inbox, Asks, Delivery):
         return link
 
     def full(self, link: Link) -> bool:
-        return len(link.out) >= self.limit or (link.persistent and len(link.unacked) >= self.limit // RECORD_SIZE)
+        return len(link.out) >= self.limit or (link.persistent and len(link.unacked) >= self.max_unacked)
 
     async def room(self, link: Link) -> None:
-        while link.persistent and (link.dead or len(link.unacked) >= self.limit // RECORD_SIZE):
+        while link.persistent and (link.dead or len(link.unacked) >= self.max_unacked):
             if link.room.is_set():
                 link.room = trio.Event()
             # What this task queued must leave before it sleeps: a handler's records otherwise wait for the end of

@@ -160,10 +160,18 @@ class Inbox:
         policy = SpinPolicy()
         epoch = 0
         quiet = None
-        if waiter is None:
-            fd = link.fileno()
-            if fd is not None:
+        fd = link.fileno()
+        if fd is not None:
+            if waiter is None:
                 quiet = QuietWait(fd)
+            else:
+                # an asker sleeps quietly too, when nothing else of the process could run meanwhile (the driver's
+                # program waiting for an answer, with the spin off); its spin goes on whatever else is runnable,
+                # as it always has. Made once per link: an ask costs no poll object of its own.
+                quiet = link.quiet
+                if quiet is None:
+                    quiet = link.quiet = QuietWait(fd)
+        alone = quiet.alone if quiet is not None and waiter is None else None
         try:
             while waiter is None or not waiter.kind:
                 if drained:                 # the last read came up short: the socket is empty, wait first
@@ -180,7 +188,7 @@ class Inbox:
                             spun = True
                             if waiter is None:      # a reader's spin runs from the end of its batch
                                 spin_until = time.perf_counter() + spin
-                        if time.perf_counter() < spin_until and (quiet is None or quiet.alone()):
+                        if time.perf_counter() < spin_until and (alone is None or alone()):
                             os.sched_yield()
                             continue
                         if waiter is None:
@@ -234,9 +242,9 @@ class Inbox:
                     continue
                 if link.peer < 0:
                     self._reply_link(work[0][2], link)
-                if self.busy or self.queue or self.stopped.is_set() or self.handle is None:
+                if self.busy or self.queue or self.halted or self.handle is None:
                     await self._enqueue((work, epoch))
-                    if not self.busy and self.queue and not self.stopped.is_set() and self.handle is not None:
+                    if not self.busy and self.queue and not self.halted and self.handle is not None:
                         # the handlers went idle while we waited for room: nobody else will run the queue
                         work, epoch = self.queue.popleft()
                         self.queue_room.set()
@@ -274,11 +282,11 @@ class Inbox:
 
     async def _enqueue(self, work: tuple) -> None:
         # Queue a batch while the handlers are busy; wait while the queue is full (backpressure reaches the socket).
-        while len(self.queue) >= INBOX_BATCHES and not self.stopped.is_set():
+        while len(self.queue) >= INBOX_BATCHES and not self.halted:
             if self.queue_room.is_set():
                 self.queue_room = trio.Event()
             await self.queue_room.wait()
-        if self.stopped.is_set():
+        if self.halted:
             self._release(work[0])
             return
         self.queue.append(work)
@@ -294,16 +302,17 @@ class Inbox:
         self.batch_task = trio.lowlevel.current_task()
         try:
             while True:
-                if self.journal_batch is not None and batch and not self.stopped.is_set():
+                if self.journal_batch is not None and batch and not self.halted:
                     # a persistent actor journals the batch (dropping what it already has), acks, then handles
                     src = batch[0][2]
                     batch, ack = self.journal_batch(batch, epoch)
                     if ack:
                         self.send_ack(src, ack)
+                        self.flush_all()    # now, not after the batch: a sender at its window waits for it
                 self.handled += len(batch)
                 self.running = records = iter(batch)    # how far it has got, for status, at no cost per record
                 for rec in records:
-                    if self.stopped.is_set():
+                    if self.halted:
                         self.arena.decref_id(rec[0])
                         continue
                     # a tell goes straight to the actor's receive; anything else (or a tell that does not decode
@@ -346,7 +355,7 @@ class Inbox:
             self.nursery.start_soon(self._run_queued)
 
     async def _run_queued(self) -> None:
-        if self.queue and not self.busy and not self.stopped.is_set():
+        if self.queue and not self.busy and not self.halted:
             batch, epoch = self.queue.popleft()
             self.queue_room.set()
             await self._run(batch, epoch)
@@ -357,6 +366,7 @@ class Inbox:
 
     def stop_receiving(self) -> None:
         """Release whatever is queued; later records are released on arrival (dead letters)."""
+        self.halted = True
         self.stopped.set()
         while self.queue:
             self._release(self.queue.popleft()[0])

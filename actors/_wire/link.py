@@ -28,7 +28,7 @@ class Link(abc.ABC):
     """
     __slots__ = ("peer", "out", "draining", "room", "dead", "reading", "handover", "inbuf", "have", "unsent_bytes",
                  "flush_mark", "persistent", "unacked", "checked", "incarnation", "remote", "pending", "why", "lead",
-                 "lead_bytes", "lead_policy")
+                 "lead_bytes", "lead_policy", "quiet")
 
     def __init__(self, peer: int):
         self.peer = peer
@@ -59,6 +59,7 @@ class Link(abc.ABC):
         self.handover = None            # made when a second asker has to wait for the reading
         self.inbuf = bytearray(RECORD_SIZE * 64)
         self.have = 0
+        self.quiet = None               # how an asker sleeps without a pass through trio (an inbox.QuietWait)
 
     async def establish(self) -> None:
         """Finish opening a pending link (one whose transport cannot open it at once without blocking); an

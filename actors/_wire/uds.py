@@ -61,6 +61,7 @@ class UnixLink(SocketLink):
     def adopt(self, fresh: UnixLink) -> None:
         self._attach(fresh.sock)
         self.incarnation = fresh.incarnation
+        self.quiet = None               # it polled the old socket
 
 
 class UnixListener(Listener):
