@@ -199,8 +199,7 @@ class Journal:
         self.since_snapshot = 0
         self.syncs = 0                  # fsyncs of the journal so far: what a policy costs, for tests and benchmarks
         self.epoch = epoch
-        self.generation = 0             # this writer's, when fenced (epoch given)
-        self.epoch_fd = None
+        self.generation = 0             # this writer's, when fenced (epoch given); 0: not fenced
         self.mark = b""                 # the marker record each batch starts with
         self.lock_fd = self._lock() if lock else None
 
@@ -227,7 +226,7 @@ class Journal:
 
     def write_snapshot(self, state) -> None:
         """Store `state` as covering every record journaled so far, then start a new journal segment."""
-        if self.epoch_fd is not None:
+        if self.generation:
             self.check_fence()          # a replaced writer's snapshot would hide the newer writer's records
         # the envelope is the fast codec's; only the state itself goes through the app's serialize
         body = _codec.dumps({"seq": self.seq, "state": self._encode_state(state), "seen": dict(self.seen)})
@@ -337,7 +336,7 @@ class Journal:
             self.flush()                # in the OS: safe from a process crash; fsynced every interval
         else:
             self.sync()
-        if self.epoch_fd is not None:
+        if self.generation:
             self.check_fence()          # before anything of the batch is acked
         return keep, ack
 
@@ -363,10 +362,9 @@ class Journal:
             self.file.close()
             self.file = None
             self.file_path = None
-        for fd in (self.epoch_fd, self.lock_fd):
-            if fd is not None:
-                os.close(fd)
-        self.epoch_fd = self.lock_fd = None
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     # -- fencing ---------------------------------------------------------------------------------------------------
 
@@ -405,10 +403,8 @@ class Journal:
             self.generation = last_gen + 1
             os.pwrite(fd, EPOCH.pack(self.epoch, self.generation), 0)
             os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        self.epoch_fd = fd
+        finally:
+            os.close(fd)                # (each check opens it again: see check_fence)
         body = BODY.pack(0, self.epoch, self.generation, MARK, 0)
         self.mark = HEAD.pack(len(body), zlib.crc32(body)) + body
 
