@@ -33,6 +33,33 @@ cdef extern from "numpy/arrayobject.h":
 
 cnp.import_array()
 
+cdef extern from "Python.h":
+    # The layout of a bytearray (the same from CPython 3.10 to 3.13), for `_append_room`.
+    ctypedef struct PyByteArrayObject:
+        Py_ssize_t ob_alloc
+        char* ob_bytes
+        char* ob_start
+        Py_ssize_t ob_exports
+    void Py_SET_SIZE(object o, Py_ssize_t size)
+
+OUTBOX_MIN_ROOM = 8192
+
+
+cdef inline char* _append_room(bytearray out, Py_ssize_t add) except NULL:
+    """Lengthen `out` by `add` bytes; where they start. An outbox or a journal batch grows a record at a time, and
+    is emptied at each write: bytearray's own resizing gives the memory back on emptying, then grows by an exact
+    fit while it is small (a realloc per record). This takes room in doubling steps and keeps it."""
+    cdef PyByteArrayObject* b = <PyByteArrayObject*>out
+    cdef Py_ssize_t at = PyByteArray_GET_SIZE(out)
+    cdef Py_ssize_t want = at + add
+    if b.ob_exports != 0 or want + 1 > b.ob_alloc - (b.ob_start - b.ob_bytes):
+        # resized for real (a BufferError while exported): to at least twice the size, kept when shrunk back
+        PyByteArray_Resize(out, max(want, 2 * at, OUTBOX_MIN_ROOM))
+    Py_SET_SIZE(out, want)
+    b.ob_start[want] = 0
+    return b.ob_start + at
+
+
 cdef extern from "sys/mman.h":
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset) nogil
     int munmap(void* addr, size_t length) nogil
@@ -654,7 +681,7 @@ cdef class Arena:
         acks it); its offset is in `last_offset`."""
         cdef list refs = []
         cdef Encoder enc = self._encode(obj, refs)
-        cdef Py_ssize_t n = enc.total, size, at
+        cdef Py_ssize_t n = enc.total, size
         cdef uint64_t generation = 0
         cdef int64_t off
         cdef char* rec
@@ -668,9 +695,7 @@ cdef class Arena:
             return -1
         self.last_offset = <uint64_t>off
         self.last_generation = generation
-        at = PyByteArray_GET_SIZE(out)
-        PyByteArray_Resize(out, at + RECORD_SIZE)
-        rec = PyByteArray_AS_STRING(out) + at
+        rec = _append_room(out, RECORD_SIZE)
         memcpy(rec, &off, 8)
         memcpy(rec + RECORD_KIND_AT, &kind, 4)
         memcpy(rec + RECORD_SRC_AT, &src, 4)
@@ -786,7 +811,6 @@ cdef class Arena:
         cdef uint64_t off, call, ack = 0, zero = 0
         cdef uint32_t kind, length, crc
         cdef object_header* o
-        cdef Py_ssize_t at
         cdef char* p
         cdef uint8_t body[40]
         for rec in batch:
@@ -812,9 +836,7 @@ cdef class Arena:
             memcpy(body + 24, &kind, 4)
             memset(body + 28, 0, 4)
             length = <uint32_t>(32 + o.size)
-            at = PyByteArray_GET_SIZE(out)
-            PyByteArray_Resize(out, at + 8 + length)
-            p = PyByteArray_AS_STRING(out) + at
+            p = _append_room(out, 8 + length)
             memcpy(p, &length, 4)
             memcpy(p + 8, body, 32)
             memcpy(p + 40, <uint8_t*>o + OBJ_HEADER, o.size)

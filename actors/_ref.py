@@ -5,9 +5,14 @@ the endpoint's public sending API only: `post`, `post_when_room`, `full`, `room`
 """
 from __future__ import annotations
 
+import numpy as np
+
 from _fastser import _codec
 from actors._exceptions import RemoteActorError, StoreFull
+from actors._wire.endpoint import FLUSH_BYTES, LARGE_BYTES
 from actors._wire.protocol import ASK, CALL, NODE_SHIFT, TELL
+
+_ndarray = np.ndarray
 
 # The running system of this process; ActorRefs decoded here talk through it. Set by `set_current_system` only.
 _system = None
@@ -36,14 +41,38 @@ class ActorRef:
         `SerializationError` (and sends nothing) if the message cannot be encoded."""
         system = _system
         ep = system.endpoint
-        if self.id not in ep.links:
-            ep.introduce(self.id, self.name, self.persistent)
         if system.serialize is not None:
             message = system.serialize(message)
-        try:
-            link = ep.post(self.id, TELL, message)
-        except StoreFull as full:
-            link = await ep.post_when_room(self.id, TELL, full.prepared, 0)
+        link = ep.links.get(self.id)
+        size = -1
+        # A stream of tells, inline (this runs for every tell): a message to a peer on this machine whose link
+        # already has records waiting joins them, and leaves with them. Everything else (the first record after
+        # a write, which also tells whether the peer is still there; a shared array; a full store; another
+        # machine) takes `Endpoint.post`.
+        if link is not None and link.out and not link.dead and not link.remote and type(message) is not _ndarray:
+            arena = ep.arena
+            if link.persistent:
+                seq = next(ep.calls)
+                size = arena.post_record(message, link.out, TELL, ep.id, seq, True)
+                if size >= 0:
+                    link.unacked.append((seq, arena.last_offset))     # held until the actor acks it
+            else:
+                size = arena.post_record(message, link.out, TELL, ep.id, 0)
+            if size >= 0:
+                if size >= LARGE_BYTES:
+                    ep.lead(link, size)
+                link.unsent_bytes += size
+                if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
+                    ep.flush_now(link)
+                if not link.draining:
+                    ep.dirty_link(link)
+        if size < 0:
+            if link is None:
+                ep.introduce(self.id, self.name, self.persistent)
+            try:
+                link = ep.post(self.id, TELL, message)
+            except StoreFull as full:
+                link = await ep.post_when_room(self.id, TELL, full.prepared, 0)
         # ep.full(link), inline: this runs for every tell
         if len(link.out) >= ep.limit or (link.persistent and len(link.unacked) >= ep.max_unacked):
             await ep.room(link)

@@ -299,10 +299,7 @@ class Endpoint(Inbox, Asks, Delivery):
             if link.remote and arena.payload_refs(arena.last_offset):
                 self._refuse_refs(link, link.out)
             if size >= LARGE_BYTES:
-                link.lead.append((arena.last_offset, arena.last_generation, size))
-                link.lead_bytes += size
-                if link.lead_bytes > LEAD_BYTES:
-                    self._keep_lead(link)
+                self.lead(link, size)
         if len(link.out) == RECORD_SIZE and not link.reading:
             self._send_first(link)
             if not link.out:
@@ -313,14 +310,31 @@ class Endpoint(Inbox, Asks, Delivery):
             # CPU) for a syscall per few hundred messages. Large payloads go out at once: batching them would hold
             # many blocks of fresh, cold memory, where a prompt send lets the receiver release each one for the
             # next to reuse, warm.
-            self._flush(link)
-            link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
+            self.flush_now(link)
         if not link.draining:
-            link.draining = True
-            self.dirty.append(link)
-            if not flush and not self.in_batch():
-                self.wake.set()     # the flusher writes it as soon as this task yields
+            self.dirty_link(link, flush)
         return link
+
+    def dirty_link(self, link: Link, flush: bool = False) -> None:
+        """List `link` (not listed yet) for the next flush; unless told that the caller flushes, or it is the task
+        running a batch (`in_batch`), wake the flusher, which writes it as soon as this task yields."""
+        link.draining = True
+        self.dirty.append(link)
+        if not flush and not self.in_batch():
+            self.wake.set()
+
+    def lead(self, link: Link, size: int) -> None:
+        """The large message just posted on `link` counts towards its lead over the receiver (`_keep_lead`)."""
+        arena = self.arena
+        link.lead.append((arena.last_offset, arena.last_generation, size))
+        link.lead_bytes += size
+        if link.lead_bytes > LEAD_BYTES:
+            self._keep_lead(link)
+
+    def flush_now(self, link: Link) -> None:
+        """Write what `link` holds now (a few hundred records, or FLUSH_BYTES of payloads, are waiting)."""
+        self._flush(link)
+        link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
 
     def in_batch(self) -> bool:
         """Is this the task running a batch of handlers? Its records leave when the batch ends (`Inbox._run`
