@@ -9,7 +9,11 @@ cdef enum:
     RECORD_SRC_AT = 12
     RECORD_CALL_AT = 16
 
-# The record kinds the store core acts on.
+# The record kinds the store core acts on, or tells apart (`split_records`).
 cdef enum:
     KIND_TELL = 1
+    KIND_REPLY = 5
+    KIND_ERROR = 6
     KIND_STOP = 9
+    KIND_HELLO = 10
+    KIND_NODE_GONE = 13

@@ -22,8 +22,8 @@ from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
 from _fastser._codec cimport Decoder, Encoder, Registry
-from _fastser._records cimport (KIND_STOP, KIND_TELL, RECORD_CALL_AT, RECORD_KIND_AT, RECORD_SIZE,
-                               RECORD_SRC_AT)
+from _fastser._records cimport (KIND_ERROR, KIND_HELLO, KIND_NODE_GONE, KIND_REPLY, KIND_STOP, KIND_TELL,
+                               RECORD_CALL_AT, RECORD_KIND_AT, RECORD_SIZE, RECORD_SRC_AT)
 from _fastser._errors import ActorsError
 
 cdef extern from "numpy/arrayobject.h":
@@ -1020,7 +1020,36 @@ def record_layout():
     """The record layout and kinds this module was compiled with (from `_records.pxd`), for checking that the
     Python side (`actors._wire.protocol`) declares the same."""
     return {"size": RECORD_SIZE, "kind_at": RECORD_KIND_AT, "src_at": RECORD_SRC_AT, "call_at": RECORD_CALL_AT,
-            "TELL": KIND_TELL, "STOP": KIND_STOP}
+            "TELL": KIND_TELL, "REPLY": KIND_REPLY, "ERROR": KIND_ERROR, "STOP": KIND_STOP, "HELLO": KIND_HELLO,
+            "NODE_GONE": KIND_NODE_GONE}
+
+
+def split_records(bytearray buf, Py_ssize_t n):
+    """The records in the first `n` bytes of `buf` (a whole number of them), as (offset, kind, src, call) tuples:
+    (work, control). Control records are the ones a reader acts on itself, in order: replies and errors for its
+    asks, and the records with no payload (HELLO to ACK, STATUS, NODE_GONE); work is the rest, for the handler.
+    `control` is None when there are none (a stream of tells). One call per read, not a loop of Python per record."""
+    cdef const char* p = PyByteArray_AS_STRING(buf)
+    cdef Py_ssize_t at
+    cdef uint64_t off, call
+    cdef uint32_t kind, src
+    cdef list work = []
+    cdef list control = None
+    if n < 0 or n > PyByteArray_GET_SIZE(buf) or n % RECORD_SIZE:
+        raise ValueError(f"not a whole number of records in the buffer: {n} bytes")
+    for at in range(0, n, RECORD_SIZE):
+        memcpy(&off, p + at, 8)
+        memcpy(&kind, p + at + RECORD_KIND_AT, 4)
+        memcpy(&src, p + at + RECORD_SRC_AT, 4)
+        memcpy(&call, p + at + RECORD_CALL_AT, 8)
+        rec = (off, kind, src, call)
+        if kind == KIND_REPLY or kind == KIND_ERROR or KIND_HELLO <= kind <= KIND_NODE_GONE:
+            if control is None:
+                control = []
+            control.append(rec)
+        else:
+            work.append(rec)
+    return work, control
 
 
 def _ref_from_pickle(name, offset, generation):

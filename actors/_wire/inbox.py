@@ -14,8 +14,9 @@ import time
 
 import trio
 
+from _fastser._shm import split_records
 from actors._wire.asks import SPIN, resolve
-from actors._wire.protocol import ACK, ERROR, HELLO, NODE_GONE, RECORD, RECORD_SIZE, REPLY, STATUS, TELL
+from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, STATUS, TELL
 
 INBOX_BATCHES = 8
 READ_SIZE = 1 << 18
@@ -151,7 +152,7 @@ class Inbox:
         view = memoryview(buf)
         size = len(buf)
         have = link.have
-        unpack = RECORD.iter_unpack
+        split = split_records
         pending = self.pending
         recv_into = link.recv_into
         drained = False
@@ -211,17 +212,17 @@ class Inbox:
                     drained = False             # spin for the next records before sleeping
                 have += n
                 usable = have - have % RECORD_SIZE
-                work = []
-                for rec in unpack(view[:usable]):
-                    kind = rec[1]
-                    if kind == REPLY or kind == ERROR:
-                        waiter_of = pending.pop(rec[3], None)
-                        if waiter_of is None:
-                            self.arena.decref_id(rec[0])     # its ask timed out: a dead letter
-                            continue
-                        resolve(waiter_of, kind, rec[0])
-                    elif kind >= HELLO:                     # HELLO, ACK or STATUS: no payload
-                        if kind == HELLO:
+                work, control = split(buf, usable)
+                if control is not None:         # the reader's own records, in order, before the work they came with
+                    for rec in control:
+                        kind = rec[1]
+                        if kind == REPLY or kind == ERROR:
+                            waiter_of = pending.pop(rec[3], None)
+                            if waiter_of is None:
+                                self.arena.decref_id(rec[0])     # its ask timed out: a dead letter
+                                continue
+                            resolve(waiter_of, kind, rec[0])
+                        elif kind == HELLO:         # the first record on a link: nothing it carries came before
                             epoch = rec[3]
                             if link.peer < 0:
                                 self._reply_link(rec[2], link)
@@ -229,12 +230,8 @@ class Inbox:
                             self._acked(link, rec[3])
                         elif kind == STATUS:
                             self._answer_status(link)
-                        elif kind == NODE_GONE:
+                        else:                       # NODE_GONE
                             self.node_gone(rec[3])
-                        else:
-                            work.append(rec)
-                    else:
-                        work.append(rec)
                 if usable < have:
                     buf[:have - usable] = buf[usable:have]
                 have -= usable
