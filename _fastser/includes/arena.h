@@ -87,8 +87,28 @@ static inline uint8_t *arena_table(arena_header *h) { return (uint8_t *)h + h->t
 
 static void arena_rebuild_locked(arena_header *h);
 
+/* Tries before sleeping on the lock. A holder keeps it for a free of a batch's blocks or one allocation, a few
+ * microseconds at most: a process that finds it taken does better to wait that long on its CPU than to sleep in
+ * the kernel and be woken (two system calls, and a wakeup that costs the holder too). */
+#define LOCK_SPINS 2000
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
 static int arena_lock(arena_header *h) {
-    int rc = pthread_mutex_lock(&h->lock);
+    int rc, i;
+    for (i = 0; i < LOCK_SPINS; i++) {
+        rc = pthread_mutex_trylock(&h->lock);
+        if (rc != EBUSY)
+            goto taken;
+        cpu_relax();
+    }
+    rc = pthread_mutex_lock(&h->lock);
+taken:
     if (rc == EOWNERDEAD) {
         /* Its holder died inside a critical section, perhaps halfway through a free-list update: rebuild the lists
          * from the block table before anyone uses them. Marked consistent only afterwards, so a rebuild that is
