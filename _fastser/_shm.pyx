@@ -14,7 +14,8 @@ cimport numpy as cnp
 from cpython.ref cimport Py_INCREF, PyObject
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memmove
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
@@ -204,6 +205,52 @@ _os.register_at_fork(after_in_child=_after_fork_in_child)
 # The refs met while encoding one message: the message holds a count on each for as long as it lives.
 cdef list _collecting = None
 cdef object _putting_into = None
+
+
+cdef class Held:
+    """The tells a sender holds for one persistent receiver until it acks them: (sender seq, store offset) pairs,
+    in seq order, each with a count on its block (`Arena.post_held`, `Arena.release_acked`). C pairs in one array,
+    not a deque of tuples: a stream of tells adds one per message."""
+    cdef uint64_t* items        # seq, offset; the live ones from `head`, `n` of them
+    cdef Py_ssize_t cap, head, n
+
+    def __cinit__(self):
+        self.cap = 64
+        self.head = self.n = 0
+        self.items = <uint64_t*>malloc(2 * self.cap * sizeof(uint64_t))
+        if self.items == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.items)
+
+    cdef int push(self, uint64_t seq, uint64_t off) except -1:
+        cdef uint64_t* items
+        if self.head + self.n == self.cap:
+            if self.head >= self.cap // 2:      # half of it is acked already: move the rest to the front
+                memmove(self.items, self.items + 2 * self.head, 2 * self.n * sizeof(uint64_t))
+                self.head = 0
+            else:
+                items = <uint64_t*>realloc(self.items, 4 * self.cap * sizeof(uint64_t))
+                if items == NULL:
+                    raise MemoryError()
+                self.items = items
+                self.cap *= 2
+        self.items[2 * (self.head + self.n)] = seq
+        self.items[2 * (self.head + self.n) + 1] = off
+        self.n += 1
+        return 0
+
+    def append(self, uint64_t seq, uint64_t off):
+        """Hold (seq, off) after the others (its seq above theirs)."""
+        self.push(seq, off)
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        """The (seq, offset) pairs held, in order (a copy: the caller may post meanwhile)."""
+        return iter([(self.items[2 * i], self.items[2 * i + 1]) for i in range(self.head, self.head + self.n)])
 
 
 cdef class Arena:
@@ -883,18 +930,45 @@ cdef class Arena:
     def decref_id(self, uint64_t off):
         self.decref(off)
 
-    def release_acked(self, object unacked, uint64_t seq):
-        """Drop the count held on each tell a persistent receiver has acked: pop every (sender seq, offset) whose
-        seq is at most `seq` from the front of the deque `unacked` (in seq order). One call per ack, not a Python
-        loop per message: the sender of a stream of tells runs this for every one of them."""
-        cdef tuple item
-        popleft = unacked.popleft
-        while unacked:
-            item = <tuple>unacked[0]
-            if <uint64_t>item[0] > seq:
+    cpdef Py_ssize_t post_held(self, object obj, bytearray out, uint32_t src, object calls, Held held) except -2:
+        """`post_record` of a tell to a persistent receiver: numbered with the next of `calls` (an iterator of
+        ints), and its block held (a second count) in `held` until the receiver acks it. -1 when the store is
+        full (nothing was done, no number taken). The sender of a stream of tells runs this for every one."""
+        cdef Py_ssize_t size = self.post_record(obj, out, KIND_TELL, src, 0, True)
+        cdef uint64_t seq
+        if size < 0:
+            return size
+        seq = next(calls)
+        held.push(seq, self.last_offset)
+        memcpy(PyByteArray_AS_STRING(out) + PyByteArray_GET_SIZE(out) - RECORD_SIZE + RECORD_CALL_AT, &seq, 8)
+        return size
+
+    def release_acked(self, Held held, uint64_t seq):
+        """Drop the count held on each tell a persistent receiver has acked: every one in `held` whose seq is at
+        most `seq` (they are in seq order). One call per ack, not a Python loop per message."""
+        cdef uint64_t* item
+        while held.n:
+            item = held.items + 2 * held.head
+            if item[0] > seq:
                 break
-            popleft()
-            self.decref(<uint64_t>item[1])
+            held.head += 1
+            held.n -= 1
+            self.decref(item[1])
+
+    def release_newest(self, Held held):
+        """Drop the count on the tell `held` got last, and forget it (it is not sent after all)."""
+        if held.n:
+            held.n -= 1
+            self.decref(held.items[2 * (held.head + held.n) + 1])
+
+    def release_held(self, Held held):
+        """Drop every count `held` holds (its receiver stopped for good); how many there were."""
+        cdef Py_ssize_t n = held.n
+        while held.n:
+            self.decref(held.items[2 * held.head + 1])
+            held.head += 1
+            held.n -= 1
+        return n
 
     def incref_id(self, uint64_t off):
         self.incref(off)

@@ -51,11 +51,8 @@ class ActorRef:
         # machine) takes `Endpoint.post`.
         if link is not None and link.out and not link.dead and not link.remote and type(message) is not _ndarray:
             arena = ep.arena
-            if link.persistent:
-                seq = next(ep.calls)
-                size = arena.post_record(message, link.out, TELL, ep.id, seq, True)
-                if size >= 0:
-                    link.unacked.append((seq, arena.last_offset))     # held until the actor acks it
+            if link.persistent:         # numbered, and held until the actor acks it
+                size = arena.post_held(message, link.out, ep.id, ep.calls, link.unacked)
             else:
                 size = arena.post_record(message, link.out, TELL, ep.id, 0)
             if size >= 0:

@@ -26,7 +26,7 @@ import pytest
 import trio
 
 import actors
-from _fastser import _codec
+from _fastser import _codec, _shm
 from actors import ActorNotFoundError, ActorsError, SpawnError, _store
 from actors._wire import protocol as mb
 from actors._persist import Journal, PersistenceError
@@ -374,27 +374,55 @@ def test_the_actors_batch_framing_matches_the_journal_format(tmp_path, store):
 
 
 def test_an_ack_releases_the_held_tells_up_to_its_seq_and_no_further(store):
-    """A sender holds a count on each tell to a persistent actor until it is acked (Arena.release_acked): an ack
-    for seq 3 frees tells 1 to 3 (the receiver's counts are gone already), keeps 4 and 5, and an ack at or below
-    what was acked already releases nothing."""
-    import collections
+    """A sender holds a count on each tell to a persistent actor until it is acked (Arena.post_held,
+    Arena.release_acked): an ack for seq 3 frees tells 1 to 3 (the receiver's counts are gone already), keeps 4
+    and 5, and an ack at or below what was acked already releases nothing."""
+    import itertools
     arena = store._arena
     out = bytearray()
-    unacked = collections.deque()
+    held = _shm.Held()
+    calls = itertools.count(1)
     for seq in range(1, 6):
-        assert arena.post_record(("tell", seq), out, TELL, 3, seq, True) > 0
-        unacked.append((seq, arena.last_offset))
+        assert arena.post_held(("tell", seq), out, 3, calls, held) > 0
+    records = [mb.RECORD.unpack_from(out, i * mb.RECORD_SIZE) for i in range(5)]
+    assert [(kind, src, call) for _off, kind, src, call in records] == [(TELL, 3, seq) for seq in range(1, 6)]
+    assert list(held) == [(seq, off) for off, _kind, _src, seq in records]
     base = store.stats()["objects"] - 5
-    for off, *_ in (mb.RECORD.unpack_from(out, i * mb.RECORD_SIZE) for i in range(5)):
+    for off, *_ in records:
         arena.decref_id(off)                # the receiver's counts: handled
     assert store.stats()["objects"] == base + 5     # still held by the sender
-    arena.release_acked(unacked, 3)
-    assert [seq for seq, _ in unacked] == [4, 5]
+    arena.release_acked(held, 3)
+    assert [seq for seq, _ in held] == [4, 5] and len(held) == 2
     assert store.stats()["objects"] == base + 2
-    arena.release_acked(unacked, 3)
-    assert [seq for seq, _ in unacked] == [4, 5] and store.stats()["objects"] == base + 2
-    arena.release_acked(unacked, 9)
-    assert not unacked and store.stats()["objects"] == base
+    arena.release_acked(held, 3)
+    assert [seq for seq, _ in held] == [4, 5] and store.stats()["objects"] == base + 2
+    arena.release_acked(held, 9)
+    assert not held and store.stats()["objects"] == base
+
+
+def test_held_tells_outgrow_their_first_room_and_stay_in_order(store):
+    """Thousands of held tells, acked a part at a time while more are posted (the array grows, and moves what is
+    left to its front): the pairs stay in seq order, and every count is released exactly once."""
+    import itertools
+    arena = store._arena
+    held = _shm.Held()
+    calls = itertools.count(1)
+    base = store.stats()["objects"]
+    out = bytearray()
+    for round_ in range(20):
+        for _ in range(300):
+            assert arena.post_held(round_, out, 3, calls, held) > 0
+        for off, *_ in mb.RECORD.iter_unpack(out):
+            arena.decref_id(off)            # the receiver's counts
+        out.clear()
+        arena.release_acked(held, 150 * (round_ + 1))
+        seqs = [seq for seq, _ in held]
+        assert seqs == list(range(150 * (round_ + 1) + 1, 300 * (round_ + 1) + 1))
+        assert store.stats()["objects"] == base + len(seqs)
+    arena.release_newest(held)
+    assert [seq for seq, _ in held][-1] == 5999 and store.stats()["objects"] == base + len(held)
+    assert arena.release_held(held) == 2999
+    assert not held and store.stats()["objects"] == base
 
 
 def test_journal_checksums_are_zlib_crc32_of_the_same_bytes(tmp_path, store):

@@ -23,17 +23,14 @@ class Delivery:
         """Put a tell to a persistent actor in the store and its record in `link`'s outbox (or nowhere, while the
         link is dead): numbered, and its payload held (a second count) until the actor acks having journaled it.
         Only (seq, offset) is kept: the record is rebuilt to resend it. The payload's size; `post` does the rest."""
-        seq = next(self.calls)
         out = link.out if not link.dead else bytearray()
         arena = self.arena
-        size = arena.post_record(obj, out, TELL, self.id, seq, True)
+        size = arena.post_held(obj, out, self.id, self.calls, link.unacked)
         if size < 0:
             raise self._store_full(obj)
-        off = arena.last_offset
-        if link.remote and arena.payload_refs(off):
-            arena.decref_id(off)        # the count held for the resend
+        if link.remote and arena.payload_refs(arena.last_offset):
+            arena.release_newest(link.unacked)      # the count held for the resend
             self._refuse_refs(link, out)
-        link.unacked.append((seq, off))
         return size
 
     def _acked(self, link, seq: int) -> None:
@@ -95,9 +92,7 @@ class Delivery:
             self._dirty(link, wake=False)
             self.wake.set()
             return
-        dropped = len(link.unacked)
-        while link.unacked:
-            self.arena.decref_id(link.unacked.popleft()[1])
+        dropped = self.arena.release_held(link.unacked)
         if dropped:
             log.warning("%d message(s) to %s were not delivered: it stopped for good (dead letters)",
                         dropped, self.describe(link.peer))

@@ -14,6 +14,8 @@ import collections
 
 import trio
 
+from _fastser._shm import Held
+
 from actors._wire.protocol import NODE_SHIFT, RECORD_SIZE
 
 FLUSH_RECORDS = 256     # stream rather than burst: write once this many records are waiting
@@ -38,7 +40,7 @@ class Link(abc.ABC):
         # To a persistent actor: the tells it has not yet journaled, (seq, offset), each holding a count on its
         # payload, resent if the actor restarts.
         self.persistent = False
-        self.unacked: collections.deque = collections.deque()
+        self.unacked = Held()
         # The large messages sent and perhaps not yet handled, (offset, generation, bytes): a sender keeps at most
         # LEAD_BYTES of them ahead of its receiver (Endpoint._keep_lead).
         self.lead: collections.deque = collections.deque()
