@@ -9,7 +9,7 @@ import numpy as np
 
 from _fastser import _codec
 from actors._exceptions import RemoteActorError, StoreFull
-from actors._wire.endpoint import FLUSH_BYTES, LARGE_BYTES
+from actors._wire.endpoint import SMALL_BYTES
 from actors._wire.protocol import ASK, CALL, NODE_SHIFT, TELL
 
 _ndarray = np.ndarray
@@ -50,16 +50,15 @@ class ActorRef:
         # a write, which also tells whether the peer is still there; a shared array; a full store; another
         # machine) takes `Endpoint.post`.
         if link is not None and link.out and not link.dead and not link.remote and type(message) is not _ndarray:
-            arena = ep.arena
+            out = link.out
             if link.persistent:         # numbered, and held until the actor acks it
-                size = arena.post_held(message, link.out, ep.id, ep.calls, link.unacked)
+                size = ep.arena.post_held(message, out, ep.id, ep.calls, link.unacked)
             else:
-                size = arena.post_record(message, link.out, TELL, ep.id, 0)
+                size = ep.arena.post_record(message, out, TELL, ep.id, 0)
             if size >= 0:
-                if size >= LARGE_BYTES:
-                    ep.lead(link, size)
-                link.unsent_bytes += size
-                if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
+                if size >= SMALL_BYTES:
+                    ep.count_bytes(link, size)
+                elif len(out) >= link.flush_mark:
                     ep.flush_now(link)
                 if not link.draining:
                     ep.dirty_link(link)

@@ -90,7 +90,7 @@ static void arena_rebuild_locked(arena_header *h);
 /* Tries before sleeping on the lock. A holder keeps it for a free of a batch's blocks or one allocation, a few
  * microseconds at most: a process that finds it taken does better to wait that long on its CPU than to sleep in
  * the kernel and be woken (two system calls, and a wakeup that costs the holder too). */
-#define LOCK_SPINS 2000
+#define LOCK_SPINS 200
 #if defined(__x86_64__) || defined(__i386__)
 #define cpu_relax() __builtin_ia32_pause()
 #elif defined(__aarch64__)

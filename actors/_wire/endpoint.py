@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 _ndarray = np.ndarray
 FLUSH_BYTES = 1 << 20
+SMALL_BYTES = 1 << 12       # a message under this many bytes is counted towards a write by its record alone:
+                            # FLUSH_RECORDS of them stay under FLUSH_BYTES
 LARGE_BYTES = 1 << 16       # a message of this many bytes or more counts towards the sender's lead
 LEAD_BYTES = 8 << 20        # how far a sender of large messages may run ahead of its receiver
 LEAD_SPIN = 0.00025         # seconds a sender waits at most for its receiver to catch up
@@ -304,7 +306,8 @@ class Endpoint(Inbox, Asks, Delivery):
             self._send_first(link)
             if not link.out:
                 return link
-        link.unsent_bytes += size
+        if size >= SMALL_BYTES:         # counted by its bytes too (a small one by its record alone)
+            link.unsent_bytes += size
         if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
             # Stream rather than burst: a few hundred records per write keep a busy receiver fed (and on its own
             # CPU) for a syscall per few hundred messages. Large payloads go out at once: batching them would hold
@@ -322,6 +325,15 @@ class Endpoint(Inbox, Asks, Delivery):
         self.dirty.append(link)
         if not flush and not self.in_batch():
             self.wake.set()
+
+    def count_bytes(self, link: Link, size: int) -> None:
+        """A message of SMALL_BYTES or more was just posted on `link`: write its outbox once FLUSH_BYTES of them
+        wait (besides every FLUSH_RECORDS records); a large one also counts towards the lead."""
+        if size >= LARGE_BYTES:
+            self.lead(link, size)
+        link.unsent_bytes += size
+        if link.unsent_bytes >= FLUSH_BYTES or len(link.out) >= link.flush_mark:
+            self.flush_now(link)
 
     def lead(self, link: Link, size: int) -> None:
         """The large message just posted on `link` counts towards its lead over the receiver (`_keep_lead`)."""
