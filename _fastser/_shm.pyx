@@ -42,6 +42,7 @@ cdef extern from "Python.h":
         char* ob_start
         Py_ssize_t ob_exports
     void Py_SET_SIZE(object o, Py_ssize_t size)
+    void PyObject_GC_UnTrack(object o)
 
 OUTBOX_MIN_ROOM = 8192
 
@@ -1117,6 +1118,7 @@ def split_records(bytearray buf, Py_ssize_t n):
         memcpy(&src, p + at + RECORD_SRC_AT, 4)
         memcpy(&call, p + at + RECORD_CALL_AT, 8)
         rec = (off, kind, src, call)
+        PyObject_GC_UnTrack(rec)        # ints only: the collector need not look at it (a batch has thousands)
         if kind == KIND_REPLY or kind == KIND_ERROR or KIND_HELLO <= kind <= KIND_NODE_GONE:
             if control is None:
                 control = []
