@@ -4,7 +4,12 @@
 This is the store's C-level core; `actors._store` wraps it with naming, capacity, waiting and cleanup. A message is
 encoded by `Encoder.write_to` straight into its block; a decoded array is a read-only view into the block, pinned
 by a `Pin` that holds one count, so the block is freed only when no ref and no view remains in any process.
+
+It also holds the mailbox's per-message work that would otherwise be Python run per message: posting a record
+(`Arena.post_record`, `Arena.post_held` and `Held`), splitting what a reader read (`split_records`), and the
+awaitable a tell that waits for nothing returns (`READY`).
 """
+import collections.abc as _collections_abc
 import os as _os
 import weakref as _weakref
 
@@ -15,8 +20,7 @@ from cpython.ref cimport Py_INCREF, PyObject
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memmove
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
 from cpython.memoryview cimport PyMemoryView_FromMemory
@@ -206,6 +210,34 @@ _os.register_at_fork(after_in_child=_after_fork_in_child)
 # The refs met while encoding one message: the message holds a count on each for as long as it lives.
 cdef list _collecting = None
 cdef object _putting_into = None
+
+
+cdef class Ready:
+    """An awaitable that is done already: what `ActorRef.tell` returns when it has nothing to wait for, instead of
+    a coroutine made and finished for every tell. Shaped as a coroutine (send, throw, close), so that trio also
+    runs it where it takes an async function's result (`nursery.start_soon(ref.tell, message)`)."""
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raise StopIteration         # (Cython returns without making the exception)
+
+    def send(self, value):
+        raise StopIteration
+
+    def throw(self, typ, val=None, tb=None):
+        raise typ if val is None else val
+
+    def close(self):
+        pass
+
+
+READY = Ready()
+_collections_abc.Coroutine.register(Ready)
 
 
 cdef class Held:

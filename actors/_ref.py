@@ -1,13 +1,17 @@
 """ActorRef, the handle through which actors are told and asked, and its method-call proxy.
 
 A ref talks through the current system of its process (`System.install` registers it; one per process), using
-the endpoint's public sending API only: `post`, `post_when_room`, `full`, `room`, and the system's `ask`.
+the endpoint's sending API: `post`, `post_when_room`, `full`, `room`, and the system's `ask`; and, inline in `tell`
+for a stream of tells, the pieces of `post` (`Arena.post_record`, `count_bytes`, `flush_now`, `dirty_link`).
 """
 from __future__ import annotations
+
+from collections.abc import Awaitable
 
 import numpy as np
 
 from _fastser import _codec
+from _fastser._shm import READY
 from actors._exceptions import RemoteActorError, StoreFull
 from actors._wire.endpoint import SMALL_BYTES
 from actors._wire.protocol import ASK, CALL, NODE_SHIFT, TELL
@@ -36,9 +40,13 @@ class ActorRef:
         self.name = name
         self.persistent = persistent
 
-    async def tell(self, message) -> None:
-        """Send `message`; waits only while the receiver's mailbox (or the store) is full. Raises the codec's
-        `SerializationError` (and sends nothing) if the message cannot be encoded."""
+    def tell(self, message) -> Awaitable[None]:
+        """Send `message`: `await ref.tell(message)`. The message is sent by the call; the await waits only while
+        the receiver's mailbox (or the store) is full. Raises the codec's `SerializationError` (and sends nothing)
+        if the message cannot be encoded.
+
+        Not a coroutine function, for speed: when there is nothing to wait for (nearly always) it returns an
+        awaitable that is done already, instead of making a coroutine per tell."""
         system = _system
         ep = system.endpoint
         if system.serialize is not None:
@@ -68,9 +76,15 @@ class ActorRef:
             try:
                 link = ep.post(self.id, TELL, message)
             except StoreFull as full:
-                link = await ep.post_when_room(self.id, TELL, full.prepared, 0)
+                return self._tell_when_room(ep, full.prepared)
         # ep.full(link), inline: this runs for every tell
         if len(link.out) >= ep.limit or (link.persistent and len(link.unacked) >= ep.max_unacked):
+            return ep.room(link)
+        return READY
+
+    async def _tell_when_room(self, ep, prepared) -> None:
+        link = await ep.post_when_room(self.id, TELL, prepared, 0)
+        if ep.full(link):
             await ep.room(link)
 
     def tell_nowait(self, message) -> None:

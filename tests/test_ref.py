@@ -2,7 +2,10 @@
 
 Every system runs in this process through `run()` (a deadline around `main`), with real actor processes."""
 
+import inspect
+
 import pytest
+import trio
 
 import actors
 from actors import RemoteActorError
@@ -32,6 +35,29 @@ def test_counter_tell_tell_nowait_ask_and_proxy():
         return "done"
 
     assert run(main) == "done"
+
+
+def test_tell_sends_when_called_and_its_await_waits_only_while_the_mailbox_is_full():
+    """`tell` is not a coroutine function: the call sends, and returns an awaitable that is done already unless the
+    mailbox is full (then it waits for room). trio also takes it where it takes an async function."""
+    async def main(system):
+        ref = await system.spawn(Counter, 0)
+        pending = ref.tell(5)
+        assert await ref.ask(0) == 5                # sent by the call: the ask followed it on the same link
+        assert await pending is None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.tell, 2)
+        assert await ref.ask(0) == 7
+        returned = [ref.tell(1) for _ in range(100)]       # past the mailbox of 16, without waiting
+        assert returned[0] is returned[1]                   # nothing to wait for: one done awaitable for all
+        waiting = [a for a in returned if a is not returned[0]]
+        assert waiting and all(inspect.iscoroutine(a) for a in waiting)
+        for awaitable in returned:
+            await awaitable
+        assert await ref.ask(0) == 107
+        return "done"
+
+    assert run(main, mailbox_size=16) == "done"
 
 
 def test_proxy_rejects_private_unknown_and_hook_methods():
