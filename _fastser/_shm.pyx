@@ -47,8 +47,11 @@ cdef extern from "Python.h":
         Py_ssize_t ob_exports
     void Py_SET_SIZE(object o, Py_ssize_t size)
     void PyObject_GC_UnTrack(object o)
+    Py_ssize_t PyObject_LengthHint(object o, Py_ssize_t default) except -1
 
 OUTBOX_MIN_ROOM = 8192
+cdef enum:
+    READ_AHEAD_BYTES = 1 << 18      # payload bytes `Arena.read_tells` decodes ahead of the handler at most
 
 
 cdef inline char* _append_room(bytearray out, Py_ssize_t add) except NULL:
@@ -959,6 +962,38 @@ cdef class Arena:
             return None
         o = self._new_object(off, generation, n)
         return (off, PyMemoryView_FromMemory(<char*>o + OBJ_HEADER, <Py_ssize_t>n, PyBUF_WRITE))
+
+    def read_tells(self, list batch, object records, Py_ssize_t most):
+        """Decode the tells that come next in `batch`, as far as the list iterator `records` over it has got: up
+        to `most` of them and READ_AHEAD_BYTES of payload, stopping before a record that is not a tell or that
+        does not decode (left for the caller's handler, count and all). Each decoded record's count is given up
+        (`read(off, True)`), and `records` is moved past it. The messages, in order.
+
+        A mailbox's handler loop then runs per message only the actor's `receive`: the record's kind, the call to
+        read it and its count are dealt with here, for a run of tells at a time."""
+        cdef list out = []
+        cdef Py_ssize_t n = len(batch)
+        cdef Py_ssize_t at = n - PyObject_LengthHint(records, 0), i
+        cdef uint64_t off, ahead = 0
+        cdef tuple rec
+        if at < 0:
+            raise ValueError("records is not an iterator over batch")
+        i = at
+        while i < n and i - at < most and ahead < READ_AHEAD_BYTES:
+            rec = <tuple>batch[i]
+            if <uint32_t>rec[1] != KIND_TELL:
+                break
+            off = <uint64_t>rec[0]
+            ahead += (<object_header*>(self.base + off)).size
+            try:
+                msg = self.read(off, True)
+            except Exception:
+                break
+            out.append(msg)
+            i += 1
+        for i in range(len(out)):
+            next(records)
+        return out
 
     def decref_id(self, uint64_t off):
         self.decref(off)

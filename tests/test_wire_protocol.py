@@ -59,3 +59,43 @@ def test_split_records_keeps_order_and_sets_the_readers_own_records_apart():
         _shm.split_records(buf, 25)
     with pytest.raises(ValueError, match="whole number"):
         _shm.split_records(buf, len(buf) + 14)
+
+
+class _Point:
+    def __init__(self, x):
+        self.x = x
+
+
+def test_read_tells_decodes_a_run_of_tells_and_stops_before_what_the_handler_must_see(store):
+    """Arena.read_tells decodes the tells ahead of a list iterator, up to `most`, giving up each one's count and
+    moving the iterator past it; it stops before a record that is not a tell, and before a tell that does not
+    decode, which keeps its count for the handler to read (and report) itself."""
+    import actors
+    arena = store._arena
+    actors.register_class(_Point)
+    out = bytearray()
+    for i in range(3):
+        arena.post_record(i, out, protocol.TELL, 7, 0)
+    arena.post_record("asked", out, protocol.ASK, 7, 1)
+    arena.post_record(3, out, protocol.TELL, 7, 0)
+    arena.post_record(_Point(1), out, protocol.TELL, 7, 0)     # undecodable once unregistered
+    arena.post_record(4, out, protocol.TELL, 7, 0)
+    actors.unregister_class(_Point)
+    batch = [protocol.RECORD.unpack_from(out, i * protocol.RECORD_SIZE) for i in range(7)]
+    base = store.stats()["objects"]
+    records = iter(batch)
+    assert arena.read_tells(batch, records, 2) == [0, 1]        # `most`
+    assert arena.read_tells(batch, records, 64) == [2]          # up to the ask
+    assert store.stats()["objects"] == base - 3                 # the counts of what it decoded: given up
+    assert next(records) == batch[3] and arena.read_tells(batch, records, 64) == [3]
+    assert arena.read_tells(batch, records, 64) == []           # the class is unknown here: left to the handler
+    assert next(records) == batch[5] and store.stats()["objects"] == base - 4
+    with pytest.raises(actors.UnknownClassError):
+        arena.read(batch[5][0], True)
+    arena.decref_id(batch[5][0])
+    assert arena.read_tells(batch, records, 64) == [4]
+    assert next(records, None) is None and arena.read_tells(batch, records, 64) == []
+    arena.read(batch[3][0], True)
+    assert store.stats()["objects"] == base - 7
+    with pytest.raises(ValueError, match="not an iterator over batch"):
+        arena.read_tells(batch[:2], iter(batch), 64)

@@ -97,6 +97,7 @@ class Endpoint(Inbox, Asks, Delivery):
         self.after_batch = None
         self.handled = 0                    # records run through the handler, counted per batch (status)
         self.running = iter(())             # the batch being handled, as the iterator the handler loop runs
+        self.ahead = None                   # and the tells taken from it, decoded, not handled yet
 
         self.dirty: list[Link] = []
         self.wake = trio.Event()
