@@ -43,7 +43,7 @@ def test_runs_give_median_and_spread_and_lower_is_better_points_right(tmp_path):
     assert "ray" not in svg.replace("array", "")
 
 
-def test_the_docs_chart_is_drawn_from_the_transcribed_figures(tmp_path):
+def test_the_docs_chart_is_drawn_from_the_quoted_runs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "benchmarks.plot", os.path.join(ROOT, "docs", "benchmarks.json"),
                           "-o", str(tmp_path / "chart.svg")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
