@@ -52,6 +52,7 @@ class ActorRef:
         if system.serialize is not None:
             message = system.serialize(message)
         link = ep.links.get(self.id)
+        size = -1
         # A stream of tells, inline (this runs for every tell): a message to a peer on this machine whose link
         # already has records waiting joins them, and leaves with them. Everything else (the first record after
         # a write, which also tells whether the peer is still there; a shared array; a full store; another
@@ -65,27 +66,19 @@ class ActorRef:
             if size >= 0:
                 if size >= SMALL_BYTES:
                     ep.count_bytes(link, size)
-                full = False
-                if len(out) >= link.flush_mark:     # never beyond the mailbox's limit (Endpoint.flush_now)
+                elif len(out) >= link.flush_mark:
                     ep.flush_now(link)
-                    full = len(out) >= ep.limit
                 if not link.draining:
                     ep.dirty_link(link)
-                if full or (link.persistent and len(link.unacked) >= ep.max_unacked):
-                    return ep.room(link)
-                return READY
-        return self._tell_slowly(ep, message)
-
-    def _tell_slowly(self, ep, message) -> Awaitable[None]:
-        """`tell` through `Endpoint.post`: the first message to a peer, or after a write; a shared array; a full
-        store; a peer on another machine."""
-        if self.id not in ep.links:
-            ep.introduce(self.id, self.name, self.persistent)
-        try:
-            link = ep.post(self.id, TELL, message)
-        except StoreFull as full:
-            return self._tell_when_room(ep, full.prepared)
-        if ep.full(link):
+        if size < 0:
+            if link is None:
+                ep.introduce(self.id, self.name, self.persistent)
+            try:
+                link = ep.post(self.id, TELL, message)
+            except StoreFull as full:
+                return self._tell_when_room(ep, full.prepared)
+        # ep.full(link), inline: this runs for every tell
+        if len(link.out) >= ep.limit or (link.persistent and len(link.unacked) >= ep.max_unacked):
             return ep.room(link)
         return READY
 

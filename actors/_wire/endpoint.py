@@ -214,7 +214,6 @@ class Endpoint(Inbox, Asks, Delivery):
             why = exc.why if isinstance(exc, Unreachable) else "it is not running"
             raise ActorStoppedError(f"cannot send to {self.describe(peer)}: {why}") from None
         self.links[peer] = link
-        link.flush_mark = min(link.flush_mark, self.limit)     # see flush_now
         link.out += RECORD.pack(0, HELLO, self.id, self.epoch)
         if link.pending:                # being dialed: what is posted meanwhile waits in its outbox
             self.nursery.start_soon(self._establish, link)
@@ -346,11 +345,9 @@ class Endpoint(Inbox, Asks, Delivery):
             self._keep_lead(link)
 
     def flush_now(self, link: Link) -> None:
-        """Write what `link` holds now (a few hundred records, or FLUSH_BYTES of payloads, are waiting). The next
-        write is due FLUSH_RECORDS records later, or when the outbox reaches the mailbox's limit: so a stream of
-        tells (`ActorRef.tell`) checks for a full mailbox only when it reaches `flush_mark`."""
+        """Write what `link` holds now (a few hundred records, or FLUSH_BYTES of payloads, are waiting)."""
         self._flush(link)
-        link.flush_mark = min(len(link.out) + FLUSH_RECORDS * RECORD_SIZE, self.limit)
+        link.flush_mark = len(link.out) + FLUSH_RECORDS * RECORD_SIZE
 
     def in_batch(self) -> bool:
         """Is this the task running a batch of handlers? Its records leave when the batch ends (`Inbox._run`
