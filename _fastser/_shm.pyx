@@ -297,7 +297,8 @@ cdef class Arena:
     cdef int fd
     cdef readonly str name
     cdef readonly bint owner
-    cdef list _encoders
+    cdef list _encoders        # the encoder pool: `_spare`, then these (nested puts need more than one)
+    cdef Encoder _spare
     cdef Decoder decoder
     cdef defer_list* deferred     # blocks whose last count was dropped, to free under one lock acquisition: in
     cdef defer_list* own_deferred # this process's slot once it has one, else in its own memory
@@ -670,17 +671,33 @@ cdef class Arena:
 
     # -- put and get ---------------------------------------------------------------------------------------------
 
+    cdef inline Encoder _take_encoder(self):
+        # A spare slot before the list: a list popped to empty and appended again frees and reallocates its
+        # storage, which was a realloc per message.
+        cdef Encoder enc = self._spare
+        if enc is not None:
+            self._spare = None
+            return enc
+        return self._encoders.pop() if self._encoders else Encoder()
+
+    cdef inline int _give_encoder(self, Encoder enc) except -1:
+        if self._spare is None:
+            self._spare = enc
+        else:
+            self._encoders.append(enc)
+        return 0
+
     cdef Encoder _encode(self, object obj, list refs):
         """Encode `obj` with an encoder from the pool, collecting into `refs` the ObjectRefs it holds; the
         encoder, prepared (its `total` is the message's size)."""
         global _collecting, _putting_into
-        cdef Encoder enc = self._encoders.pop() if self._encoders else Encoder()
+        cdef Encoder enc = self._take_encoder()
         _collecting = refs
         _putting_into = self
         try:
             enc.prepare_c(obj)
         except BaseException:
-            self._encoders.append(enc)
+            self._give_encoder(enc)
             raise
         finally:
             _collecting = None
@@ -716,9 +733,9 @@ cdef class Arena:
         except BaseException:
             o.nrefs = 0
             self.decref(<uint64_t>off)
-            self._encoders.append(enc)
+            self._give_encoder(enc)
             raise
-        self._encoders.append(enc)
+        self._give_encoder(enc)
         slots = <uint64_t*>(<uint8_t*>o + o.refs_at)
         for i in range(o.nrefs):
             r = <ObjectRef>refs[i]
@@ -772,7 +789,7 @@ cdef class Arena:
         off = self._place(enc, n, refs, hold, &generation)
         if off < 0:
             enc.release()
-            self._encoders.append(enc)
+            self._give_encoder(enc)
             if off == -2:
                 raise ActorsError(_SHM_EXHAUSTED)
             return -1
@@ -798,7 +815,7 @@ cdef class Arena:
         """Give up a prepared message without writing it."""
         cdef Encoder enc = prepared[0]
         enc.release()
-        self._encoders.append(enc)
+        self._give_encoder(enc)
 
     cpdef object read(self, uint64_t off, bint release):
         """Decode the object at `off` (the caller holds a count). With `release`, a successful read gives that count
@@ -852,13 +869,13 @@ cdef class Arena:
     def shared_array(self, shape, dtype):
         """A writable array living in a fresh block, laid out as the encoded message of itself: putting it later
         only takes a count (see `put_shared`). None when the store is full."""
-        cdef Encoder enc = self._encoders.pop() if self._encoders else Encoder()
+        cdef Encoder enc = self._take_encoder()
         cdef uint64_t generation = 0
         cdef int64_t off
         cdef Py_ssize_t n, data_at
         cdef object_header* o
         if len(shape) > MAX_DIMS:
-            self._encoders.append(enc)
+            self._give_encoder(enc)
             raise ValueError(f"a shared array has at most {MAX_DIMS} dimensions, not {len(shape)}")
         dtype = _np.dtype(dtype)
         placeholder = _np.lib.stride_tricks.as_strided(_np.zeros(1, dtype), shape=shape,
@@ -866,7 +883,7 @@ cdef class Arena:
         try:
             n = enc.prepare_c(placeholder)
         except BaseException:
-            self._encoders.append(enc)
+            self._give_encoder(enc)
             raise
         off = self._alloc(OBJ_HEADER + ((n + 7) & ~7), &generation)
         if off < 0:
@@ -874,7 +891,7 @@ cdef class Arena:
             return None
         o = self._new_object(off, generation, n)
         data_at = enc.write_stream_to(<char*>o + OBJ_HEADER)
-        self._encoders.append(enc)
+        self._give_encoder(enc)
         block = SharedBlock.__new__(SharedBlock)
         self._hold(<uint64_t>off, 1)
         (<SharedBlock>block).arena = self
