@@ -46,7 +46,7 @@ import struct
 import time
 import zlib
 
-from _fastser import _codec
+from _fastser import _codec, _shm
 from actors._exceptions import FencedError, PersistenceError
 
 log = logging.getLogger(__name__)
@@ -326,19 +326,32 @@ class Journal:
         journaled already (resent after a restart), and make it as durable as the fsync policy says: synced with
         one fsync before any of it is handled ("always" and "group"), or handed to the OS and synced every interval
         ("interval"). (records to handle, highest sender seq to ack). `framed` is a scratch buffer the caller
-        keeps."""
+        keeps. `write_batch` then `durable`, for a caller with nothing to do meanwhile."""
+        out = self.write_batch(arena, batch, epoch, framed)
+        self.durable()
+        return out
+
+    def write_batch(self, arena, batch: list, epoch: int, framed: bytearray) -> tuple:
+        """The first half of `journal_batch`: write the batch to the journal file and start the disk writing it,
+        without waiting. Nothing of it may be handled or acked before `durable` returns; meanwhile the caller can
+        decode it, so that the fsync waits for less."""
         framed.clear()
         framed += self.mark
         keep, seq, ack = arena.journal_records(batch, epoch, self.seen.get(epoch, 0) if epoch else 0, self.seq,
                                                framed)
         self.append_framed(framed, seq, epoch, ack, seq - self.seq)
-        if self.fsync_policy == "interval":
-            self.flush()                # in the OS: safe from a process crash; fsynced every interval
-        else:
+        self.flush()                    # in the OS: safe from a process crash from here on
+        if self.fsync_policy != "interval" and self.dirty:
+            _shm.start_writeback(self.file.fileno())
+        return keep, ack
+
+    def durable(self) -> None:
+        """The second half of `journal_batch`: wait until what `write_batch` wrote is on the disk (for "always" and
+        "group"; "interval" syncs on its own clock), and check that no newer writer has taken over."""
+        if self.fsync_policy != "interval":
             self.sync()
         if self.generation:
             self.check_fence()          # before anything of the batch is acked
-        return keep, ack
 
     def is_duplicate(self, epoch: int, sender_seq: int) -> bool:
         return bool(epoch) and sender_seq <= self.seen.get(epoch, 0)

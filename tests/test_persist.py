@@ -373,6 +373,32 @@ def test_the_actors_batch_framing_matches_the_journal_format(tmp_path, store):
     assert open(path, "rb").read() == expected
 
 
+def test_a_written_batch_is_in_the_file_at_once_and_durable_only_after_durable(tmp_path, store):
+    """A persistent actor's reader writes a batch (`write_batch`: the disk starts on it), decodes meanwhile, and
+    handles nothing before `durable` returns: the batch is in the file (safe from a crash of the process) and
+    counts as unsynced until then, and `durable` syncs it with one fsync."""
+    arena = store._arena
+    out = bytearray()
+    for seq in range(1, 4):
+        assert arena.post_record(("tell", seq), out, TELL, 3, seq) > 0
+    batch = [mb.RECORD.unpack_from(out, i * mb.RECORD_SIZE) for i in range(3)]
+    j = Journal(str(tmp_path), "halves")
+    j.recover()
+    syncs = j.syncs
+    keep, ack = j.write_batch(arena, batch, 77, bytearray())
+    assert (keep, ack) == (batch, 3)
+    assert j.dirty and j.syncs == syncs
+    [(_, path)] = segments(tmp_path, "halves")
+    assert [(r[3], r[-1]) for r in records(path)] == [(seq, _codec.dumps(("tell", seq))) for seq in range(1, 4)]
+    j.durable()
+    assert not j.dirty and j.syncs == syncs + 1
+    j.close()
+    for off, *_ in keep:
+        arena.decref_id(off)
+    with pytest.raises(OSError):
+        _shm.start_writeback(-1)
+
+
 def test_an_ack_releases_the_held_tells_up_to_its_seq_and_no_further(store):
     """A sender holds a count on each tell to a persistent actor until it is acked (Arena.post_held,
     Arena.release_acked): an ack for seq 3 frees tells 1 to 3 (the receiver's counts are gone already), keeps 4

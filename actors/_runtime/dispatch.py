@@ -65,6 +65,7 @@ class ActorHandler(Handler):
         if journal is not None:
             self._framed = bytearray()
             self.journal_batch = self._journal_batch
+            self.journal_durable = journal.durable
             self.after_batch = self._after_batch
 
     async def handle(self, off, kind, src, call) -> bool:
@@ -168,8 +169,9 @@ class ActorHandler(Handler):
     # -- a persistent actor --------------------------------------------------------------------------------------
 
     def _journal_batch(self, batch, epoch):
-        # Journal each batch before it is handled (dropping what was already journaled); the endpoint acks it.
-        return self.journal.journal_batch(self.system.endpoint.arena, batch, epoch, self._framed)
+        # Journal each batch before it is handled (dropping what was already journaled); the endpoint waits for
+        # `journal_durable`, then acks it.
+        return self.journal.write_batch(self.system.endpoint.arena, batch, epoch, self._framed)
 
     def _after_batch(self) -> None:
         # Snapshot the state every `snapshot_every` messages.

@@ -53,6 +53,7 @@ class Handler(abc.ABC):
     """
     fast_tell = None        # async (message) -> None: tells are decoded by the endpoint and go straight to it
     journal_batch = None    # (batch, epoch) -> (records to handle, seq to ack): a persistent receiver's journal
+    journal_durable = None  # () -> None: returns once they are durable; nothing is handled or acked before
     after_batch = None      # () -> None, after each handled batch (a persistent receiver's snapshots)
 
     @abc.abstractmethod
@@ -94,6 +95,7 @@ class Endpoint(Inbox, Asks, Delivery):
         self.fast_tell = None
         self.on_tell_error = None
         self.journal_batch = None
+        self.journal_durable = None
         self.after_batch = None
         self.handled = 0                    # records run through the handler, counted per batch (status)
         self.running = iter(())             # the batch being handled, as the iterator the handler loop runs
