@@ -195,10 +195,13 @@ def test_write_snapshot_rotates_snapshots_and_segments(tmp_path):
         j.append(0, 0, TELL, dumps(i))
     j.close()
     assert not os.path.exists(tmp_path / "rot.snapshot.tmp")
+    assert not glob.glob(str(tmp_path / "*.dead"))        # the segment a thread unlinks: gone once closed
+    (tmp_path / "rot.journal.3.dead").write_bytes(b"left by a killed process")
 
     again = Journal(d, "rot")
     restored, state, replay = again.recover()
     assert restored and state == {"upto": 10}
+    assert not os.path.exists(tmp_path / "rot.journal.3.dead")       # recovery removes it
     assert replayed(replay) == [(TELL, i) for i in range(10, 13)]
     assert again.seq == 13
     again.write_snapshot({"upto": 13})
