@@ -180,7 +180,7 @@ class Inbox:
         try:
             while waiter is None or not waiter.kind:
                 if drained:                 # the last read came up short: the socket is empty, wait first
-                    if quiet is None or link.starved or not quiet():
+                    if quiet is None or not quiet():
                         try:
                             await link.wait_readable()
                         except trio.ClosedResourceError:

@@ -30,7 +30,7 @@ class Link(abc.ABC):
     """
     __slots__ = ("peer", "out", "draining", "room", "dead", "reading", "handover", "inbuf", "have", "unsent_bytes",
                  "flush_mark", "persistent", "unacked", "checked", "incarnation", "remote", "pending", "why", "lead",
-                 "lead_bytes", "lead_policy", "quiet", "starved")
+                 "lead_bytes", "lead_policy", "quiet")
 
     def __init__(self, peer: int):
         self.peer = peer
@@ -62,10 +62,6 @@ class Link(abc.ABC):
         self.inbuf = bytearray(RECORD_SIZE * 64)
         self.have = 0
         self.quiet = None               # how an asker sleeps without a pass through trio (an inbox.QuietWait)
-        # The store had no room for the next payload the transport read (one that copies payloads in, as TCP does):
-        # the reader must wait through `wait_readable`, which sleeps, not a QuietWait, which would see the socket
-        # readable and come straight back.
-        self.starved = False
 
     async def establish(self) -> None:
         """Finish opening a pending link (one whose transport cannot open it at once without blocking); an

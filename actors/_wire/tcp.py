@@ -91,7 +91,7 @@ class TcpLink(SocketLink):
     """A Link over a connected, non-blocking TCP socket, carrying each record's payload with it (see the module
     docstring). The arena is this process's store: where payloads are sent from and received into."""
     __slots__ = ("arena", "sent", "rbuf", "rview", "rstart", "rend", "block", "block_at", "got", "header",
-                 "eof", "dialing", "ready")
+                 "starved", "eof", "dialing", "ready")
 
     def __init__(self, peer: int, sock: socket.socket, arena, dialing=None):
         super().__init__(peer)
