@@ -4,12 +4,14 @@ tests/programs/cluster_app.py; each prints `key=value` lines that these tests ch
 """
 import os
 import sys
+import time
 
 import pytest
 
 from actors._runtime.cluster.node import LEASE_TTL
 from _helpers.cluster import TIMEOUT, Agent, EtcdServer, HostProcess, Program, require_etcd
 from _helpers.cluster import cluster_hosts  # noqa: F401 (fixture)
+from _helpers.processes import cpu_seconds
 
 AGENTS = {"h2": "role=cpu", "h3": "role=gpu"}
 
@@ -90,6 +92,28 @@ def test_a_slow_remote_receiver_holds_its_sender_back_and_loses_nothing(cluster_
     assert 1000 < accepted < 20_000, accepted
     assert p.read("counted") == accepted        # and every one of them arrived, once
     p.finish()
+
+
+def test_a_node_whose_store_is_full_waits_for_room_without_spinning(cluster_hosts, agents):
+    """A 1 MiB array reaches a node whose store is full: the reader there sleeps between its tries for room (its
+    process stays nearly idle; it once polled a socket it could not empty, at full speed), and the array is handled
+    once there is room."""
+    small = Agent(cluster_hosts, cluster_hosts.extra_host(), "h-small", extra=("--store-capacity", "32M"))
+    p = run(cluster_hosts, "starve", "p-starve", nodes=("h-small",))
+    try:
+        assert p.read("filled") >= 8
+        pid = p.read("starving")
+        before = cpu_seconds(pid)
+        time.sleep(2.0)                 # a window to measure the CPU time in, not synchronisation
+        used = cpu_seconds(pid) - before
+        assert used < 0.5, f"the reader waiting for room used {used:.2f} s of CPU in 2 s"
+        p.process.send_line("go")
+        assert p.read("got") == 1
+        p.finish()
+        assert small.stop() == ""
+    finally:
+        small.process.close()
+        p.process.close()
 
 
 def test_names_are_unique_across_the_cluster_under_a_race(cluster_hosts, agents):

@@ -55,6 +55,12 @@ def minor_faults(pid):
     return int(_stat(pid)[7])
 
 
+def cpu_seconds(pid):
+    """The CPU time `pid` has used so far, user and system."""
+    stat = _stat(pid)
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children_of(pid):
     """The pids whose parent is `pid`."""
     kids = []

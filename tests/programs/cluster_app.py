@@ -170,6 +170,40 @@ class Slow(actors.Actor):
             self.count += 1
 
 
+class Filler(actors.Actor):
+    """Fills its node's store ("fill": how many arrays it holds) but for room for small messages (its own answers,
+    the asks of the test): no payload of 1 MiB fits. "release" lets it all go."""
+
+    def __init__(self):
+        self.held = []
+
+    async def receive(self, message):
+        if message == "fill":
+            for floats in (1 << 17, 1 << 14):       # 1 MiB, then 128 KiB in the last 1 MiB's room
+                try:
+                    while True:
+                        self.held.append(actors.shared_array(floats))
+                except actors.StoreFullError:
+                    self.held.pop()
+            return len(self.held)
+        self.held.clear()
+
+
+class Counting(actors.Actor):
+    """Counts what it receives; "count" answers it, `pid` its process."""
+
+    def __init__(self):
+        self.count = 0
+
+    async def receive(self, message):
+        if isinstance(message, str) and message == "count":
+            return self.count
+        self.count += 1
+
+    async def pid(self):
+        return os.getpid()
+
+
 # -- scenarios ---------------------------------------------------------------------------------------------------------
 
 
@@ -268,6 +302,20 @@ async def backpressure(system):
         pass
     say("accepted", accepted)
     say("counted", await slow.ask("count", timeout=60))
+
+
+async def starve(system):
+    """A 1 MiB array from this node to one whose store is full: its reader waits for room while the test measures
+    its CPU time, then gets room."""
+    filler = await system.spawn(Filler, node=NODES[0])
+    sink = await system.spawn(Counting, node=NODES[0])
+    pid = await sink.proxy.pid(timeout=10)
+    say("filled", await filler.ask("fill", timeout=30))
+    await sink.tell(np.ones(1 << 17))
+    say("starving", pid)
+    await wait_for_line()
+    await filler.ask("release", timeout=30)
+    say("got", await sink.ask("count", timeout=30))
 
 
 async def node_loss(system):
@@ -465,7 +513,7 @@ async def wrong_secret(system):
 
 SCENARIOS = {f.__name__: f for f in (placement, talk, refs, arrays, backpressure, race, lookup, join_leave,
                                      wrong_secret, node_loss, replacement, persistent_remote, chaos,
-                                     sender_loss)}
+                                     sender_loss, starve)}
 
 if __name__ == "__main__":
     scenario, url, name, *NODES = sys.argv[1:]
