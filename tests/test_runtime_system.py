@@ -13,7 +13,7 @@ from _helpers.actors import (
     Pid,
     Stubborn,
 )
-from _helpers.processes import MAIN_TIMEOUT, run
+from _helpers.processes import MAIN_TIMEOUT, run, run_source
 
 
 def test_spawn_names_and_default_name():
@@ -67,6 +67,35 @@ def test_stop_kills_an_actor_that_does_not_stop_in_time():
             await ref.ask("anything", timeout=30)
 
     run(main)
+
+
+def test_a_run_ends_when_an_actor_stuck_behind_a_full_mailbox_cannot_be_asked_to_stop(tmp_path):
+    """An actor stuck in its handler, its mailbox full: the request to stop it finds no room. The stop waited for
+    room forever, and the run never ended; now it waits the stop timeout, kills the actor, and the run ends."""
+    proc = run_source(tmp_path, """
+        import trio
+
+        import actors
+
+        class Stuck(actors.Actor):
+            async def receive(self, message):
+                if message == "hang":
+                    await trio.sleep_forever()
+
+        async def main(system):
+            ref = await system.spawn(Stuck, name="stuck")
+            await ref.tell("hang")
+            try:
+                while True:
+                    for _ in range(64):
+                        ref.tell_nowait(bytes(1000))
+                    await trio.sleep(0)     # let the flusher write what the connection takes
+            except actors.MailboxFullError:
+                print("mailbox full", flush=True)
+    """, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "mailbox full" in proc.stdout
+    assert "actor 'stuck' could not be asked to stop (its mailbox or the store stayed full for 5 s)" in proc.stderr
 
 
 # -- open_system: a system inside a trio program ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ import trio
 
 from _fastser import _codec
 from actors._actor import actor_options
-from actors._exceptions import ActorsError, ActorStoppedError, SpawnError
+from actors._exceptions import ActorsError, ActorStoppedError, SpawnError, StoreFullError
 from actors._ref import ActorRef
 from actors._runtime import forkserver
 from actors._runtime.registry import ActorInfo
@@ -212,24 +212,36 @@ class Spawner:
             return
         info.stopping = True
         try:
-            await self.endpoint.send(actor_id, STOP, None)
+            # Asking waits for room in its mailbox (and in the store): an actor stuck in a handler behind a full
+            # mailbox would never get the request, and the stop would never end. So the request waits `timeout`
+            # at most, and an actor it cannot reach is killed at once.
+            with trio.fail_after(timeout):
+                await self.endpoint.send(actor_id, STOP, None)
             self.endpoint.flush_all()
         except ActorStoppedError:
             pass
-        await self._wait_or_kill(info, timeout)
+        except (trio.TooSlowError, StoreFullError):
+            await self._wait_or_kill(info, 0, f"its mailbox or the store stayed full for {timeout:g} s")
+        else:
+            await self._wait_or_kill(info, timeout)
         self.endpoint.forget(actor_id)
         if info.claim is not None and not self.cluster.lost:   # now: the name is free as soon as stop returns
             await self.cluster.release_name(info.name, info.claim)
             if info.options["restart"] != "never":      # and no node waits for it or re-places it
                 await self.cluster.drop_spec(info.id)
 
-    async def _wait_or_kill(self, info: ActorInfo, timeout: float) -> None:
+    async def _wait_or_kill(self, info: ActorInfo, timeout: float, unasked: str | None = None) -> None:
+        """Wait `timeout` seconds for the actor to exit, then kill it. `unasked`: why it could not be asked to
+        stop (it is killed at once)."""
         with trio.move_on_after(timeout):
             await info.exited.wait()
             return
         if info.pid <= 0:
             return
-        log.warning("actor %r did not stop within %g s; killing it", info.name, timeout)
+        if unasked is None:
+            log.warning("actor %r did not stop within %g s; killing it", info.name, timeout)
+        else:
+            log.warning("actor %r could not be asked to stop (%s); killing it", info.name, unasked)
         try:
             os.kill(info.pid, signal.SIGKILL)
         except ProcessLookupError:
