@@ -473,9 +473,8 @@ class Journal:
         """(restored from a snapshot?, its state or None, [(kind, message bytes), ...] to replay). Opens the journal
         for appending."""
         prefix = f"{self.name}.journal."
-        for entry in os.listdir(self.dir):
-            if entry.startswith(prefix) and entry.endswith(DEAD):
-                _unlink_all([os.path.join(self.dir, entry)])    # left by a process killed before it unlinked it
+        _unlink_all([os.path.join(self.dir, entry) for entry in os.listdir(self.dir)     # left by a process killed
+                     if entry.startswith(prefix) and entry.endswith(DEAD)])             # before its thread ended
         if self.epoch:
             self._take_over()
             last = self._segments()

@@ -304,22 +304,21 @@ class Inbox:
         try:
             while True:
                 decoded = None
-                if self.journal_batch is not None and batch and not self.halted:
+                journaling = self.journal_batch is not None and batch and not self.halted
+                if journaling:
                     # a persistent actor journals the batch (dropping what it already has), acks, then handles;
                     # it decodes the batch while the disk writes it, so that the fsync waits for less
                     src = batch[0][2]
                     batch, ack = self.journal_batch(batch, epoch)
-                    self.handled += len(batch)
-                    self.running = records = iter(batch)
+                self.handled += len(batch)
+                self.running = records = iter(batch)    # how far it has got, for status, at no cost per record
+                if journaling:
                     if fast_tell is not None:
                         self.ahead = decoded = self._decode_ahead(batch, records)
                     self.journal_durable()
                     if ack:
                         self.send_ack(src, ack)
                         self.flush_all()    # now, not after the batch: a sender at its window waits for it
-                else:
-                    self.handled += len(batch)
-                    self.running = records = iter(batch)    # how far it has got, for status, at no cost per record
                 while True:
                     # tells go straight to the actor's receive, decoded a run at a time; anything else (or a tell
                     # that does not decode here) through `handle`, which deals with its own errors
