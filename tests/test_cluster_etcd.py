@@ -2,6 +2,7 @@
 and the simulated hosts' isolation. Hosts are network namespaces with a private /dev/shm each (tests/_helpers/cluster.py)."""
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -373,6 +374,16 @@ def test_hosts_share_no_shared_memory_and_no_addresses_with_the_machine(cluster_
     assert "10.213.0." not in addresses
 
 
+_IMMORTAL = """
+import os, signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+sys.stdout.write(f"{os.getpid()}\\n"); sys.stdout.flush()
+while True:
+    signal.pause()
+"""
+
+
 def test_hosts_leave_nothing_behind():
     binary = require_etcd()
     require_namespaces()
@@ -380,9 +391,14 @@ def test_hosts_leave_nothing_behind():
     pids = []
     try:
         sleeper = hosts.python(hosts.hosts[0], "import sys; print('up', flush=True); sys.stdin.read()")
-        pids = [hosts.etcd.pid, sleeper.pid]
+        # a program under a wrapper shell, as the node agents and programs run, that outlives its stdin and its
+        # wrapper: close must find it and kill it too
+        wrapped = hosts.run(hosts.hosts[1], ["sh", "-c", f"{sys.executable} -c '{_IMMORTAL}'; echo ended"])
+        pids = [hosts.etcd.pid, sleeper.pid, wrapped.pid]
         assert sleeper.read_line(timeout=20) == "up"
-        assert len(leftovers(hosts.tag, pids)) >= 5      # what close must remove: namespaces, dir, processes
+        pids.append(int(wrapped.read_line(timeout=20)))
+        assert pids[-1] != wrapped.pid
+        assert len(leftovers(hosts.tag, pids)) >= 7      # what close must remove: namespaces, dir, processes
     finally:
         hosts.close()
     assert leftovers(hosts.tag, pids) == []

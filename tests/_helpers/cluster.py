@@ -34,6 +34,69 @@ ETCD_PORT = 2379
 _TAG = re.compile(r"^acl(\d+)x[0-9a-f]+-")
 
 
+def _children():
+    """{pid: [its children]} for every process of the machine, from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue                    # gone meanwhile
+            children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def _signal(pid, signum):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _frozen_tree(root):
+    """`root` and its descendants, each stopped (SIGSTOP) so that none starts another meanwhile: the tree is
+    listed again until no new process shows up."""
+    tree = [root]
+    seen = {root}
+    for pid in tree:
+        _signal(pid, signal.SIGSTOP)
+    while True:
+        children = _children()
+        new, todo = [], [root]
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                todo.append(child)
+                if child not in seen:
+                    new.append(child)
+        if not new:
+            return tree
+        for pid in new:
+            seen.add(pid)
+            tree.append(pid)
+            _signal(pid, signal.SIGSTOP)
+
+
+def _gone(pid):
+    """Ended: no such process, or a zombie (its parent, or init, has yet to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _wait_gone(pids, timeout):
+    deadline = time.monotonic() + timeout
+    left = [pid for pid in pids if not _gone(pid)]
+    while left:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes {left} still run {timeout} s after SIGKILL")
+        time.sleep(0.01)            # polling for processes that are not our children: nothing to wait on
+        left = [pid for pid in left if not _gone(pid)]
+
+
 def cannot_run(reason):
     """Skip with `reason`; fail under CI, where these tests must run."""
     if os.environ.get("CI"):
@@ -133,9 +196,15 @@ class HostProcess:
         return self.popen.stderr.read().decode(errors="replace")[-2000:]
 
     def kill(self):
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGKILL)
+        """SIGKILL it and every process it started: a wrapper's program (`sh -c '...; echo ...'` forks it), a
+        node's actors. Killing the wrapper alone would leave its program running, an orphan, after a failed test."""
+        if self.popen.poll() is not None:
+            return                  # ended (and reaped: its pid may be another process's by now)
+        tree = _frozen_tree(self.pid)
+        for pid in tree:
+            _signal(pid, signal.SIGKILL)
         self.popen.wait(10)
+        _wait_gone(tree, 10)
 
     def finish(self, timeout):
         """Close its stdin (the sign to stop) and wait for it; its exit code."""
@@ -329,7 +398,7 @@ def leftovers(tag, pids):
     found = [f"netns {line.split()[0]}" for line in listing.splitlines() if line.startswith(tag)]
     found += [f"dir {d}" for d in os.listdir(tempfile.gettempdir()) if tag in d]
     found += [f"/dev/shm/{n}" for n in os.listdir("/dev/shm") if tag in n]
-    found += [f"process {pid}" for pid in pids if _alive(pid)]
+    found += [f"process {pid}" for pid in pids if not _gone(pid)]
     return found
 
 
