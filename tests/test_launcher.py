@@ -330,9 +330,11 @@ FOREVER_APP = """
 """
 
 
-def _stop_with_signal(tmp_path, launched, signum):
+def _stop_with_signal(tmp_path, launched, signum, group=False):
+    """Run FOREVER_APP, then signal the driver (or, with `group`, every process of the system at once, as a service
+    manager or `timeout` does): every actor stops gracefully, nothing is left; the exit code and stderr."""
     app = write_app(tmp_path, FOREVER_APP)
-    p = launched("run", app, str(tmp_path), cwd=tmp_path)
+    p = launched("run", app, str(tmp_path), cwd=tmp_path, group=group)
     p.wait_for_line("READY")
     for i in range(2):              # an actor's lines come through its own pipe: they may trail the driver's
         p.wait_for_line(f"[worker-{i}] PID ")
@@ -344,7 +346,10 @@ def _stop_with_signal(tmp_path, launched, signum):
     assert all(alive(pid) for pid in actor_pids)
     assert segments_of(p.proc.pid), "the running system has no store segment"
 
-    p.proc.send_signal(signum)
+    if group:
+        os.killpg(p.proc.pid, signum)
+    else:
+        p.proc.send_signal(signum)
     code = p.wait(TIMEOUT)
     assert code != 0, p.stderr()
     assert (tmp_path / "worker-0.stopped").read_text() == "ok"        # graceful: on_stop ran
@@ -363,6 +368,22 @@ def test_sigterm_exits_143_with_a_message_and_no_traceback(tmp_path, launched):
     assert code == 143, stderr
     assert "actors: terminated; every actor was stopped" in stderr
     assert "Traceback" not in stderr
+
+
+def test_sigterm_to_every_process_at_once_stops_the_actors_gracefully(tmp_path, launched):
+    # systemd's default (KillMode=control-group), `timeout` and `kill -TERM -PGID` signal the fork server and the
+    # actors too: the actors still run on_stop, and the driver still reports them stopped, promptly
+    code, stderr = _stop_with_signal(tmp_path, launched, signal.SIGTERM, group=True)
+    assert code == 143, stderr
+    assert stderr.splitlines() == ["actors: terminated; every actor was stopped"], stderr
+
+
+def test_sigint_to_every_process_at_once_stops_the_actors_gracefully(tmp_path, launched):
+    # Ctrl-C in a terminal signals its whole foreground group
+    code, stderr = _stop_with_signal(tmp_path, launched, signal.SIGINT, group=True)
+    assert code == 130, stderr
+    assert stderr.splitlines() == ["stopping 2 actors… (Ctrl-C again to kill)",
+                                   "actors: interrupted; every actor was stopped"]
 
 
 def test_sigint_stops_the_actors_gracefully_and_exits_non_zero(tmp_path, launched):

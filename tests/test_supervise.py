@@ -435,6 +435,23 @@ def test_on_error_stop_stops_the_actor_for_good():
     assert run(main) == "ok"
 
 
+def test_sigterm_stops_an_actor_gracefully_for_good():
+    # `kill PID` on one actor: it stops as `on_error="stop"` would have it, exit code 0, and is not restarted
+    async def main(system):
+        watcher = await system.spawn(Watcher, name="watcher")
+        ref = await system.spawn(Crasher, name="termed", options={"restart": "always", **FAST})
+        assert await watcher.proxy.watch(ref, timeout=10)
+        os.kill(await ref.proxy.pid(timeout=10), signal.SIGTERM)
+        [(who, name, reason, restarting)] = await terminated_of(watcher, 1)
+        assert who == ref and name == "termed"
+        assert reason == "it received SIGTERM (exit code 0)", reason
+        assert restarting is False
+        await wait_until(lambda: gone(system, "termed"), what="the actor to be gone")
+        return "ok"
+
+    assert run(main) == "ok"
+
+
 def test_on_error_stop_stays_stopped_when_the_driver_is_busy():
     async def main(system):
         ref = await system.spawn(Crasher, name="stopper", options={

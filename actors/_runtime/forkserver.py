@@ -101,7 +101,11 @@ def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None) -
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    # Ctrl-C and SIGTERM are the system's to handle: a terminal's Ctrl-C, a service manager, `timeout` signal every
+    # process of the group, and the driver still needs us to report its actors' exits while it stops them. We go
+    # when the driver closes our socket, or dies (_die_with_parent).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     sel = selectors.DefaultSelector()
     sel.register(ctl, selectors.EVENT_READ, "ctl")

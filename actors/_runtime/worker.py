@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -190,6 +191,7 @@ async def _actor_main(spec: SpawnSpec) -> int:
             handler.scope = nursery.cancel_scope
             await nursery.start(endpoint.serve)
             endpoint.connect(0)
+            await nursery.start(_stop_on_sigterm, endpoint, spec)
 
             def report_late_registration(entry) -> None:
                 try:
@@ -232,6 +234,26 @@ async def _actor_main(spec: SpawnSpec) -> int:
         if journal is not None:
             journal.close()
     return status
+
+
+async def _stop_on_sigterm(endpoint: Endpoint, spec: SpawnSpec, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """SIGTERM stops the actor gracefully and for good, as `on_error="stop"` does: it tells the system why, so that
+    no restart policy brings it back, finishes the message in hand, runs `on_stop`, and exits 0.
+
+    A service manager stopping the service (systemd's default sends SIGTERM to every process of the service),
+    `timeout`, or `kill -TERM -PGID` signal the actors along with the driver: each actor then stops as the driver
+    would have stopped it, rather than dying without `on_stop`. What waits in its mailbox is dropped, as for any
+    actor that stops for good; a persistent actor has journaled it, and handles it when it next runs."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            try:
+                endpoint.post_nowait(0, SYSTEM_TELL, (int(SystemOp.STOPPING), spec.id, "it received SIGTERM"))
+                endpoint.flush_all()
+            except Exception:
+                pass                    # the system is gone: stop all the same
+            endpoint.stop_receiving()
+            return
 
 
 def _report_failure(endpoint: Endpoint, spec: SpawnSpec, exc: BaseException) -> None:

@@ -136,11 +136,13 @@ async def wait_for_file(path, *, timeout=20.0):
 class Launched:
     """`python -m actors ARGS...` in the background; a thread collects its stdout lines."""
 
-    def __init__(self, *args, cwd, stdin=None):
+    def __init__(self, *args, cwd, stdin=None, group=False):
+        """`group`: in a process group of its own (with its fork server and actors), which a test may signal whole,
+        as a service manager or `timeout` does."""
         self.stderr_path = os.path.join(str(cwd), f"stderr-{time.monotonic_ns()}.txt")
         self._stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen(actors_cmd(*args), cwd=cwd, env=env(), text=True, stdin=stdin,
-                                     stdout=subprocess.PIPE, stderr=self._stderr)
+                                     stdout=subprocess.PIPE, stderr=self._stderr, start_new_session=group)
         self.lines = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -207,8 +209,8 @@ def launched():
     """`launched(*args, cwd=...)` starts `python -m actors ARGS...`; whatever a test started is killed after it."""
     started = []
 
-    def launch(*args, cwd, stdin=None):
-        p = Launched(*args, cwd=cwd, stdin=stdin)
+    def launch(*args, cwd, stdin=None, group=False):
+        p = Launched(*args, cwd=cwd, stdin=stdin, group=group)
         started.append(p)
         return p
 
