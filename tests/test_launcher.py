@@ -635,6 +635,40 @@ def test_lines_from_the_driver_and_actors_flooding_at_once_never_splice(tmp_path
     assert sorted(got) == sorted(expected)
 
 
+PIPED_APP = """
+    import actors
+
+
+    class Talker(actors.Actor):
+        async def talk(self, n):
+            for i in range(n):
+                print(f"line {i}")
+            return n
+
+
+    async def main(system):
+        talker = await system.spawn(Talker, name="talker")
+        for _ in range(5):
+            assert await talker.proxy.talk(20000, timeout=120) == 20000
+"""
+
+
+def test_an_actor_goes_on_once_its_output_pipe_is_closed(tmp_path):
+    # `actors run app.py | head -1`: the reader goes, and the actor's prints must not fail its handlers
+    app = write_app(tmp_path, PIPED_APP)
+    proc = subprocess.Popen(actors_cmd("run", str(app)), cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "[talker] line 0\n"
+        proc.stdout.close()
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait(TIMEOUT)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "Exception" not in stderr, stderr[-3000:]
+
+
 def test_the_drivers_stream_holds_a_partial_line_until_its_end_or_a_flush():
     from actors import _output
     read, write = os.pipe()

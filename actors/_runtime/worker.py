@@ -45,17 +45,29 @@ def _prefix_output(name: str) -> list[threading.Thread]:
         os.close(write_end)
 
         def pump(read_end=read_end, target=target):
+            # Once the target is closed (`actors run app.py | head`), the rest is read and dropped: the actor's
+            # prints go on working, as they would into /dev/null, instead of failing its handlers with
+            # BrokenPipeError once this thread has died of it.
+            gone = False
             with os.fdopen(read_end, "rb", buffering=0) as pipe:
                 pending = b""
                 while True:
                     chunk = pipe.read(65536)
                     if not chunk:
                         break
+                    if gone:
+                        continue
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
-                    _output.write_lines(target, [prefix + line + b"\n" for line in lines])
-                if pending:
-                    _output.write_lines(target, [prefix + pending + b"\n"])
+                    try:
+                        _output.write_lines(target, [prefix + line + b"\n" for line in lines])
+                    except OSError:
+                        gone = True
+                if pending and not gone:
+                    try:
+                        _output.write_lines(target, [prefix + pending + b"\n"])
+                    except OSError:
+                        pass
 
         thread = threading.Thread(target=pump, name=f"output-{fd}", daemon=True)
         thread.start()
