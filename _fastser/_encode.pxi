@@ -666,7 +666,27 @@ def _field_names(entry, obj):
     return names
 
 
+def _cannot_travel(cls):
+    """Why an instance of `cls` can never be sent, registered or not (None when a registration would do): these
+    belong to the process that holds them, so pickling them fails or makes nothing usable elsewhere."""
+    import io, socket, threading, types
+    if issubclass(cls, (types.GeneratorType, types.AsyncGeneratorType)):
+        return "a generator runs in this process; send a list of what it yields (list(gen)) instead"
+    if issubclass(cls, types.CoroutineType):
+        return "a coroutine runs in this process; await it here and send its result instead"
+    if issubclass(cls, memoryview):
+        return "a memoryview points into this process's memory; send bytes(view), or a numpy array, instead"
+    if issubclass(cls, (io.FileIO, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.BufferedRWPair,
+                        io.TextIOWrapper, socket.socket, type(threading.Lock()), type(threading.RLock()))):
+        return ("it is an open file, a socket or a lock of this process; send what it stands for (a path, an "
+                "address, the data) instead")
+    return None
+
+
 def _unregistered_reason(Registry registry, cls):
+    why = _cannot_travel(cls)
+    if why is not None:
+        return f"{cls.__qualname__} objects cannot be sent: {why}"
     name = _type_name_for_fix(cls)
     for base in cls.__mro__[1:]:
         if base in registry._by_type:

@@ -838,6 +838,32 @@ def test_native_subclass_error_suggests_a_registration_that_works(value):
                                f"{cls.__qualname__}, pickle=True)")
 
 
+async def _coroutine():
+    pass
+
+
+@pytest.mark.parametrize("make, fix", [
+    (lambda: (i for i in range(3)), "send a list of what it yields (list(gen)) instead"),
+    (lambda: _coroutine(), "await it here and send its result instead"),
+    (lambda: memoryview(b"ab"), "send bytes(view), or a numpy array, instead"),
+    (lambda: open(os.devnull, "rb"), "send what it stands for (a path, an address, the data) instead"),
+    (lambda: threading.Lock(), "send what it stands for (a path, an address, the data) instead"),
+], ids=["generator", "coroutine", "memoryview", "file", "lock"])
+def test_what_can_never_travel_says_so_instead_of_suggesting_a_registration(make, fix):
+    value = make()
+    try:
+        with pytest.raises(SerializationError) as info:
+            actors.dumps({"k": value})
+        message = str(info.value)
+        assert message.startswith(f"cannot serialize <{type(value).__qualname__} object at {id(value):#x}> at "
+                                  f"obj['k']: {type(value).__qualname__} objects cannot be sent: "), message
+        assert message.endswith(fix), message
+        assert "register_class" not in message
+    finally:
+        if hasattr(value, "close"):
+            value.close()
+
+
 def test_c_native_subclass_error_suggests_pickle():
     value = collections.OrderedDict(a=1)
     with pytest.raises(SerializationError) as info:
