@@ -244,8 +244,12 @@ def main(args) -> int:
             print("actors: interrupted; every actor was stopped", file=sys.stderr)
             return 130
         except SystemExit as exc:
-            if exc.code == 143:
-                print("actors: terminated; every actor was stopped", file=sys.stderr)
+            said = {143: "terminated", 129: "hung up"}.get(exc.code)
+            if said is not None:
+                try:
+                    print(f"actors: {said}; every actor was stopped", file=sys.stderr)
+                except OSError:
+                    pass                # the terminal that hung up is gone
             return exc.code if isinstance(exc.code, int) else 1
         except Exception:
             traceback.print_exc()

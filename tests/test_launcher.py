@@ -378,6 +378,89 @@ def test_sigterm_to_every_process_at_once_stops_the_actors_gracefully(tmp_path, 
     assert stderr.splitlines() == ["actors: terminated; every actor was stopped"], stderr
 
 
+def test_sighup_to_every_process_at_once_stops_the_actors_gracefully(tmp_path, launched):
+    # a terminal that closes, or an ssh session that drops, hangs up its whole group
+    code, stderr = _stop_with_signal(tmp_path, launched, signal.SIGHUP, group=True)
+    assert code == 129, stderr
+    assert stderr.splitlines() == ["actors: hung up; every actor was stopped"], stderr
+
+
+SLOW_STOP_APP = """
+    import os
+    import sys
+    import trio
+    import actors
+
+    class Worker(actors.Actor):
+        async def on_stop(self):
+            print("stopping", flush=True)
+            release = os.path.join(sys.argv[1], "release")
+            with trio.fail_after(60):
+                while not os.path.exists(release):      # the test's go-ahead: the second signal is sent
+                    await trio.sleep(0.01)
+            with open(os.path.join(sys.argv[1], "stopped"), "w") as f:
+                f.write("ok")
+
+        async def receive(self, msg):
+            return msg
+
+    async def main(system):
+        ref = await system.spawn(Worker, name="worker")
+        assert await ref.ask("hi") == "hi"
+        print("READY", flush=True)
+        await trio.sleep_forever()
+"""
+
+
+def test_a_second_sigterm_while_the_actors_stop_changes_nothing(tmp_path, launched):
+    # GNU timeout sends SIGTERM to the driver, then to its whole group: the second one reaches the driver while it
+    # stops the actors, and must not kill it there (the store's segment and the run directory would be left)
+    app = write_app(tmp_path, SLOW_STOP_APP)
+    p = launched("run", app, str(tmp_path), cwd=tmp_path, group=True)
+    p.wait_for_line("READY")
+    driver = p.proc.pid
+    tree = sorted({driver, *children_of(driver), *(k for f in children_of(driver) for k in children_of(f))})
+    assert len(tree) >= 3, tree                 # the driver, its fork server, the actor
+    p.proc.send_signal(signal.SIGTERM)
+    p.wait_for_line("[worker] stopping")
+    os.killpg(driver, signal.SIGTERM)
+    (tmp_path / "release").write_text("")
+    code = p.wait(TIMEOUT)
+    assert code == 143, p.stderr()
+    assert (tmp_path / "stopped").read_text() == "ok"       # on_stop ran to its end
+    assert p.stderr().splitlines() == ["actors: terminated; every actor was stopped"], p.stderr()
+    assert wait_gone(tree) == [], f"processes left behind: {tree}"
+    assert segments_of(driver) == []
+
+
+SPAWNING_APP = """
+    import actors
+
+    class Worker(actors.Actor):
+        async def receive(self, msg):
+            return msg
+
+    async def main(system):
+        print("spawning", flush=True)
+        for i in range(1000):
+            await system.spawn(Worker, name=f"worker-{i}")
+"""
+
+
+def test_sigterm_to_every_process_while_actors_start_stops_them_all(tmp_path, launched):
+    # an actor process signalled before its receiver is in place must still stop gracefully, not die and fail
+    # its spawn (the stop signals are blocked in a new actor process until then)
+    app = write_app(tmp_path, SPAWNING_APP)
+    p = launched("run", app, cwd=tmp_path, group=True)
+    p.wait_for_line("spawning")
+    for _ in range(3):                  # at three moments of the spawning
+        os.killpg(p.proc.pid, signal.SIGTERM)
+    code = p.wait(TIMEOUT)
+    assert code == 143, p.stderr()
+    assert p.stderr().splitlines() == ["actors: terminated; every actor was stopped"], p.stderr()
+    assert segments_of(p.proc.pid) == []
+
+
 def test_sigint_to_every_process_at_once_stops_the_actors_gracefully(tmp_path, launched):
     # Ctrl-C in a terminal signals its whole foreground group
     code, stderr = _stop_with_signal(tmp_path, launched, signal.SIGINT, group=True)

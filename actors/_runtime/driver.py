@@ -24,6 +24,7 @@ from actors import _codec as _public_codec
 from actors import _output, _persist, _ref, _store
 from actors._exceptions import ActorsError
 from actors._runtime.cluster.node import ClusterOptions, Node
+from actors._runtime.forkserver import STOP_SIGNALS, stop_signals
 from actors._runtime.registry import ActorInfo, Registry
 from actors._runtime.spawn import Spawner
 from actors._runtime.status import ENDED_KEPT, Status
@@ -261,21 +262,27 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
 
 
 async def _driver_main(main, options: dict):
-    terminated = False
+    # SIGTERM and SIGHUP (forkserver.STOP_SIGNALS) stop the system as the end of main does. The receiver stays
+    # installed until the system is closed: a second signal (GNU `timeout` sends one to the driver, then one to its
+    # whole group) is ignored, where the default action would kill the driver in the middle of stopping the actors,
+    # and leave the store's segment and the run directory behind.
+    got = None
     result = None
-    async with open_system(**options) as system:
-        async def on_sigterm():
-            nonlocal terminated
-            with trio.open_signal_receiver(signal.SIGTERM) as signals:
-                async for _ in signals:
-                    terminated = True
-                    system.main_scope.cancel()
-                    return
+    signums = stop_signals()
+    with trio.open_signal_receiver(*signums) if signums else contextlib.nullcontext() as signals:
+        async with open_system(**options) as system:
+            async def on_signal():
+                nonlocal got
+                async for signum in signals:
+                    if got is None:
+                        got = signum
+                        system.main_scope.cancel()
 
-        system.nursery.start_soon(on_sigterm)
-        result = await main(system)
-    if terminated:
-        raise SystemExit(143)
+            if signals is not None:
+                system.nursery.start_soon(on_signal)
+            result = await main(system)
+    if got is not None:
+        raise SystemExit(STOP_SIGNALS[got])
     return result
 
 
@@ -285,7 +292,7 @@ def run(main, *, store_capacity: int | str | None = None, mailbox_size: int = 40
     """Run a system: call `await main(system)` in this process, then stop every actor gracefully.
 
     Like `trio.run`, it returns main's result; SIGTERM stops the system as the end of `main` does, then raises
-    SystemExit(143). It is `trio.run` around `open_system`: a trio program embeds a system with that instead.
+    SystemExit(143); so does SIGHUP (the terminal gone), with 129, unless the process was started with it ignored. It is `trio.run` around `open_system`: a trio program embeds a system with that instead.
     Options: the store's capacity (bytes, or "512M"); the mailbox size in messages; `serialize`/`deserialize` to
     replace the fast codec for message payloads; how long actors get to stop before they are killed; the
     resilience directory of persistent actors; `cluster`, to run as a node of a cluster (the etcd address,

@@ -24,6 +24,17 @@ import setproctitle
 
 LEN = struct.Struct("<I")
 
+# The signals that stop a system (`actors.run`) or an actor gracefully, and the exit code a run ends with for each:
+# SIGTERM (a service manager, `kill`, `timeout`), SIGHUP (the terminal or the ssh session is gone). The fork
+# server ignores them; an actor process starts with them blocked, until its receiver is in place (worker.py).
+STOP_SIGNALS = {signal.SIGTERM: 143, signal.SIGHUP: 129}
+
+
+def stop_signals() -> list[signal.Signals]:
+    """The stop signals this process handles: not one it was started with ignored (`nohup` ignores SIGHUP, and the
+    system keeps ignoring it)."""
+    return [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
+
 
 def frame(obj) -> bytes:
     """`obj` as one frame of the fork server's protocol: its length, then its pickle."""
@@ -62,12 +73,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child(payload: bytes, why_fd: int) -> None:
+def _child(payload: bytes, why_fd: int, stops: list) -> None:
+    """Run the actor in the new process. `stops`: the stop signals the system handles, blocked since the fork, so
+    that one sent while the actor starts waits for the actor's receiver (worker.py), which unblocks them; not lost
+    to the fork server's SIG_IGN, nor fatal before the actor could stop gracefully."""
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the system's to handle: it stops us
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in stops:
+            signal.signal(signum, signal.SIG_DFL)           # (one the system was started without stays ignored)
         signal.set_wakeup_fd(-1)
         _die_with_parent()
         from actors._runtime import worker
@@ -88,7 +103,9 @@ def _child(payload: bytes, why_fd: int) -> None:
             os._exit(code)
 
 
-def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None) -> None:
+def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None, handled: list) -> None:
+    """Fork actors on request until the system goes. `handled`: the stop signals the system handles (this process
+    ignores them; each actor starts with them blocked)."""
     setproctitle.setproctitle("actors: fork server")    # in ps and top, not `python3 -c import pickle...<hex>`
     for name in preload:
         importlib.import_module(name)
@@ -101,11 +118,6 @@ def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None) -
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    # Ctrl-C and SIGTERM are the system's to handle: a terminal's Ctrl-C, a service manager, `timeout` signal every
-    # process of the group, and the driver still needs us to report its actors' exits while it stops them. We go
-    # when the driver closes our socket, or dies (_die_with_parent).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     sel = selectors.DefaultSelector()
     sel.register(ctl, selectors.EVENT_READ, "ctl")
@@ -143,6 +155,7 @@ def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None) -
             _op, token, payload = msg
             why_r, why_w = os.pipe()
             os.set_blocking(why_r, False)
+            signal.pthread_sigmask(signal.SIG_BLOCK, handled)
             pid = os.fork()
             if pid == 0:
                 sel.close()
@@ -152,7 +165,8 @@ def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None) -
                 os.close(why_r)
                 for fd in children.values():
                     os.close(fd)
-                _child(payload, why_w)
+                _child(payload, why_w, handled)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
             os.close(why_w)
             children[pid] = why_r
             send_frame(ctl, ("spawned", token, pid))
@@ -160,10 +174,19 @@ def serve(ctl: socket.socket, preload: list[str], app: tuple[str, str] | None) -
 
 def main() -> None:
     """Entry point: `python -c "from actors._runtime.forkserver import main; main()" FD SPEC`."""
+    # Ctrl-C and the stop signals are the system's to handle: a terminal's Ctrl-C or hangup, a service manager,
+    # `timeout` signal every process of the group, and the driver still needs us to report its actors' exits while
+    # it stops them. We go when the driver closes our socket, or dies (_die_with_parent). The driver started us
+    # with the stop signals blocked, so that none could kill us before this.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    handled = stop_signals()
+    for signum in handled:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     fd = int(sys.argv[1])
     spec = pickle.loads(bytes.fromhex(sys.argv[2]))
     sys.argv = spec.get("argv") or sys.argv[:1]     # the app sees its own arguments, as in the driver
     try:
-        serve(socket.socket(fileno=fd), spec["preload"], spec["app"])
+        serve(socket.socket(fileno=fd), spec["preload"], spec["app"], handled)
     except (BrokenPipeError, ConnectionResetError):
         pass            # the system went away while we were talking to it: nothing left to serve

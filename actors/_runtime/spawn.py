@@ -47,9 +47,15 @@ class Spawner:
         env = dict(os.environ)
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(var, "1")     # one BLAS thread per actor: actors are the parallelism
-        self._forkserver = subprocess.Popen(
-            [sys.executable, "-c", _FORKSERVER_MAIN, str(theirs.fileno()), spec],
-            pass_fds=[theirs.fileno()], env=env)
+        # The stop signals stay blocked in the new process until it ignores them (forkserver.main): one sent to the
+        # whole group while it starts (the driver stops then, and needs it) must not kill it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, forkserver.STOP_SIGNALS)
+        try:
+            self._forkserver = subprocess.Popen(
+                [sys.executable, "-c", _FORKSERVER_MAIN, str(theirs.fileno()), spec],
+                pass_fds=[theirs.fileno()], env=env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         self._ctl = ours
         self._ctl_lock = None       # made on first use, inside trio

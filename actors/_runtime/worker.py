@@ -23,6 +23,7 @@ from actors import _codec as _public_codec
 from actors._exceptions import PersistenceError
 from actors._ref import ActorRef
 from actors._runtime.dispatch import ActorHandler, has_own, method_of
+from actors._runtime.forkserver import STOP_SIGNALS, stop_signals
 from actors._runtime.system import System, error_payload
 from actors._wire.endpoint import Endpoint
 from actors._wire.protocol import ASK, CALL, CALL_TELL, SYSTEM_TELL, TELL, SpawnSpec, SystemOp
@@ -203,7 +204,7 @@ async def _actor_main(spec: SpawnSpec) -> int:
             handler.scope = nursery.cancel_scope
             await nursery.start(endpoint.serve)
             endpoint.connect(0)
-            await nursery.start(_stop_on_sigterm, endpoint, spec)
+            await nursery.start(_stop_on_signal, endpoint, spec)
 
             def report_late_registration(entry) -> None:
                 try:
@@ -248,24 +249,34 @@ async def _actor_main(spec: SpawnSpec) -> int:
     return status
 
 
-async def _stop_on_sigterm(endpoint: Endpoint, spec: SpawnSpec, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """SIGTERM stops the actor gracefully and for good, as `on_error="stop"` does: it tells the system why, so that
-    no restart policy brings it back, finishes the message in hand, runs `on_stop`, and exits 0.
+async def _stop_on_signal(endpoint: Endpoint, spec: SpawnSpec, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """SIGTERM (or SIGHUP) stops the actor gracefully and for good, as `on_error="stop"` does: it tells the system
+    why, so that no restart policy brings it back, finishes the message in hand, runs `on_stop`, and exits 0.
 
     A service manager stopping the service (systemd's default sends SIGTERM to every process of the service),
-    `timeout`, or `kill -TERM -PGID` signal the actors along with the driver: each actor then stops as the driver
-    would have stopped it, rather than dying without `on_stop`. What waits in its mailbox is dropped, as for any
-    actor that stops for good; a persistent actor has journaled it, and handles it when it next runs."""
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+    `timeout`, `kill -TERM -PGID`, or a terminal that closes signal the actors along with the driver: each actor
+    then stops as the driver would have stopped it, rather than dying without `on_stop`. What waits in its mailbox
+    is dropped, as for any actor that stops for good; a persistent actor has journaled it, and handles it when it
+    next runs. The fork server blocked these signals in the new process (`forkserver._child`): one that came while
+    the actor started is delivered here, once the receiver is in place. A second one is ignored."""
+    signums = stop_signals()
+    if not signums:                     # the system was started with both ignored: they stay so
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         task_status.started()
-        async for _ in signals:
+        return
+    with trio.open_signal_receiver(*signums) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        task_status.started()
+        async for signum in signals:
+            if endpoint.halted:
+                continue                # stopping already
             try:
-                endpoint.post_nowait(0, SYSTEM_TELL, (int(SystemOp.STOPPING), spec.id, "it received SIGTERM"))
+                endpoint.post_nowait(0, SYSTEM_TELL, (int(SystemOp.STOPPING), spec.id,
+                                                      f"it received {signal.Signals(signum).name}"))
                 endpoint.flush_all()
             except Exception:
                 pass                    # the system is gone: stop all the same
             endpoint.stop_receiving()
-            return
 
 
 def _report_failure(endpoint: Endpoint, spec: SpawnSpec, exc: BaseException) -> None:

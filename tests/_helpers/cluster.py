@@ -25,6 +25,8 @@ import time
 
 import pytest
 
+from _helpers.processes import alive, children_of, wait_gone
+
 APP = os.path.join(os.path.dirname(os.path.dirname(__file__)), "programs", "cluster_app.py")
 SECRET = "a-test-secret-of-this-cluster"
 TIMEOUT = 60
@@ -32,20 +34,6 @@ SUBNET = "10.213.0"
 ETCD_ADDRESS = f"{SUBNET}.2"
 ETCD_PORT = 2379
 _TAG = re.compile(r"^acl(\d+)x[0-9a-f]+-")
-
-
-def _children():
-    """{pid: [its children]} for every process of the machine, from /proc."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue                    # gone meanwhile
-            children.setdefault(ppid, []).append(int(entry))
-    return children
 
 
 def _signal(pid, signum):
@@ -60,13 +48,11 @@ def _frozen_tree(root):
     listed again until no new process shows up."""
     tree = [root]
     seen = {root}
-    for pid in tree:
-        _signal(pid, signal.SIGSTOP)
+    _signal(root, signal.SIGSTOP)
     while True:
-        children = _children()
         new, todo = [], [root]
         while todo:
-            for child in children.get(todo.pop(), ()):
+            for child in children_of(todo.pop()):
                 todo.append(child)
                 if child not in seen:
                     new.append(child)
@@ -76,25 +62,6 @@ def _frozen_tree(root):
             seen.add(pid)
             tree.append(pid)
             _signal(pid, signal.SIGSTOP)
-
-
-def _gone(pid):
-    """Ended: no such process, or a zombie (its parent, or init, has yet to reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _wait_gone(pids, timeout):
-    deadline = time.monotonic() + timeout
-    left = [pid for pid in pids if not _gone(pid)]
-    while left:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"processes {left} still run {timeout} s after SIGKILL")
-        time.sleep(0.01)            # polling for processes that are not our children: nothing to wait on
-        left = [pid for pid in left if not _gone(pid)]
 
 
 def cannot_run(reason):
@@ -129,23 +96,13 @@ def _ip(*args):
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_namespaces():
     """Namespaces of a run that died before it could clean up (its pid is gone)."""
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
         match = _TAG.match(name)
-        if match and not _alive(int(match.group(1))):
+        if match and not alive(int(match.group(1))):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
 
 
@@ -204,7 +161,8 @@ class HostProcess:
         for pid in tree:
             _signal(pid, signal.SIGKILL)
         self.popen.wait(10)
-        _wait_gone(tree, 10)
+        left = wait_gone(tree, 10)
+        assert not left, f"processes {left} still run 10 s after SIGKILL"
 
     def finish(self, timeout):
         """Close its stdin (the sign to stop) and wait for it; its exit code."""
@@ -398,7 +356,7 @@ def leftovers(tag, pids):
     found = [f"netns {line.split()[0]}" for line in listing.splitlines() if line.startswith(tag)]
     found += [f"dir {d}" for d in os.listdir(tempfile.gettempdir()) if tag in d]
     found += [f"/dev/shm/{n}" for n in os.listdir("/dev/shm") if tag in n]
-    found += [f"process {pid}" for pid in pids if not _gone(pid)]
+    found += [f"process {pid}" for pid in pids if alive(pid)]
     return found
 
 
