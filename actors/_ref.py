@@ -6,13 +6,15 @@ for a stream of tells, the pieces of `post` (`Arena.post_record`, `count_bytes`,
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable
 
 import numpy as np
+import trio
 
 from _fastser import _codec
 from _fastser._shm import READY
-from actors._exceptions import RemoteActorError, StoreFull
+from actors._exceptions import ActorsError, RemoteActorError, StoreFull
 from actors._wire.endpoint import SMALL_BYTES
 from actors._wire.protocol import ASK, CALL, NODE_SHIFT, TELL
 
@@ -71,6 +73,12 @@ class ActorRef:
                 if not link.draining:
                     ep.dirty_link(link)
         if size < 0:
+            if threading.get_ident() != system.thread:
+                # (checked here, off the path of a stream of tells: the post below would wake the flusher, which
+                # raises from another thread once the message is queued, and a caller retrying would send it twice)
+                raise ActorsError(f"cannot tell {self.name!r} from this thread: `tell` runs in the system's trio "
+                                  f"thread; from another thread, call ref.tell_nowait(message), which hands the send "
+                                  f"to it")
             if link is None:
                 ep.introduce(self.id, self.name, self.persistent)
             try:
@@ -88,8 +96,11 @@ class ActorRef:
             await ep.room(link)
 
     def tell_nowait(self, message) -> None:
-        """Send `message` without waiting; raises `MailboxFullError` if the mailbox is full."""
+        """Send `message` without waiting; raises `MailboxFullError` if the mailbox is full. Safe from any thread:
+        from one other than the system's own, the system's trio thread sends it, while the caller waits."""
         system = _system
+        if threading.get_ident() != system.thread:
+            return trio.from_thread.run_sync(self.tell_nowait, message, trio_token=system.token)
         ep = system.endpoint
         if self.id not in ep.links:
             ep.introduce(self.id, self.name, self.persistent)

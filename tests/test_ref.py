@@ -3,6 +3,7 @@
 Every system runs in this process through `run()` (a deadline around `main`), with real actor processes."""
 
 import inspect
+import threading
 
 import pytest
 import trio
@@ -32,6 +33,45 @@ def test_counter_tell_tell_nowait_ask_and_proxy():
         assert await ref.proxy.reset(value=7) == 7
         assert await ref.ask(0) == 7
         assert await ref.proxy.received_count() == 5      # proxy calls are not messages to `receive`
+        return "done"
+
+    assert run(main) == "done"
+
+
+def test_tell_nowait_from_other_threads_is_sent_by_the_systems_thread_once():
+    async def main(system):
+        counter = await system.spawn(Counter)
+        await trio.to_thread.run_sync(counter.tell_nowait, 1)          # a thread trio started
+
+        def plain_thread():                                           # and one it did not
+            thread = threading.Thread(target=counter.tell_nowait, args=(10,))
+            thread.start()
+            thread.join(30)
+            return thread.is_alive()
+
+        assert await trio.to_thread.run_sync(plain_thread) is False
+        assert await counter.ask(0) == 11
+        assert await counter.proxy.received_count() == 3
+        return "done"
+
+    assert run(main) == "done"
+
+
+def test_tell_from_another_thread_raises_before_sending_anything():
+    async def main(system):
+        counter = await system.spawn(Counter)
+
+        def tell_from_thread():
+            try:
+                counter.tell(1)
+            except actors.ActorsError as exc:
+                return str(exc)
+
+        said = await trio.to_thread.run_sync(tell_from_thread)
+        assert said == ("cannot tell 'Counter-1' from this thread: `tell` runs in the system's trio thread; from "
+                        "another thread, call ref.tell_nowait(message), which hands the send to it"), said
+        assert await counter.ask(0) == 0                            # nothing was sent
+        assert await counter.proxy.received_count() == 1
         return "done"
 
     assert run(main) == "done"

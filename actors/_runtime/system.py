@@ -3,9 +3,11 @@ the driver and inside actors; inside an actor, requests go to the driver (endpoi
 """
 from __future__ import annotations
 
+import threading
 import traceback
 
 import cloudpickle
+import trio
 
 from _fastser import _codec
 from actors import _ref, _store
@@ -55,7 +57,10 @@ class System:
             self.incoming = deserialize
 
     def install(self) -> None:
-        """Make this the process's current system: the one its ActorRefs talk through."""
+        """Make this the process's current system: the one its ActorRefs talk through. Called in its trio thread,
+        which `tell_nowait` from other threads hands its sends to."""
+        self.thread = threading.get_ident()
+        self.token = trio.lowlevel.current_trio_token()
         _ref.set_current_system(self)
 
     @staticmethod
