@@ -103,6 +103,31 @@ def test_class_defined_in_a_function_travels_by_value():
     assert pid != os.getpid()
 
 
+def test_a_spawn_while_the_system_stops_is_refused(tmp_path):
+    # an actor started by an on_stop while the system stops would be stopped by nobody (its on_stop never ran, and
+    # its process was left to the fork server's kill)
+    class Late(actors.Actor):
+        async def receive(self, msg):
+            return msg
+
+    class Spawning(actors.Actor):
+        async def on_stop(self):
+            try:
+                ref = await self.system.spawn(Late, name="late")
+                said = f"spawned {ref!r}"
+            except actors.ActorsError as exc:
+                said = str(exc)
+            (tmp_path / "said").write_text(said)
+
+    async def main(system):
+        await system.spawn(Spawning, name="spawning")
+
+    run(main)
+    assert (tmp_path / "said").read_text() == (
+        "cannot spawn 'late': the system is stopping (main has ended, or the system was told to stop), and an actor "
+        "started now would never be stopped")
+
+
 @pytest.mark.xfail(type(trio) is not types.ModuleType, strict=True,
                    reason="BUG: where the `trio` module object is a ModuleType subclass (trio 0.22, the floor in "
                           "pyproject.toml), cloudpickle cannot pickle it, so an actor class that travels by value "

@@ -50,6 +50,7 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
         self.shared_dir = shared_dir
         self.dir_lock = _persist.DirectoryLock(self.resilience_dir, shared=shared_dir)
         self.fatal: BaseException | None = None
+        self.stopping = False           # stop_all has begun: no actor may start any more
         self.main_scope = None
         self.nursery = None             # the system's own tasks run here while it is open
         self.mailbox_size = mailbox_size

@@ -109,6 +109,10 @@ class Spawner:
         when that node leaves the cluster, as the actors of a program stop when it ends. `actor_id` (with
         `replaced`, when it was re-placed) is given when the cluster's coordinator spawns again an actor of a lost
         node: it keeps its id, so that the refs to it stay valid."""
+        if self.stopping:
+            raise ActorsError(f"cannot spawn {name if name is not None else 'an actor'!r}: the system is stopping "
+                              f"(main has ended, or the system was told to stop), and an actor started now would "
+                              f"never be stopped")
         if self.cluster is None:
             if node is not None or labels:
                 raise ActorsError("spawn(node=..., labels=...) places actors on the nodes of a cluster, and this "
@@ -256,7 +260,9 @@ class Spawner:
             await info.exited.wait()
 
     async def stop_all(self, timeout: float) -> None:
-        """Stop every actor of this system: those running here, and those it spawned on other nodes."""
+        """Stop every actor of this system: those running here, and those it spawned on other nodes. From here on
+        no actor starts (`_op_spawn` refuses): one spawned by an `on_stop` meanwhile would be stopped by nobody."""
+        self.stopping = True
         async with trio.open_nursery() as nursery:
             for info in list(self.actors.values()):
                 nursery.start_soon(self._op_stop, info.id, timeout)
