@@ -77,6 +77,25 @@ def test_tell_from_another_thread_raises_before_sending_anything():
     assert run(main) == "done"
 
 
+def test_a_message_larger_than_the_whole_store_raises_at_once():
+    async def main(system):
+        counter = await system.spawn(Counter)
+        said = []
+        for send in (counter.tell, counter.tell_nowait, counter.ask):
+            with trio.fail_after(10):           # at once, not after the 30 s a full store gets
+                with pytest.raises(actors.StoreFullError) as info:
+                    await send(bytes(100 << 20)) if send is not counter.tell_nowait else send(bytes(100 << 20))
+            said.append(str(info.value))
+        assert await counter.proxy.received_count() == 0
+        return said
+
+    said = run(main)                            # a store of 64 MiB
+    assert said[0] == said[2] == ("cannot send a message of 104857728 bytes: it is larger than the whole store "
+                                  "(67108864 bytes); start the system with a larger store_capacity"), said
+    assert said[1] == ("cannot send a message of 104857728 bytes: it is larger than the whole store (67108864 "
+                       "bytes)"), said
+
+
 def test_tell_sends_when_called_and_its_await_waits_only_while_the_mailbox_is_full():
     """`tell` is not a coroutine function: the call sends, and returns an awaitable that is done already unless the
     mailbox is full (then it waits for room). trio also takes it where it takes an async function."""
