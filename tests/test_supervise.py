@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 
 import numpy as np
@@ -47,6 +48,8 @@ class Crasher(actors.Actor):
     async def receive(self, msg):
         if isinstance(msg, str) and msg.startswith("exit "):
             os._exit(int(msg.split()[1]))
+        if isinstance(msg, str) and msg.startswith("sys.exit "):
+            sys.exit(int(msg.split()[1]))
         if msg == "raise":
             raise RuntimeError("handler-failed-marker")
         if msg == "raise later":
@@ -375,6 +378,23 @@ def test_on_error_restart_the_supervisors_log_names_the_failure(caplog):
     assert failed == [f"actor 'restarter' (pid {pid1}) failed: RuntimeError: handler-failed-marker "
                       f"(exit code 70)"], failed
     assert any(r.getMessage() == "actor 'restarter' restarted (restart 1 within 60 s)" for r in caplog.records)
+
+
+def test_sys_exit_in_a_handler_ends_the_process_with_its_code_and_the_log_says_so(caplog, capfd):
+    caplog.set_level(logging.INFO, logger="actors")
+
+    async def main(system):
+        ref = await system.spawn(Crasher, name="quitter", options={"restart": "on-failure", **FAST})
+        pid1 = await ref.proxy.pid(timeout=10)
+        await ref.tell("sys.exit 3")
+        pid2 = await retry(lambda: ref.proxy.pid(timeout=5))
+        assert pid2 != pid1
+        return pid1
+
+    pid1 = run(main)
+    failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "failed:" in r.getMessage()]
+    assert failed == [f"actor 'quitter' (pid {pid1}) failed: SystemExit: 3 (exit code 3)"], failed
+    assert "Traceback" not in capfd.readouterr().err       # a deliberate exit, not a crash to print
 
 
 def _busy_driver_while_the_actor_fails(system, ref):

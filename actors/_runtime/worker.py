@@ -170,8 +170,14 @@ def main(payload: bytes) -> int:
         pass
     try:
         return trio.run(_actor_main, spec)
-    except BaseException:
-        traceback.print_exc()       # while stderr still reaches the terminal
+    except BaseException as exc:
+        exc = _sole(exc)
+        if isinstance(exc, SystemExit):     # the actor's own sys.exit(n): its exit code, as in any program
+            if exc.code is None or isinstance(exc.code, int):
+                return exc.code or 0
+            print(exc.code, file=sys.stderr)
+            return 1
+        traceback.print_exception(exc)      # while stderr still reaches the terminal
         return 1
     finally:
         sys.stdout.flush()
@@ -238,8 +244,9 @@ async def _actor_main(spec: SpawnSpec) -> int:
                     log.exception("actor %r: on_stop raised", spec.name)
                 await endpoint.drain()
             nursery.cancel_scope.cancel()
-    except Exception as exc:        # a handler's failure, a full disk under the journal: the system hears why
-        _report_failure(endpoint, spec, exc)
+    except BaseException as exc:    # a handler's failure, a full disk under the journal, sys.exit: the system hears why
+        if not isinstance(_sole(exc), trio.Cancelled):
+            _report_failure(endpoint, spec, exc)
         raise
     finally:
         _public_codec.on_register = None
@@ -279,11 +286,17 @@ async def _stop_on_signal(endpoint: Endpoint, spec: SpawnSpec, task_status=trio.
             endpoint.stop_receiving()
 
 
-def _report_failure(endpoint: Endpoint, spec: SpawnSpec, exc: BaseException) -> None:
-    """Tell the system why this process is about to fail (a full disk under the journal, say), so that its log
-    names the cause rather than only an exit code."""
+def _sole(exc: BaseException) -> BaseException:
+    """The exception inside trio's groups of one (a handler's exception leaves the run wrapped in them)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
+    return exc
+
+
+def _report_failure(endpoint: Endpoint, spec: SpawnSpec, exc: BaseException) -> None:
+    """Tell the system why this process is about to fail (a full disk under the journal, a handler's sys.exit,
+    say), so that its log names the cause rather than only an exit code."""
+    exc = _sole(exc)
     try:
         endpoint.post_nowait(0, SYSTEM_TELL, (int(SystemOp.FAILURE), spec.id, f"{type(exc).__qualname__}: {exc}"))
         endpoint.flush_all()
