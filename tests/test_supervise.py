@@ -360,41 +360,29 @@ def test_on_error_restart_restarts_the_process():
     assert run(main) == "ok"
 
 
-def test_on_error_restart_the_supervisors_log_names_the_failure(caplog):
+@pytest.mark.parametrize("on_error, message, reason", [
+    ("restart", "raise", "RuntimeError: handler-failed-marker (exit code 70)"),     # on_error="restart": 70
+    ("resume", "sys.exit 3", "SystemExit: 3 (exit code 3)"),       # sys.exit ends the process whatever on_error says
+], ids=["on_error-restart", "sys-exit"])
+def test_the_supervisors_log_names_why_an_actor_failed(on_error, message, reason, caplog, capfd):
     caplog.set_level(logging.INFO, logger="actors")
 
     async def main(system):
         ref = await system.spawn(Crasher, name="restarter", options={
-            "restart": "on-failure", "on_error": "restart", **FAST})
+            "restart": "on-failure", "on_error": on_error, **FAST})
         pid1 = await ref.proxy.pid(timeout=10)
-        await ref.tell("raise")
+        await ref.tell(message)
         pid2 = await retry(lambda: ref.proxy.pid(timeout=5))
         assert pid2 != pid1
         return pid1
 
     pid1 = run(main)
-    # the supervisor's log names the process, the handler's exception and the exit code (70: on_error="restart")
+    # the supervisor's log names the process, why it ended, and the exit code
     failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "failed:" in r.getMessage()]
-    assert failed == [f"actor 'restarter' (pid {pid1}) failed: RuntimeError: handler-failed-marker "
-                      f"(exit code 70)"], failed
+    assert failed == [f"actor 'restarter' (pid {pid1}) failed: {reason}"], failed
     assert any(r.getMessage() == "actor 'restarter' restarted (restart 1 within 60 s)" for r in caplog.records)
-
-
-def test_sys_exit_in_a_handler_ends_the_process_with_its_code_and_the_log_says_so(caplog, capfd):
-    caplog.set_level(logging.INFO, logger="actors")
-
-    async def main(system):
-        ref = await system.spawn(Crasher, name="quitter", options={"restart": "on-failure", **FAST})
-        pid1 = await ref.proxy.pid(timeout=10)
-        await ref.tell("sys.exit 3")
-        pid2 = await retry(lambda: ref.proxy.pid(timeout=5))
-        assert pid2 != pid1
-        return pid1
-
-    pid1 = run(main)
-    failed = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "failed:" in r.getMessage()]
-    assert failed == [f"actor 'quitter' (pid {pid1}) failed: SystemExit: 3 (exit code 3)"], failed
-    assert "Traceback" not in capfd.readouterr().err       # a deliberate exit, not a crash to print
+    if message.startswith("sys.exit"):
+        assert "Traceback" not in capfd.readouterr().err       # a deliberate exit, not a crash to print
 
 
 def _busy_driver_while_the_actor_fails(system, ref):
