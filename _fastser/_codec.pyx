@@ -4,6 +4,7 @@
 Built from several included files (format, registry, encoder, decoder) so that the hot paths call each other as
 C functions.
 """
+import enum as _enum
 import re as _re
 import sys as _sys
 from pickle import loads as _pickle_loads

@@ -21,9 +21,10 @@ _IMMUTABLETYPE = 1 << 8     # Py_TPFLAGS_IMMUTABLETYPE: a C type, even when allo
 
 def _fields_registrable(cls):
     """Can `cls` travel by its fields (the default mode of register_class)? Not a C type, whose state lives in C
-    fields that __dict__ does not show, nor a subclass of a native type."""
+    fields that __dict__ does not show, nor a subclass of a native type, nor an Enum: its members are singletons,
+    which pickle finds again by name, where a copy of their fields would hold their class itself."""
     return (cls.__flags__ & _HEAPTYPE and not cls.__flags__ & _IMMUTABLETYPE
-            and not any(issubclass(cls, base) for base in _NATIVE_BASES)
+            and not any(issubclass(cls, base) for base in _NATIVE_BASES) and not issubclass(cls, _enum.Enum)
             and (cls.__dictoffset__ != 0 or bool(_slot_names(cls))))
 
 

@@ -66,6 +66,7 @@ MARK = 0xFFFF           # the kind of a batch marker record (see "Fencing"); no 
 EPOCH = struct.Struct("<QI")           # writer epoch, generation
 DEAD = ".dead"          # the suffix of a journal segment a snapshot made useless, until a thread unlinks it
 UNLINK_WAIT = 30.0      # seconds `Journal.close` waits for that thread at most
+MAX_NAME_BYTES = 255 - len(".journal.18446744073709551615.dead")   # a file name's limit, less the longest suffix
 
 
 def check_directory(directory: str) -> None:
@@ -183,6 +184,12 @@ def _unlink_all(paths: list[str]) -> None:
 def _safe(name: str) -> str:
     if not name or "/" in name or name.startswith("."):
         raise PersistenceError(f"cannot persist actor {name!r}: its name must be a plain file name")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise PersistenceError(
+            f"cannot persist actor {name[:40]!r}... : its name is {size} bytes long (UTF-8), and its files' names "
+            f"(<name>.journal.<seq>.dead, the longest) would pass the file system's limit of 255 bytes; use a name "
+            f"of at most {MAX_NAME_BYTES} bytes")
     return name
 
 

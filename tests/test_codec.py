@@ -794,6 +794,10 @@ class Color(enum.IntEnum):
     RED = 1
 
 
+class Mood(enum.Enum):
+    CALM = "calm"
+
+
 class Tagged(dict):
     pass
 
@@ -862,6 +866,14 @@ def test_what_can_never_travel_says_so_instead_of_suggesting_a_registration(make
     finally:
         if hasattr(value, "close"):
             value.close()
+
+
+def test_an_enum_member_error_suggests_the_registration_that_works():
+    with pytest.raises(SerializationError) as info:
+        actors.dumps(Mood.CALM)
+    assert str(info.value).endswith("class Mood is not registered; call actors.register_class(Mood, pickle=True)")
+    actors.register_class(Mood, pickle=True)
+    assert roundtrip([Mood.CALM])[0] is Mood.CALM          # the member itself: enums compare by identity
 
 
 def test_c_native_subclass_error_suggests_pickle():

@@ -174,6 +174,19 @@ def test_journal_names_must_be_plain_file_names(tmp_path, name):
         Journal(str(tmp_path), name)
 
 
+def test_journal_names_leave_room_for_the_longest_file_name(tmp_path):
+    longest = "é" * 110 + "x"                           # 221 bytes in UTF-8: its files' names fit in 255 bytes
+    j = Journal(str(tmp_path), longest)
+    j.recover()
+    j.write_snapshot({"n": 1})
+    j.close()
+    with pytest.raises(PersistenceError) as info:
+        Journal(str(tmp_path), longest + "x")
+    assert str(info.value).endswith(
+        "its name is 222 bytes long (UTF-8), and its files' names (<name>.journal.<seq>.dead, the longest) would "
+        "pass the file system's limit of 255 bytes; use a name of at most 221 bytes"), str(info.value)
+
+
 def test_write_snapshot_rotates_snapshots_and_segments(tmp_path):
     d = str(tmp_path)
     j = Journal(d, "rot")

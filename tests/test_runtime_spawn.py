@@ -216,6 +216,12 @@ def test_spawn_rejects_a_name_that_is_not_a_string(tmp_path):
             await system.spawn(Sink, name=123, options={"persistent": True})
         with pytest.raises(TypeError, match="name"):
             await system.spawn(Sink, name=123)
+        for name in ("", "two\nlines", "tab\there"):    # a name starts each line of the actor's output
+            with pytest.raises(ValueError, match="must be printable and not empty"):
+                await system.spawn(Sink, name=name)
+        assert (await system.spawn(Sink, name="naïve name")).name == "naïve name"
+        with pytest.raises(TypeError, match=r"stop\(\) takes the ActorRef of the actor to stop, not 'naïve name'"):
+            await system.stop("naïve name")
         return True
 
     assert run(main, timeout=30, resilience_dir=str(tmp_path))

@@ -82,6 +82,9 @@ class System:
             raise TypeError(f"spawn() takes an Actor subclass, not {cls!r}")
         if name is not None and type(name) is not str:
             raise TypeError(f"spawn(name={name!r}): an actor's name is a str, not {type(name).__qualname__}")
+        if name is not None and not (name and name.isprintable()):
+            raise ValueError(f"spawn(name={name!r}): an actor's name must be printable and not empty: it names the "
+                             f"actor in logs, and starts each line of its output")
         opts = actor_options(cls, options)
         if node is not None and type(node) is not str:
             raise TypeError(f"spawn(node={node!r}): a node's name is a str, not {type(node).__qualname__}")
@@ -106,6 +109,9 @@ class System:
     async def stop(self, ref: ActorRef, *, timeout: float = 5.0) -> None:
         """Stop an actor gracefully (it handles what it has received, then runs `on_stop`); kill it after
         `timeout` seconds."""
+        if not isinstance(ref, ActorRef):
+            raise TypeError(f"stop() takes the ActorRef of the actor to stop, not {ref!r}; look a name up first: "
+                            f"await system.stop(await system.lookup(name))")
         check_timeout(timeout, "stop", optional=False)
         await self._system_request(SystemOp.STOP, ref.id, timeout)
 
