@@ -24,7 +24,7 @@ from actors import _codec as _public_codec
 from actors import _output, _persist, _ref, _store
 from actors._exceptions import ActorsError
 from actors._runtime.cluster.node import ClusterOptions, Node
-from actors._runtime.forkserver import STOP_SIGNALS, stop_signals
+from actors._runtime.stop_signals import STOP_SIGNALS, stop_signals
 from actors._runtime.registry import ActorInfo, Registry
 from actors._runtime.spawn import Spawner
 from actors._runtime.status import ENDED_KEPT, Status
@@ -263,7 +263,7 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
 
 
 async def _driver_main(main, options: dict):
-    # SIGTERM and SIGHUP (forkserver.STOP_SIGNALS) stop the system as the end of main does. The receiver stays
+    # SIGTERM and SIGHUP (stop_signals.STOP_SIGNALS) stop the system as the end of main does. The receiver stays
     # installed until the system is closed: a second signal (GNU `timeout` sends one to the driver, then one to its
     # whole group) is ignored, where the default action would kill the driver in the middle of stopping the actors,
     # and leave the store's segment and the run directory behind.

@@ -22,18 +22,9 @@ import traceback
 
 import setproctitle
 
+from actors._runtime.stop_signals import STOP_SIGNALS, stop_signals
+
 LEN = struct.Struct("<I")
-
-# The signals that stop a system (`actors.run`) or an actor gracefully, and the exit code a run ends with for each:
-# SIGTERM (a service manager, `kill`, `timeout`), SIGHUP (the terminal or the ssh session is gone). The fork
-# server ignores them; an actor process starts with them blocked, until its receiver is in place (worker.py).
-STOP_SIGNALS = {signal.SIGTERM: 143, signal.SIGHUP: 129}
-
-
-def stop_signals() -> list[signal.Signals]:
-    """The stop signals this process handles: not one it was started with ignored (`nohup` ignores SIGHUP, and the
-    system keeps ignoring it)."""
-    return [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
 
 
 def frame(obj) -> bytes:

@@ -19,6 +19,7 @@ from actors._exceptions import ActorsError, ActorStoppedError, SpawnError, Store
 from actors._ref import ActorRef
 from actors._runtime import forkserver
 from actors._runtime.registry import ActorInfo
+from actors._runtime.stop_signals import STOP_SIGNALS
 from actors._wire.protocol import NODE_SHIFT, STOP, SpawnSpec, SystemOp
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Spawner:
             env.setdefault(var, "1")     # one BLAS thread per actor: actors are the parallelism
         # The stop signals stay blocked in the new process until it ignores them (forkserver.main): one sent to the
         # whole group while it starts (the driver stops then, and needs it) must not kill it.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, forkserver.STOP_SIGNALS)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             self._forkserver = subprocess.Popen(
                 [sys.executable, "-c", _FORKSERVER_MAIN, str(theirs.fileno()), spec],

@@ -23,7 +23,7 @@ from actors import _codec as _public_codec
 from actors._exceptions import PersistenceError
 from actors._ref import ActorRef
 from actors._runtime.dispatch import ActorHandler, has_own, method_of
-from actors._runtime.forkserver import STOP_SIGNALS, stop_signals
+from actors._runtime.stop_signals import STOP_SIGNALS, stop_signals
 from actors._runtime.system import System, error_payload
 from actors._wire.endpoint import Endpoint
 from actors._wire.protocol import ASK, CALL, CALL_TELL, SYSTEM_TELL, TELL, SpawnSpec, SystemOp
