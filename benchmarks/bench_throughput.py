@@ -253,6 +253,14 @@ def _fmt_ratio(values: list) -> str:
     return f"{med:5.2f}x ({lo:.2f} to {hi:.2f})"
 
 
+def _variant(label: str, base_name: str, base: list, name: str, values: list, said: str, note: str | None = None):
+    """Print a second way of doing a case (seconds per operation in `values`) beside its baseline, and say `said`
+    after it; its Result for --json, with `note` (else `said`)."""
+    print(f"  {name:<{COLUMN}} {_fmt_spread(values)} us/op   {_fmt_ratio(_ratios(base, values))}   {said}")
+    return _harness.Result("throughput", label, name, statistics.median(values), base_name,
+                           statistics.median(_ratios(base, values)), note=note or said, rounds=values)
+
+
 def report(args, m: dict) -> tuple[list, list]:
     """Print every case beside its baseline; (results for --json, targets)."""
     results, checks = [], []
@@ -302,23 +310,14 @@ def report(args, m: dict) -> tuple[list, list]:
             checks.append((f"{label}: >= 0.35x an in-cache memcpy (measured {statistics.median(speed):.2f}x)",
                            statistics.median(speed) >= 0.35))
         elif case == "numpy":
-            shared = m[case]["shared"]
-            print(f"  {'actors, shared_array':<{COLUMN}} {_fmt_spread(shared)} us/op   "
-                  f"{_fmt_ratio(_ratios(base, shared))}   filled in place, sent with no copy")
-            results.append(_harness.Result("throughput", label, "actors, shared_array", statistics.median(shared),
-                                           base_name, statistics.median(_ratios(base, shared)),
-                                           note="filled in place, sent with no copy", rounds=shared))
+            results.append(_variant(label, base_name, base, "actors, shared_array", m[case]["shared"],
+                                    "filled in place, sent with no copy"))
             checks.append((f"{label}: >= 10x Pipe (measured {statistics.median(speed):.2f}x)",
                            statistics.median(speed) >= 10))
         elif case == "persistent":
-            interval = m[case]["interval"]
-            name = 'actors, persistent, fsync="interval"'
-            print(f"  {name:<{COLUMN}} {_fmt_spread(interval)} us/op   {_fmt_ratio(_ratios(base, interval))}   "
-                  f"the journal without waiting for the disk")
-            results.append(_harness.Result("throughput", label, name, statistics.median(interval), base_name,
-                                           statistics.median(_ratios(base, interval)),
-                                           note="synced every 50 ms: the journal without waiting for the disk",
-                                           rounds=interval))
+            results.append(_variant(label, base_name, base, 'actors, persistent, fsync="interval"',
+                                    m[case]["interval"], "the journal without waiting for the disk",
+                                    note="synced every 50 ms: the journal without waiting for the disk"))
             checks.append((f"persistent actor >= 0.85x the same actor without persistence (measured "
                            f"{statistics.median(speed):.2f}x)", statistics.median(speed) >= 0.85))
         else:

@@ -24,10 +24,10 @@ from actors import _codec as _public_codec
 from actors import _output, _persist, _ref, _store
 from actors._exceptions import ActorsError
 from actors._runtime.cluster.node import ClusterOptions, Node
-from actors._runtime.stop_signals import STOP_SIGNALS, stop_signals
 from actors._runtime.registry import ActorInfo, Registry
 from actors._runtime.spawn import Spawner
 from actors._runtime.status import ENDED_KEPT, Status
+from actors._runtime.stop_signals import STOP_SIGNALS, stop_signals
 from actors._runtime.supervise import Supervisor
 from actors._runtime.system import System, error_payload, reply
 from actors._wire.endpoint import Endpoint, Handler
@@ -293,7 +293,8 @@ def run(main, *, store_capacity: int | str | None = None, mailbox_size: int = 40
     """Run a system: call `await main(system)` in this process, then stop every actor gracefully.
 
     Like `trio.run`, it returns main's result; SIGTERM stops the system as the end of `main` does, then raises
-    SystemExit(143); so does SIGHUP (the terminal gone), with 129, unless the process was started with it ignored. It is `trio.run` around `open_system`: a trio program embeds a system with that instead.
+    SystemExit(143); so does SIGHUP (the terminal gone), with 129, unless the process was started with it ignored.
+    It is `trio.run` around `open_system`: a trio program embeds a system with that instead.
     Options: the store's capacity (bytes, or "512M"); the mailbox size in messages; `serialize`/`deserialize` to
     replace the fast codec for message payloads; how long actors get to stop before they are killed; the
     resilience directory of persistent actors; `cluster`, to run as a node of a cluster (the etcd address,
