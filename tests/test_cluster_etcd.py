@@ -68,6 +68,33 @@ def test_unreachable_etcd_says_what_and_the_fix():
         run(Etcd(f"etcd://127.0.0.1:{port}", timeout=2).get, "k")
 
 
+def test_etcd_resetting_the_connection_mid_request_says_so():
+    # etcd killed while it holds a request resets the connection: trio reports that as BrokenResourceError, which
+    # must reach the caller as the ClusterError its retry loops catch, not crash the node
+    import socket
+    import struct
+    import threading
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def reset_after_the_request():
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            while b"\r\n\r\n" not in conn.recv(65536):
+                pass
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close with a reset
+    thread = threading.Thread(target=reset_after_the_request, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ClusterError, match=rf"^etcd at 127\.0\.0\.1:{port} closed the connection during "
+                                               rf"/v3/kv/range; check that it is healthy"):
+            run(Etcd(f"etcd://127.0.0.1:{port}", timeout=5).get, "k")
+    finally:
+        thread.join(10)
+        listener.close()
+
+
 # -- keys and leases ----------------------------------------------------------------------------------------------------
 
 

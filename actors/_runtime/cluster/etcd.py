@@ -27,6 +27,10 @@ Key = Union[str, bytes]
 
 DEFAULT_PORT = 2379
 
+#: What a connection to etcd raises when etcd goes away in the middle of an exchange: a reset reaches trio's
+#: streams as BrokenResourceError, not as the OSError it began as.
+_BROKEN = (OSError, EOFError, trio.BrokenResourceError, trio.ClosedResourceError)
+
 
 def parse_cluster_url(url: str) -> tuple[str, int]:
     """`etcd://HOST:PORT` (port 2379 when left out) -> (host, port); a bracketed IPv6 host loses its brackets."""
@@ -225,7 +229,7 @@ class Etcd:
             await response.read_head()
         except BaseException as exc:
             await trio.aclose_forcefully(stream)
-            if isinstance(exc, (OSError, EOFError, ValueError, IndexError)):
+            if isinstance(exc, _BROKEN + (ValueError, IndexError)):
                 raise ClusterError(f"{self._where()} closed the connection during {path}; check that it is "
                                    f"healthy (etcdctl endpoint health)") from None
             raise
@@ -252,7 +256,7 @@ class Etcd:
         except trio.TooSlowError:
             raise ClusterError(f"{self._where()} did not answer {path} within {self.timeout:g} s; check that it "
                                f"is healthy (etcdctl endpoint health)") from None
-        except (OSError, EOFError):
+        except _BROKEN:
             raise ClusterError(f"{self._where()} closed the connection during {path}; check that it is healthy "
                                f"(etcdctl endpoint health)") from None
         text = bytes(body_bytes).split(b"\n", 1)[0] if first_of_stream else bytes(body_bytes)
@@ -496,7 +500,7 @@ class Watch:
                     if line.strip():
                         for event in self._parse(json.loads(line)):
                             yield event
-        except (OSError, EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except _BROKEN:
             pass
         raise ClusterError(f"{self.etcd._where()} closed the watch on {self.key!r}; check that it is healthy, "
                            f"then watch again from the last revision seen")
