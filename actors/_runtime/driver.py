@@ -27,7 +27,7 @@ from actors._runtime.cluster.node import ClusterOptions, Node
 from actors._runtime.registry import ActorInfo, Registry
 from actors._runtime.spawn import Spawner
 from actors._runtime.status import ENDED_KEPT, Status
-from actors._runtime.stop_signals import STOP_SIGNALS, stop_signals
+from actors._runtime.stop_signals import STOP_SIGNALS, handling_stop_signals
 from actors._runtime.supervise import Supervisor
 from actors._runtime.system import System, error_payload, reply
 from actors._wire.endpoint import Endpoint, Handler
@@ -263,24 +263,25 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
 
 
 async def _driver_main(main, options: dict):
-    # SIGTERM and SIGHUP (stop_signals.STOP_SIGNALS) stop the system as the end of main does. The receiver stays
+    # SIGTERM and SIGHUP (stop_signals.STOP_SIGNALS) stop the system as the end of main does. The handler stays
     # installed until the system is closed: a second signal (GNU `timeout` sends one to the driver, then one to its
     # whole group) is ignored, where the default action would kill the driver in the middle of stopping the actors,
     # and leave the store's segment and the run directory behind.
     got = None
+    system = None
     result = None
-    signums = stop_signals()
-    with trio.open_signal_receiver(*signums) if signums else contextlib.nullcontext() as signals:
-        async with open_system(**options) as system:
-            async def on_signal():
-                nonlocal got
-                async for signum in signals:
-                    if got is None:
-                        got = signum
-                        system.main_scope.cancel()
 
-            if signals is not None:
-                system.nursery.start_soon(on_signal)
+    def on_signal(signum: int) -> None:
+        nonlocal got
+        if got is None:
+            got = signum
+            if system is not None:
+                system.main_scope.cancel()
+
+    with handling_stop_signals(on_signal):
+        async with open_system(**options) as system:
+            if got is not None:         # a signal while the system started: main is cancelled at once
+                system.main_scope.cancel()
             result = await main(system)
     if got is not None:
         raise SystemExit(STOP_SIGNALS[got])

@@ -23,7 +23,7 @@ from actors import _codec as _public_codec
 from actors._exceptions import PersistenceError
 from actors._ref import ActorRef
 from actors._runtime.dispatch import ActorHandler, has_own, method_of
-from actors._runtime.stop_signals import STOP_SIGNALS, stop_signals
+from actors._runtime.stop_signals import STOP_SIGNALS, handling_stop_signals
 from actors._runtime.system import System, error_payload
 from actors._wire.endpoint import Endpoint
 from actors._wire.protocol import ASK, CALL, CALL_TELL, SYSTEM_TELL, TELL, SpawnSpec, SystemOp
@@ -265,25 +265,22 @@ async def _stop_on_signal(endpoint: Endpoint, spec: SpawnSpec, task_status=trio.
     then stops as the driver would have stopped it, rather than dying without `on_stop`. What waits in its mailbox
     is dropped, as for any actor that stops for good; a persistent actor has journaled it, and handles it when it
     next runs. The fork server blocked these signals in the new process (`forkserver._child`): one that came while
-    the actor started is delivered here, once the receiver is in place. A second one is ignored."""
-    signums = stop_signals()
-    if not signums:                     # the system was started with both ignored: they stay so
+    the actor started is delivered here, once the handler is in place. A second one is ignored."""
+    def on_signal(signum: int) -> None:
+        if endpoint.halted:
+            return                      # stopping already
+        try:
+            endpoint.post_nowait(0, SYSTEM_TELL, (int(SystemOp.STOPPING), spec.id,
+                                                  f"it received {signal.Signals(signum).name}"))
+            endpoint.flush_all()
+        except Exception:
+            pass                        # the system is gone: stop all the same
+        endpoint.stop_receiving()
+
+    with handling_stop_signals(on_signal):   # none if the system was started with both ignored: they stay so
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         task_status.started()
-        return
-    with trio.open_signal_receiver(*signums) as signals:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        task_status.started()
-        async for signum in signals:
-            if endpoint.halted:
-                continue                # stopping already
-            try:
-                endpoint.post_nowait(0, SYSTEM_TELL, (int(SystemOp.STOPPING), spec.id,
-                                                      f"it received {signal.Signals(signum).name}"))
-                endpoint.flush_all()
-            except Exception:
-                pass                    # the system is gone: stop all the same
-            endpoint.stop_receiving()
+        await trio.sleep_forever()
 
 
 def _sole(exc: BaseException) -> BaseException:
