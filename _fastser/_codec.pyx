@@ -4,9 +4,13 @@
 Built from several included files (format, registry, encoder, decoder) so that the hot paths call each other as
 C functions.
 """
+import datetime as _dt
+import decimal as _decimal
 import enum as _enum
 import re as _re
 import sys as _sys
+import uuid as _uuid
+import zoneinfo as _zoneinfo
 from pickle import loads as _pickle_loads
 
 import cloudpickle as _cloudpickle
@@ -16,6 +20,34 @@ cimport numpy as cnp
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.datetime cimport (
+    date_day,
+    date_month,
+    date_new,
+    date_year,
+    datetime_day,
+    datetime_fold,
+    datetime_hour,
+    datetime_microsecond,
+    datetime_minute,
+    datetime_month,
+    datetime_new,
+    datetime_second,
+    datetime_tzinfo,
+    datetime_year,
+    import_datetime,
+    time_fold,
+    time_hour,
+    time_microsecond,
+    time_minute,
+    time_new,
+    time_second,
+    time_tzinfo,
+    timedelta_days,
+    timedelta_microseconds,
+    timedelta_new,
+    timedelta_seconds,
+)
 from cpython.complex cimport PyComplex_FromDoubles, PyComplex_ImagAsDouble, PyComplex_RealAsDouble
 from cpython.dict cimport PyDict_GetItem, PyDict_Next, PyDict_SetItem, PyDict_Size
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_FromDouble
@@ -26,7 +58,7 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.set cimport PySet_Add
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_AsEncodedString, PyUnicode_DecodeUTF8
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
@@ -65,11 +97,20 @@ cdef extern from "numpy/arrayobject.h":
     int PyArray_SetBaseObject(PyObject* arr, PyObject* base) except -1
 
 cnp.import_array()
+import_datetime()
 
 if _sys.byteorder != "little":
     raise ImportError("_fastser supports little-endian machines only")
 
 _ndarray = _np.ndarray
+_datetime = _dt.datetime
+_date = _dt.date
+_time = _dt.time
+_timedelta = _dt.timedelta
+_timezone = _dt.timezone
+_ZoneInfo = _zoneinfo.ZoneInfo
+_UUID = _uuid.UUID
+_Decimal = _decimal.Decimal
 _np_generic = _np.generic
 _MISSING = object()
 
@@ -88,8 +129,9 @@ cdef Decoder _decoder = Decoder()
 def dumps(obj):
     """Encode `obj` into bytes.
 
-    Native types (None, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset), numpy
-    scalars and arrays, and instances of registered classes. Raises `SerializationError` naming the object, where it
+    Native types (None, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset), the
+    standard library's datetime, date, time, timedelta, timezone, ZoneInfo, UUID and Decimal, numpy scalars and
+    arrays, and instances of registered classes. Raises `SerializationError` naming the object, where it
     sits in `obj`, and the fix.
     """
     if _encoder.busy:        # called again from inside a serializer: use a fresh encoder

@@ -171,6 +171,8 @@ cdef class Decoder:
                 segments.append(f".{<object>self.keys[d]}" if i % 2 and self.live else f"<field {i // 2}>")
             elif kind == K_CUSTOM:
                 segments.append("<serialized>")
+            elif kind == K_TZINFO:
+                segments.append(".tzinfo")
         return segments
 
     cdef object _dec_rest(self, unsigned char tag, Py_ssize_t depth):
@@ -226,6 +228,8 @@ cdef class Decoder:
             if depth >= MAX_DEPTH:
                 raise self._error(f"nesting deeper than {MAX_DEPTH} levels")
             return self._dec_registered(tag, depth)
+        if T_DATETIME <= tag <= T_DECIMAL:
+            return _dec_stdlib(self, tag, depth)
         self.pos -= 1
         raise self._error(f"unknown type tag 0x{tag:02x}")
 
@@ -378,6 +382,78 @@ cdef inline Py_ssize_t _count(Decoder d, Py_ssize_t depth, Py_ssize_t min_item) 
     if <uint64_t>n32 * <uint64_t>min_item > <uint64_t>(d.end - d.pos):
         raise d._error(f"corrupted count {n32} (only {d.end - d.pos} bytes left)")
     return n32
+
+
+cdef inline void _get_i32x3(const char* p, int32_t* a, int32_t* b, int32_t* c) noexcept:
+    memcpy(a, p, 4)
+    memcpy(b, p + 4, 4)
+    memcpy(c, p + 8, 4)
+
+
+cdef object _dec_stdlib(Decoder d, unsigned char tag, Py_ssize_t depth):
+    # The standard library's value types (`_enc_stdlib`). Their constructors check every field: a forged one (a
+    # month of 13, an offset of a day) raises, and the decoder reports it with its place in the message.
+    cdef const char* p
+    cdef uint16_t year
+    cdef uint32_t us
+    cdef int32_t days, seconds, micro
+    if tag == T_DATETIME:
+        p = _take(d, 12)
+        memcpy(&year, p, 2)
+        memcpy(&us, p + 8, 4)
+        tz = _dec_tzinfo(d, depth)
+        return datetime_new(year, <unsigned char>p[2], <unsigned char>p[3], <unsigned char>p[4],
+                            <unsigned char>p[5], <unsigned char>p[6], <int>min(us, 1000000), tz,
+                            <unsigned char>p[7])
+    if tag == T_DATE:
+        p = _take(d, 4)
+        memcpy(&year, p, 2)
+        return date_new(year, <unsigned char>p[2], <unsigned char>p[3])
+    if tag == T_TIMEDELTA:
+        _get_i32x3(_take(d, 12), &days, &seconds, &micro)
+        return timedelta_new(days, seconds, micro)
+    if tag == T_TIME:
+        p = _take(d, 8)
+        memcpy(&us, p + 4, 4)
+        tz = _dec_tzinfo(d, depth)
+        return time_new(<unsigned char>p[0], <unsigned char>p[1], <unsigned char>p[2], <int>min(us, 1000000), tz,
+                        <unsigned char>p[3])
+    if tag == T_UUID:
+        return _UUID(bytes=PyBytes_FromStringAndSize(_take(d, 16), 16))
+    if tag == T_DECIMAL:
+        return _Decimal(_dec_text(d, False))
+    if tag == T_TIMEZONE:
+        _get_i32x3(_take(d, 12), &days, &seconds, &micro)
+        offset = timedelta_new(days, seconds, micro)
+        name = _dec_text(d, True)
+        return _timezone(offset) if name is None else _timezone(offset, name)
+    return _ZoneInfo(_dec_text(d, False))      # T_ZONEINFO
+
+
+cdef object _dec_text(Decoder d, bint or_none):
+    # What `_put_text` wrote: a T_STR (or T_NONE where `or_none`).
+    cdef uint32_t n32
+    cdef unsigned char tag = <unsigned char>_take(d, 1)[0]
+    if tag == T_NONE and or_none:
+        return None
+    if tag != T_STR:
+        d.pos -= 1
+        raise d._error(f"expected a str (tag 0x{T_STR:02x}), found tag 0x{tag:02x}")
+    memcpy(&n32, _take(d, 4), 4)
+    return PyUnicode_DecodeUTF8(_take(d, n32), n32, NULL)
+
+
+cdef object _dec_tzinfo(Decoder d, Py_ssize_t depth):
+    if d.pos < d.end and <unsigned char>d.base[d.pos] == T_NONE:
+        d.pos += 1
+        return None
+    if depth >= MAX_DEPTH:
+        raise d._error(f"nesting deeper than {MAX_DEPTH} levels")
+    d.kinds[depth] = K_TZINFO
+    d.idx[depth] = 0
+    tz = _dec(d, depth + 1)
+    d.cur = depth                   # the datetime's own checks (of its tzinfo too) fail at the datetime
+    return tz
 
 
 cdef object _dec(Decoder d, Py_ssize_t depth):

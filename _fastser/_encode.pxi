@@ -356,6 +356,8 @@ cdef class Encoder:
                 segments.append(f".{names[i]}" if i < len(names) else ".?")
             elif kind == K_CUSTOM:
                 segments.append(f"<serialized {type(container).__qualname__}>")
+            elif kind == K_TZINFO:
+                segments.append(".tzinfo")
         return segments
 
     cdef object _fail(self, object obj, Py_ssize_t depth, str reason):
@@ -505,6 +507,9 @@ cdef class Encoder:
             _put_u64(self, entry.code)
             self.idx[depth] = 0
             return _enc(self, <PyObject*>value, depth + 1)
+        if t is _datetime or t is _date or t is _timedelta or t is _UUID or t is _Decimal or t is _timezone \
+                or t is _time or t is _ZoneInfo:
+            return _enc_stdlib(self, obj, t, depth)
         if isinstance(obj, _np_generic):
             return self._enc_npscalar(obj, depth)
         raise self._fail(obj, depth, _unregistered_reason(self.registry, t))
@@ -654,6 +659,103 @@ cdef int _enc_tuple(Encoder e, PyObject* o, Py_ssize_t depth) except -1:
         e.idx[depth] = i
         _enc(e, PyTuple_GET_ITEM(obj, i), depth + 1)
     return 0
+
+
+cdef inline void _put_i32x3(char* p, int32_t a, int32_t b, int32_t c) noexcept:
+    memcpy(p, &a, 4)
+    memcpy(p + 4, &b, 4)
+    memcpy(p + 8, &c, 4)
+
+
+cdef int _enc_stdlib(Encoder e, object obj, type t, Py_ssize_t depth) except -1:
+    # The standard library's value types: fixed-width fields, and a nested value for a tzinfo, a name or a key.
+    cdef char* p
+    cdef uint16_t year
+    cdef uint32_t us
+    if t is _datetime:
+        p = _room(e, 13)
+        year = <uint16_t>datetime_year(obj)
+        us = <uint32_t>datetime_microsecond(obj)
+        p[0] = <char>T_DATETIME
+        memcpy(p + 1, &year, 2)
+        p[3] = <char>datetime_month(obj)
+        p[4] = <char>datetime_day(obj)
+        p[5] = <char>datetime_hour(obj)
+        p[6] = <char>datetime_minute(obj)
+        p[7] = <char>datetime_second(obj)
+        p[8] = <char>datetime_fold(obj)
+        memcpy(p + 9, &us, 4)
+        e.pos += 13
+        return _enc_tzinfo(e, obj, datetime_tzinfo(obj), depth)
+    if t is _date:
+        p = _room(e, 5)
+        year = <uint16_t>date_year(obj)
+        p[0] = <char>T_DATE
+        memcpy(p + 1, &year, 2)
+        p[3] = <char>date_month(obj)
+        p[4] = <char>date_day(obj)
+        e.pos += 5
+        return 0
+    if t is _timedelta:
+        p = _room(e, 13)
+        p[0] = <char>T_TIMEDELTA
+        _put_i32x3(p + 1, timedelta_days(obj), timedelta_seconds(obj), timedelta_microseconds(obj))
+        e.pos += 13
+        return 0
+    if t is _time:
+        p = _room(e, 9)
+        us = <uint32_t>time_microsecond(obj)
+        p[0] = <char>T_TIME
+        p[1] = <char>time_hour(obj)
+        p[2] = <char>time_minute(obj)
+        p[3] = <char>time_second(obj)
+        p[4] = <char>time_fold(obj)
+        memcpy(p + 5, &us, 4)
+        e.pos += 9
+        return _enc_tzinfo(e, obj, time_tzinfo(obj), depth)
+    if t is _UUID:
+        p = _room(e, 17)
+        p[0] = <char>T_UUID
+        memcpy(p + 1, PyBytes_AS_STRING(obj.bytes), 16)
+        e.pos += 17
+        return 0
+    if t is _Decimal:
+        _put_byte(e, T_DECIMAL)
+        return _put_text(e, str(obj))
+    if t is _timezone:
+        args = obj.__getinitargs__()        # (offset,) or (offset, name): the name only when one was given
+        offset = args[0]
+        p = _room(e, 13)
+        p[0] = <char>T_TIMEZONE
+        _put_i32x3(p + 1, timedelta_days(offset), timedelta_seconds(offset), timedelta_microseconds(offset))
+        e.pos += 13
+        if len(args) < 2:
+            return _put_byte(e, T_NONE)
+        return _put_text(e, args[1])
+    key = obj.key                           # a ZoneInfo
+    if key is None:
+        raise e._fail(obj, depth, "a ZoneInfo made from a file (ZoneInfo.from_file) has no key to travel by; use "
+                                  "ZoneInfo(key), or a fixed datetime.timezone")
+    _put_byte(e, T_ZONEINFO)
+    return _put_text(e, key)
+
+
+cdef int _put_text(Encoder e, str text) except -1:
+    # A name, a key or a number's text: a T_STR inline whatever its length (never long), as the decoder reads it.
+    cdef Py_ssize_t n
+    cdef const char* data = PyUnicode_AsUTF8AndSize(text, &n)
+    _put_head(e, T_STR, <uint32_t>n)
+    fs_copy(_room(e, n), data, n)
+    e.pos += n
+    return 0
+
+
+cdef int _enc_tzinfo(Encoder e, object obj, object tz, Py_ssize_t depth) except -1:
+    if tz is None:
+        return _put_byte(e, T_NONE)
+    _enter(e, obj, depth, K_TZINFO)
+    e.idx[depth] = 0
+    return _enc(e, <PyObject*>tz, depth + 1)
 
 
 def _field_names(entry, obj):

@@ -47,6 +47,17 @@ cdef enum:
     T_OBJECT = 0x30         # u64 code, u32 n, n (str name, value) pairs
     T_PICKLED = 0x31        # u64 code, a bytes value holding cloudpickle output
     T_CUSTOM = 0x32         # u64 code, the value the serializer returned
+    # The standard library's value types (exact types; a registration of one of them is used instead). Their fields
+    # are fixed-width, and their decoding runs no code but the types' own constructors, which validate them.
+    T_DATETIME = 0x40       # u16 year, u8 month, day, hour, minute, second, fold, u32 microsecond, then the tzinfo
+    T_DATE = 0x41           # u16 year, u8 month, u8 day
+    T_TIME = 0x42           # u8 hour, minute, second, fold, u32 microsecond, then the tzinfo
+    T_TIMEDELTA = 0x43      # i32 days, i32 seconds, i32 microseconds
+    T_TIMEZONE = 0x44       # the offset as a timedelta's three i32, then the name (None or a str value)
+    T_ZONEINFO = 0x45       # the key, a str value ("Europe/Paris"): the receiver's own tz database resolves it
+    T_UUID = 0x46           # 16 bytes, big-endian (UUID.bytes)
+    T_DECIMAL = 0x47        # its str value ("19.99", "-Infinity", "NaN")
+    # A tzinfo is any value: None, a timezone, a ZoneInfo, or a registered class's instance.
 
     # dtype: u8 n, n ASCII bytes of numpy's dtype.str ("<f8", "|b1", "<M8[ns]", "<U5")
 
@@ -57,6 +68,7 @@ cdef enum:
     K_SET = 4
     K_FIELDS = 5
     K_CUSTOM = 6
+    K_TZINFO = 7            # the tzinfo of a datetime or time
 
 cdef inline Py_ssize_t _align(Py_ssize_t n) nogil:
     return (n + (ALIGN - 1)) & ~(<Py_ssize_t>ALIGN - 1)

@@ -4,6 +4,8 @@ Round trips are checked with `same`, a strict structural comparison: types must 
 (so nan, -0.0 and nan payloads count), dicts in insertion order, and arrays by dtype, shape, layout and raw bytes.
 """
 import collections
+import datetime as dt
+import decimal
 import enum
 import gc
 import mmap
@@ -14,6 +16,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+import uuid
+import zoneinfo
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +80,12 @@ def same(a, b):
                 and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
     if isinstance(a, np.generic):
         return a.dtype == b.dtype and a.dtype.str == b.dtype.str and a.tobytes() == b.tobytes()
+    if isinstance(a, (dt.datetime, dt.time)):     # == ignores fold, and compares aware values by their instant
+        return a.replace(tzinfo=None) == b.replace(tzinfo=None) and a.fold == b.fold and same(a.tzinfo, b.tzinfo)
+    if isinstance(a, dt.timezone):                  # == ignores the name
+        return a.__getinitargs__() == b.__getinitargs__()
+    if isinstance(a, decimal.Decimal):              # == ignores trailing zeros, and NaN != NaN
+        return str(a) == str(b)
     return a == b
 
 
@@ -97,6 +107,11 @@ def test_same_is_strict():
     assert not same(np.zeros((2, 3)), np.zeros((3, 2)))
     assert not same(np.float32(1), np.float64(1))
     assert same({float("nan"), 1}, {1, float("nan")})
+    assert not same(dt.datetime(2024, 1, 1, fold=0), dt.datetime(2024, 1, 1, fold=1))
+    assert not same(dt.datetime(2024, 1, 1, 1, tzinfo=dt.timezone.utc),
+                    dt.datetime(2024, 1, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=1))))
+    assert not same(dt.timezone(dt.timedelta(0), "A"), dt.timezone(dt.timedelta(0), "B"))
+    assert not same(decimal.Decimal("1.0"), decimal.Decimal("1.00"))
 
 
 # -- native types ---------------------------------------------------------------------------------------------------
@@ -158,6 +173,71 @@ def test_roundtrip_dict_keys_of_every_hashable_type(d):
 def test_roundtrip_edge_values(value):
     out = roundtrip(value)
     assert same(out, value)
+
+
+# -- the standard library's value types -----------------------------------------------------------------------------
+
+timezones = st.one_of(st.none(), st.just(dt.timezone.utc), st.timezones(),
+                      st.builds(dt.timezone, st.timedeltas(dt.timedelta(hours=-23), dt.timedelta(hours=23))),
+                      st.builds(dt.timezone, st.timedeltas(dt.timedelta(hours=-23), dt.timedelta(hours=23)), text))
+stdlib_values = st.one_of(
+    st.datetimes(timezones=timezones, allow_imaginary=True).flatmap(
+        lambda d: st.sampled_from([d, d.replace(fold=1)])),
+    st.dates(), st.times(timezones=timezones), st.timedeltas(), st.uuids(), timezones,
+    st.decimals(allow_nan=True, allow_infinity=True), st.decimals(places=8))
+
+
+@CODEC
+@given(st.lists(stdlib_values, max_size=8))
+def test_roundtrip_standard_library_values(objs):
+    assert same(roundtrip(objs), objs)
+
+
+def test_standard_library_values_need_no_registration_and_run_no_pickle():
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    msg = {"at": dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris), "id": uuid.UUID(int=7),
+           "price": decimal.Decimal("19.990"), "every": dt.timedelta(minutes=5)}
+    data = actors.dumps(msg)
+    assert b"cloudpickle" not in data and b"\x80\x05" not in data     # no pickle inside
+    out = actors.loads(data)
+    assert same(out, msg)
+    assert out["at"].tzinfo is paris                # the receiver's own ZoneInfo, by its key
+    assert out["at"].utcoffset() == dt.timedelta(hours=1)      # fold=1: the second 02:30, after the clocks went back
+    assert len(data) < 150
+
+
+def test_a_registration_of_a_standard_library_type_is_used_instead():
+    # what was registered before these types travelled natively keeps going as registered
+    actors.register_class(decimal.Decimal, serializer=lambda d: ["decimal", str(d)], deserializer=lambda v: v)
+    try:
+        assert roundtrip(decimal.Decimal("1.5")) == ["decimal", "1.5"]
+    finally:
+        actors.unregister_class(decimal.Decimal)
+    assert same(roundtrip(decimal.Decimal("1.5")), decimal.Decimal("1.5"))
+
+
+class _FixedZone(dt.tzinfo):
+    def utcoffset(self, d):
+        return dt.timedelta(hours=2)
+
+
+def test_an_unregistered_tzinfo_is_named_with_its_place():
+    with pytest.raises(SerializationError, match=r"^cannot serialize <_FixedZone object at .*> at obj\[0\]\.tzinfo: "
+                                                 r"class _FixedZone is not registered; call "
+                                                 r"actors\.register_class\(_FixedZone\)$"):
+        actors.dumps([dt.datetime(2024, 1, 1, tzinfo=_FixedZone())])
+    with pytest.raises(SerializationError, match=r"a ZoneInfo made from a file \(ZoneInfo\.from_file\) has no key"):
+        with open(_tzfile("UTC"), "rb") as f:
+            actors.dumps(zoneinfo.ZoneInfo.from_file(f))
+
+
+def _tzfile(key):
+    """The path of a time zone's file, in the system's database or the tzdata package."""
+    for root in zoneinfo.TZPATH:
+        if os.path.exists(os.path.join(root, key)):
+            return os.path.join(root, key)
+    import importlib.resources
+    return str(importlib.resources.files("tzdata.zoneinfo") / key)
 
 
 def test_bool_is_not_int_and_int_is_not_bool():

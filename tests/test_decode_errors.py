@@ -7,6 +7,8 @@ for a class registered with pickle=True in the decoding registry.
 Messages with pickled values are kept out of the mutation fuzz: a corrupted cloudpickle payload is unpickled (that is
 what pickle=True means) and corrupted code objects can crash the interpreter, which is outside the codec's reach.
 """
+import datetime as dt
+import decimal
 import inspect
 import pickle
 import re
@@ -16,6 +18,8 @@ import sys
 import textwrap
 import time
 import tracemalloc
+import uuid
+import zoneinfo
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +140,10 @@ def _corpus_values():
         Fields(), slots, Custom([1, {"z": Custom(2)}]),
         {"mixed": [Fields(), np.arange(3), {"s": {1, 2}}, (Custom(None),)], "n": None},
         b"B" * 16384, "S" * 16400, bytearray(b"A" * 16385), ["é" * 9000, np.ones(70, dtype=np.uint8)],
+        [dt.datetime(2024, 3, 31, 2, 30, 5, 123456, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"), fold=1),
+         dt.datetime(2024, 1, 2), dt.date(2024, 2, 29), dt.time(23, 59, 59, 999999, tzinfo=dt.timezone.utc),
+         dt.timedelta(-3, 7, 9), dt.timezone(dt.timedelta(hours=5, minutes=30), "IST"),
+         uuid.UUID(int=0x1234567890ABCDEF1234567890ABCDEF), decimal.Decimal("-12.3400"), decimal.Decimal("sNaN")],
     ]
 
 
@@ -435,6 +443,43 @@ def test_forged_scalar_size():
                                            f"(byte {16 + len(stream)} of {16 + len(stream)})")
     stream = bytes([T_NPSCALAR, 3]) + b"<f8" + scalar_len(255) + bytes(8)
     assert decode_error(frame(stream)).startswith("cannot decode: truncated data (needs 255 bytes, 8 left) at obj")
+
+
+T_DATETIME, T_DATE, T_TIME, T_TIMEDELTA, T_TIMEZONE, T_ZONEINFO, T_DECIMAL = 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x47
+
+
+def _datetime_fields(year=2024, month=1, day=2, hour=3, minute=4, second=5, fold=0, us=6):
+    return struct.pack("<HBBBBBBI", year, month, day, hour, minute, second, fold, us)
+
+
+@pytest.mark.parametrize("stream, error", [
+    (bytes([T_DATETIME]) + _datetime_fields(month=13) + bytes([T_NONE]), "ValueError: month must be in 1..12"),
+    (bytes([T_DATETIME]) + _datetime_fields(day=30, month=2) + bytes([T_NONE]), "ValueError: day is out of range"),
+    (bytes([T_DATETIME]) + _datetime_fields(us=2 ** 32 - 1) + bytes([T_NONE]), "ValueError: microsecond must be"),
+    (bytes([T_DATETIME]) + _datetime_fields(fold=2) + bytes([T_NONE]), "ValueError: fold must be either 0 or 1"),
+    (bytes([T_DATETIME]) + _datetime_fields() + bytes([T_INT8, 1]), "TypeError: tzinfo argument must be None or of"),
+    (bytes([T_DATE]) + struct.pack("<HBB", 0, 1, 1), "ValueError: year 0 is out of range"),
+    (bytes([T_TIME]) + struct.pack("<BBBBI", 24, 0, 0, 0, 0) + bytes([T_NONE]), "ValueError: hour must be in 0..23"),
+    (bytes([T_TIMEDELTA]) + struct.pack("<iii", 2 ** 31 - 1, 0, 0), "OverflowError: days=2147483647; must have"),
+    (bytes([T_TIMEZONE]) + struct.pack("<iii", 1, 0, 0) + bytes([T_NONE]), "ValueError: offset must be a timedelta"),
+    (bytes([T_TIMEZONE]) + struct.pack("<iii", 0, 60, 0) + bytes([T_INT8, 1]), "expected a str (tag 0x08), found"),
+    (bytes([T_ZONEINFO, T_STR]) + u32(11) + b"/etc/passwd", "ValueError: ZoneInfo keys"),
+    (bytes([T_ZONEINFO, T_STR]) + u32(8) + b"Nowhere/", "ValueError: ZoneInfo keys"),
+    (bytes([T_ZONEINFO, T_STR]) + u32(12) + b"Mars/Olympus", "ZoneInfoNotFoundError: 'No time zone found with key "
+                                                            "Mars/Olympus'"),
+    (bytes([T_DECIMAL, T_STR]) + u32(3) + b"1x2", "InvalidOperation"),
+])
+def test_forged_standard_library_values_are_refused_with_their_place(stream, error):
+    # their constructors check every field: nothing forged decodes as a value the type cannot hold
+    got = decode_error(frame(bytes([T_LIST]) + u32(1) + stream))
+    assert got.startswith(f"cannot decode: {error}"), got
+    assert " at obj[0] (byte " in got, got
+
+
+def test_a_forged_tzinfo_error_names_its_place():
+    stream = bytes([T_DATETIME]) + _datetime_fields() + bytes([T_ZONEINFO, T_INT8, 1])
+    assert decode_error(frame(stream)) == ("cannot decode: expected a str (tag 0x08), found tag 0x03 at obj.tzinfo "
+                                           f"(byte 30 of {16 + len(stream)})")
 
 
 def test_forged_array_outside_the_message():

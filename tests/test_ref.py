@@ -38,6 +38,25 @@ def test_counter_tell_tell_nowait_ask_and_proxy():
     assert run(main) == "done"
 
 
+def test_timestamps_ids_and_decimals_travel_to_an_actor_and_back_as_themselves():
+    import datetime as dt
+    import decimal
+    import uuid
+    import zoneinfo
+    tick = {"at": dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")),
+            "id": uuid.UUID(int=42), "price": decimal.Decimal("19.990"), "every": dt.timedelta(seconds=1.5),
+            "day": dt.date(2024, 2, 29), "utc": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)}
+
+    async def main(system):
+        echo = await system.spawn(Echo)
+        return (await echo.ask(tick))[2]
+
+    back = run(main)
+    assert back == tick
+    assert back["at"].fold == 1 and back["at"].tzinfo.key == "Europe/Paris"
+    assert str(back["price"]) == "19.990" and back["utc"].tzinfo is dt.timezone.utc
+
+
 def test_tell_nowait_from_other_threads_is_sent_by_the_systems_thread_once():
     async def main(system):
         counter = await system.spawn(Counter)

@@ -9,6 +9,8 @@ small count (tests/test_decode_errors.py); run a million from the command line:
     nice python tests/fuzz/fuzz_loads.py --inputs 1000000
 """
 import argparse
+import datetime
+import decimal
 import mmap
 import os
 import random
@@ -16,6 +18,8 @@ import signal
 import struct
 import sys
 import time
+import uuid
+import zoneinfo
 
 import numpy as np
 
@@ -41,6 +45,9 @@ def _corpus(store, foreign):
         (1, "a"), {"a": 1, 2: [3], (4,): {5: 6}}, {1, "x"}, frozenset({2.5}), np.arange(6, dtype=np.int16),
         np.zeros((2, 3), order="F"), np.array(["ab"]), np.array(3.5), np.float32(2.5), np.datetime64(5, "ms"),
         Point(1, [2, 3]), b"B" * 5000, ["é" * 300, np.ones(70, dtype=np.uint8)],
+        [datetime.datetime(2024, 3, 31, 2, 30, fold=1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")), datetime.date.max,
+         datetime.time(1, 2, tzinfo=datetime.timezone(datetime.timedelta(hours=-5), "EST")), datetime.timedelta(-1),
+         uuid.UUID(int=5), decimal.Decimal("-0.00E+3")],
         refs[0], refs[2], holder, [refs[1], {"r": refs[3]}, (refs[0], refs[0])], {"p": Point(refs[2], None)},
     ]
     messages = [actors.dumps(v) for v in values]
