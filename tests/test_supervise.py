@@ -48,6 +48,8 @@ class Crasher(actors.Actor):
     async def receive(self, msg):
         if isinstance(msg, str) and msg.startswith("exit "):
             os._exit(int(msg.split()[1]))
+        if msg == "segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
         if isinstance(msg, str) and msg.startswith("sys.exit "):
             sys.exit(int(msg.split()[1]))
         if msg == "raise":
@@ -132,7 +134,8 @@ def test_restart_policy_decides_whether_an_exited_actor_comes_back(policy, code,
         ref = await system.spawn(Crasher, name="crasher", options={"restart": policy, **FAST})
         assert await ref.ask("x", timeout=10) == 1
         pid1 = await ref.proxy.pid(timeout=10)
-        with pytest.raises(ActorStoppedError):
+        # the asker hears how the process ended, which the system learns a moment after the connection's hang-up
+        with pytest.raises(ActorStoppedError, match=rf"^actor 'crasher' stopped before it replied: exit code {code}$"):
             await ref.ask(f"exit {code}", timeout=10)
         if restarted:
             # same name and ref; a fresh process (its state starts again: the actor is not persistent)
@@ -187,6 +190,30 @@ class Stoppable(actors.Actor):
     async def on_stop(self):
         with open(os.path.join(self.directory, f"stopped-{os.getpid()}"), "w"):
             pass
+
+
+def test_an_ask_cut_short_by_a_crash_says_how_the_actor_ended():
+    async def main(system):
+        ref = await system.spawn(Crasher, name="crash-in-ask")
+        with pytest.raises(ActorStoppedError, match=r"^actor 'crash-in-ask' stopped before it replied: killed by "
+                                                    r"SIGSEGV$"):
+            await ref.ask("segv", timeout=10)
+
+    run(main)
+
+
+def test_an_actor_that_crashes_as_the_system_stops_is_reported(caplog):
+    # main returns right after its tell, so the stop request follows the message the actor dies of: the system,
+    # stopping, must not pass off the crash as the stop it asked for
+    async def main(system):
+        ref = await system.spawn(Crasher, name="late-crash")
+        await ref.tell("segv")
+
+    caplog.set_level(logging.ERROR, logger="actors._runtime.supervise")
+    run(main)
+    failed = [r.getMessage() for r in caplog.records if "late-crash" in r.getMessage()]
+    assert len(failed) == 1 and re.fullmatch(r"actor 'late-crash' \(pid \d+\) failed: killed by SIGSEGV", failed[0]), \
+        failed
 
 
 def test_stopping_a_restarted_actor_is_graceful(tmp_path):

@@ -32,6 +32,8 @@ class ActorInfo:
         self.restart_count = 0              # since it was spawned
         self.started = False            # its on_start finished: an exit now is a failure, not a failed spawn
         self.last_failure = None
+        self.exit_reason = None         # how its process last ended ("exit code 3", "killed by SIGSEGV"), and when
+        self.exit_time = None
         self.watchers: dict[int, str] = {}
         self.restarting = False
         self.owner = None               # the cluster node it was spawned for, when another node spawned it

@@ -18,6 +18,8 @@ from actors._ref import ActorRef
 from actors._runtime.registry import ActorInfo
 from actors._wire.protocol import NODE_SHIFT, TELL, SystemOp
 
+DEATH_CAUSE_WAIT = 1.0      # seconds an asker waits, at most, to learn how the actor that did not reply ended
+
 log = logging.getLogger(__name__)
 
 
@@ -70,10 +72,14 @@ class Supervisor:
             return                      # this restart failed: _restart counts it and decides
         how = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
         reason = f"{info.last_failure} ({how})" if info.last_failure else how
+        info.exit_reason, info.exit_time = reason, trio.current_time()
         policy = info.options["restart"]
         restart = not info.stopping and info.started and info.pid and (
             policy == "always" or (policy == "on-failure" and code != 0))
-        if not info.stopping and info.error is None and info.ready.is_set() and info.started:
+        # a stop asked for ends with exit code 0, or the kill after its timeout; any other end while the system
+        # stops (a crash just before it began, say) is a failure, and is reported as one
+        asked = info.stopping and code in (0, -signal.SIGKILL)
+        if not asked and info.error is None and info.ready.is_set() and info.started:
             log.error("actor %r (pid %d) %s: %s", info.name, pid,
                       "failed" if code else "ended", reason)
         for watcher_id, watcher_name in list(info.watchers.items()):
@@ -83,6 +89,19 @@ class Supervisor:
             self.endpoint.nursery.start_soon(self._restart, info, reason)
             return
         self._gone(info)
+
+    async def death_cause(self, actor_id: int) -> str | None:
+        """Why actor `actor_id` ended, for an ask its end cut short: the asker learns of the end from the hang-up
+        of its connection, and this process from the fork server, a moment apart, so this waits a second at most
+        for the latter."""
+        info = self.actors.get(actor_id) or next((i for i in reversed(self.ended) if i.id == actor_id), None)
+        if info is None:
+            return None
+        if info.returncode is None and not (info.exit_time is not None and
+                                            trio.current_time() - info.exit_time < DEATH_CAUSE_WAIT):
+            with trio.move_on_after(DEATH_CAUSE_WAIT):
+                await info.exited.wait()
+        return info.exit_reason
 
     def _gone(self, info: ActorInfo) -> None:
         """The actor ended for good: forget it, and tell reconnecting senders not to wait for it."""

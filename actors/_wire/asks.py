@@ -59,7 +59,9 @@ class Asks:
             link = self.links.get(peer)
             if link is not None and link.why:
                 raise ActorStoppedError(f"cannot ask {self.describe(peer)}: {link.why}")
-            raise ActorStoppedError(f"{self.describe(peer)} stopped before it replied")
+            cause = await self.death_cause(peer)
+            raise ActorStoppedError(f"{self.describe(peer)} stopped before it replied" + (f": {cause}" if cause
+                                                                                         else ""))
         return waiter.kind, waiter.offset
 
     async def peer_status(self, peer: int, timeout: float):

@@ -66,6 +66,11 @@ class Handler(abc.ABC):
     def on_death(self, peer: int) -> None:
         """The link to `peer` died (it stopped or crashed)."""
 
+    async def death_cause(self, peer: int) -> str | None:
+        """Why `peer` ended, when this process can learn it (the system's does: it reaps the actors); an asker's
+        error then says it ("exit code 3", "killed by SIGSEGV") rather than only that the actor stopped."""
+        return None
+
 
 class Endpoint(Inbox, Asks, Delivery):
     """One process's place in the system: it listens for records, and sends them to other endpoints."""
@@ -77,6 +82,7 @@ class Endpoint(Inbox, Asks, Delivery):
         self.arena = arena
         self.handler = handler
         self.on_death = handler.on_death
+        self.death_cause = handler.death_cause
         self.limit = mailbox_size * RECORD_SIZE
         self.max_unacked = mailbox_size     # tells a persistent receiver has not acked yet, at most
         self.names = names if names is not None else {}
