@@ -8,7 +8,7 @@ import trio
 
 import actors
 from _helpers.actors import Counter, Relay, Sleeper, StatusReader, Suicidal
-from _helpers.processes import retry, run, run_cli, wait_until
+from _helpers.processes import retry, run, run_cli, wait_gone, wait_until
 from _helpers.processes import launched  # noqa: F401  (the fixture)
 
 
@@ -35,6 +35,23 @@ def test_status_reports_each_actor_and_the_store():
         await system.stop(counter)
         [row] = (await system.status()).actors
         assert (row.name, row.state, row.handled) == ("counter", "stopped", None)
+
+    run(main)
+
+
+def test_status_right_after_a_kill_shows_the_actor_ended_not_running():
+    # the driver learns of an exit from the fork server a moment after the process is gone: status waits for it
+    async def main(system):
+        counters = [await system.spawn(Counter, 0, name=f"victim-{i}", options={"restart": "never"}) for i in range(3)]
+        pids = {row.name: row.pid for row in (await system.status()).actors}
+        for name in ("victim-0", "victim-2"):
+            os.kill(pids[name], signal.SIGKILL)
+        # waited for in this thread, which blocks the system's loop: the processes are gone, and the system has
+        # not heard of it yet
+        assert wait_gone([pids["victim-0"], pids["victim-2"]]) == []
+        states = [(row.name, row.state) for row in (await system.status()).actors]
+        assert states == [("victim-0", "stopped"), ("victim-1", "running"), ("victim-2", "stopped")], states
+        assert await counters[1].ask(0) == 0
 
     run(main)
 

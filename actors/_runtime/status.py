@@ -19,6 +19,7 @@ import socket
 
 import trio
 
+from actors._runtime.supervise import DEATH_CAUSE_WAIT
 from actors._wire.protocol import RECORD_SIZE
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,12 @@ class Status:
         if not info.started or info.exited.is_set() or info.restarting:
             return None, None
         answer = await self.endpoint.peer_status(info.id, ASK_TIMEOUT)
+        if answer is False:
+            # nothing listens for it: its process has just ended, and the news of its exit is on its way here
+            # (`death_cause`); wait for that rather than show a dead actor as running
+            with trio.move_on_after(DEATH_CAUSE_WAIT):
+                await info.exited.wait()
+            return None, None
         if answer is None:
             return None, None
         handled, waiting = answer
@@ -98,6 +105,8 @@ class Status:
                 nursery.start_soon(ask, info)
         rows = []
         for info in infos:
+            if self.actors.get(info.id) is not info:
+                continue                # it ended for good meanwhile: listed with the ended ones below
             link = self.endpoint.links.get(info.id)
             handled, mailbox = figures[info.id]
             rows.append(ActorStatus(info.name, info.id, info.cls.__qualname__, info.pid, self._state(info),

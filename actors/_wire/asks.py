@@ -66,11 +66,12 @@ class Asks:
 
     async def peer_status(self, peer: int, timeout: float):
         """(records handled, records waiting) from `peer`'s endpoint, asked on a connection of its own so that its
-        reader answers at once, whatever its handler is doing; None if it does not answer within `timeout`."""
+        reader answers at once, whatever its handler is doing; None if it does not answer within `timeout`, False
+        if nothing listens for it (it has ended)."""
         try:
             link = self.transport.connect(peer)
         except OSError:
-            return None
+            return False
         try:
             link.send(RECORD.pack(0, STATUS, self.id, 0))
             answer = bytearray()
