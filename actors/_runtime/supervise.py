@@ -18,7 +18,7 @@ from actors._ref import ActorRef
 from actors._runtime.registry import ActorInfo
 from actors._wire.protocol import NODE_SHIFT, TELL, SystemOp
 
-DEATH_CAUSE_WAIT = 1.0      # seconds an asker waits, at most, to learn how the actor that did not reply ended
+DEATH_CAUSE_WAIT = 2.0      # seconds to wait, at most, for the news of an exit (`_after_exit` may take 1 s)
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,14 @@ class Supervisor:
 
     async def death_cause(self, actor_id: int) -> str | None:
         """Why actor `actor_id` ended, for an ask its end cut short: the asker learns of the end from the hang-up
-        of its connection, and this process from the fork server, a moment apart, so this waits a second at most
-        for the latter."""
+        of its connection, and this process from the fork server, a moment apart, so this waits for the latter
+        (DEATH_CAUSE_WAIT at most)."""
         info = self.actors.get(actor_id) or next((i for i in reversed(self.ended) if i.id == actor_id), None)
         if info is None:
             return None
         if info.returncode is None and not (info.exit_time is not None and
                                             trio.current_time() - info.exit_time < DEATH_CAUSE_WAIT):
+            # (not when it has ended and been restarted already: its new incarnation's exit is not the news)
             with trio.move_on_after(DEATH_CAUSE_WAIT):
                 await info.exited.wait()
         return info.exit_reason

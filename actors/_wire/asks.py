@@ -66,8 +66,9 @@ class Asks:
 
     async def peer_status(self, peer: int, timeout: float):
         """(records handled, records waiting) from `peer`'s endpoint, asked on a connection of its own so that its
-        reader answers at once, whatever its handler is doing; None if it does not answer within `timeout`, False
-        if nothing listens for it (it has ended)."""
+        reader answers at once, whatever its handler is doing; None if it does not answer within `timeout`; False
+        if it has ended or is ending: nothing listens for it, or it closed the connection without an answer (a
+        killed process's listener accepts until its last thread is gone)."""
         try:
             link = self.transport.connect(peer)
         except OSError:
@@ -81,14 +82,14 @@ class Asks:
                     chunk = bytearray(RECORD_SIZE - len(answer))
                     n = link.recv_into(chunk)
                     if n == 0:
-                        return None
+                        return False
                     answer += chunk[:n]
             if len(answer) < RECORD_SIZE:
                 return None
             handled, _kind, _src, waiting = RECORD.unpack(answer)
             return handled, waiting
         except OSError:
-            return None
+            return False
         finally:
             link.close()
 
