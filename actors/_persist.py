@@ -316,7 +316,17 @@ class Journal:
                     snap["state"] = self._decode_state(snap["state"])
                     return snap
                 except Exception as exc:
-                    problem = f"it does not decode ({exc})"
+                    if quiet:
+                        return None
+                    # Its checksum matches: the file is as it was written, and this program reads it differently
+                    # (a class renamed or no longer registered, a changed deserialize). Falling back to an older
+                    # snapshot, or to none, would start from a state that loses what this one holds, and the next
+                    # snapshot would overwrite it for good: refuse, and leave every file as it is.
+                    raise PersistenceError(
+                        f"the snapshot {path} is intact but this program cannot decode it: {exc}. The program that "
+                        f"wrote it registered its classes (or decoded its state) differently: register them as it "
+                        f"did (a renamed class under its old module and name, too), or restore that program; the "
+                        f"actor's files are left as they are") from exc
         if not quiet:
             log.warning("snapshot %s is damaged: %s; ignoring it", path, problem)
         return None

@@ -328,9 +328,18 @@ async def _recover(spec: SpawnSpec, system: System):
     restored, state, replay = journal.recover()
     actor = _construct(spec, system, state if restored else _persist_none)
     incoming = system.incoming
-    for kind, message in replay:
+    for i, (kind, message) in enumerate(replay):
         try:
             msg = _codec.loads(message)
+        except Exception as exc:
+            # it decoded when it was first handled: this program reads it differently, and skipping it would lose
+            # it for good (the next snapshot covers it)
+            raise PersistenceError(
+                f"actor {spec.name!r}: journaled message {i + 1} of {len(replay)} to replay is intact but this "
+                f"program cannot decode it: {exc}. The program that journaled it registered its classes "
+                f"differently: register them as it did (a renamed class under its old module and name, too), or "
+                f"restore that program; the actor's files are left as they are") from exc
+        try:
             if kind in (TELL, ASK):
                 await actor.receive(incoming(msg))
             elif kind in (CALL, CALL_TELL):
