@@ -9,9 +9,9 @@ import time
 import pytest
 
 from actors._runtime.cluster.node import LEASE_TTL
-from _helpers.cluster import TIMEOUT, Agent, EtcdServer, HostProcess, Program, require_etcd
+from _helpers.cluster import TIMEOUT, Agent, EtcdServer, HostProcess, Program, free_port, require_etcd
 from _helpers.cluster import cluster_hosts  # noqa: F401 (fixture)
-from _helpers.processes import cpu_seconds
+from _helpers.processes import cpu_seconds, run_cli
 
 AGENTS = {"h2": "role=cpu", "h3": "role=gpu"}
 
@@ -265,3 +265,11 @@ def test_a_node_that_loses_etcd_stops_within_its_lease_and_says_why(tmp_path):
             node.close()
     finally:
         etcd.close()
+
+
+def test_a_node_started_before_etcd_says_so_in_one_line():
+    port = free_port()          # nothing listens there
+    done = run_cli("node", "--cluster", f"etcd://127.0.0.1:{port}", "--name", "early")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (f"actors: cannot reach etcd at 127.0.0.1:{port}: Connection refused; start etcd or check "
+                           f"--cluster\n"), done.stderr

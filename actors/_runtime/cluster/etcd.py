@@ -217,6 +217,14 @@ class Etcd:
             raise ClusterError(
                 f"cannot reach {self._where()}: {why}; start etcd or check --cluster") from None
 
+    async def facing_address(self) -> str:
+        """This machine's address on the network that reaches etcd: where the other nodes can reach it too."""
+        stream = await self._connect()
+        try:
+            return stream.socket.getsockname()[0]
+        finally:
+            await stream.aclose()
+
     async def _open(self, path: str, body: dict) -> tuple[trio.SocketStream, _HTTPResponse]:
         """Send one POST and read the response's head; the caller reads the body and closes the stream."""
         payload = json.dumps(body).encode()

@@ -168,7 +168,7 @@ class Node:
     async def join(self) -> None:
         """Take a node number and a name under a new lease, and open the gateway; ClusterError says why not."""
         parse_cluster_url(self.options.url)
-        host, port = _address(self.options.listen) if self.options.listen else (await self._etcd_facing(), 0)
+        host, port = _address(self.options.listen) if self.options.listen else (await self.etcd.facing_address(), 0)
         tcp.check_listen_address(host, self.secret)
         # A node restarted right after it died finds its old record until that lease runs out: wait for it (before
         # taking a lease of our own, which nothing renews yet).
@@ -202,16 +202,6 @@ class Node:
             number += 1
         raise ClusterError(f"the cluster at {self.options.url} has used all {tcp.MAX_NODE_NUMBER} node numbers "
                            f"(one per node start); clear the etcd prefix {PREFIX!r} when no node runs")
-
-    async def _etcd_facing(self) -> str:
-        """This machine's address on the network that reaches etcd: where other nodes can reach it too."""
-        host, port = parse_cluster_url(self.options.url)
-        with trio.fail_after(5):
-            stream = await trio.open_tcp_stream(host, port)
-        try:
-            return stream.socket.getsockname()[0]
-        finally:
-            await stream.aclose()
 
     def _node_key(self, name: str) -> str:
         return f"{PREFIX}nodes/{name}"
