@@ -251,8 +251,9 @@ def main(args) -> int:
                 except OSError:
                     pass                # the terminal that hung up is gone
             return exc.code if isinstance(exc.code, int) else 1
-        except Exception:
-            traceback.print_exc()
+        except Exception as exc:
+            if not getattr(exc, "logged_by_system", False):     # else its log line above says it all
+                traceback.print_exc()
             return 1
     if interrupts.count > 1:
         print(f"actors: interrupted again; killed {interrupts.killed} actor{'' if interrupts.killed == 1 else 's'}",

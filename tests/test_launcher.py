@@ -359,6 +359,26 @@ def _stop_with_signal(tmp_path, launched, signum, group=False):
     return code, p.stderr()
 
 
+def test_a_killed_fork_server_stops_the_system_with_one_line_that_says_so(tmp_path, launched):
+    # its actors die with it (they leave no orphan), and the stop does not wait out its timeout (60 s here) for
+    # the reports of their exits that it would have sent
+    app = write_app(tmp_path, FOREVER_APP)
+    p = launched("run", "--stop-timeout", "60", app, str(tmp_path), cwd=tmp_path)
+    p.wait_for_line("READY")
+    [forkserver] = children_of(p.proc.pid)
+    actor_pids = children_of(forkserver)
+    assert len(actor_pids) == 2
+    os.kill(forkserver, signal.SIGKILL)
+    code = p.wait(TIMEOUT)
+    assert code == 1, p.stderr()
+    errors = [line for line in p.stderr().splitlines() if not line.startswith("[worker-")]
+    assert errors == [f"ERROR actors._runtime.supervise: the fork server that starts actor processes (pid "
+                      f"{forkserver}) exited: killed by SIGKILL, and every actor with it; the system stops"], \
+        p.stderr()
+    assert wait_gone(actor_pids) == []
+    assert segments_of(p.proc.pid) == []
+
+
 def test_sigterm_stops_the_actors_gracefully_and_exits_non_zero(tmp_path, launched):
     _stop_with_signal(tmp_path, launched, signal.SIGTERM)
 

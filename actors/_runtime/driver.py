@@ -69,6 +69,7 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
         self._spawned: dict[int, list] = {}
         self._early_exits: dict[int, tuple] = {}   # pid -> (exit code, why), for an exit before its spawn report
         self._forkserver = None
+        self.forkserver_gone = False    # and with it the reports of actors' exits (spawn.Spawner._exited)
         self._ctl = None
         # The system operations, by number: what an actor's SYSTEM request runs (never looked up by name).
         self._ops = {
@@ -257,7 +258,7 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
         driver.uninstall()
         driver.close()
     if driver.fatal is not None:
-        raise driver.fatal
+        raise driver.fatal from None    # the system's own failure: not a consequence of main's cancellation
     if failure is not None:
         raise failure
 

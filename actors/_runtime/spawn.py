@@ -82,7 +82,16 @@ class Spawner:
             data = await ctl.recv(65536)
             if not data:
                 # the fork server is gone (it failed to import the app, say): no actor can start any more
-                self.fail(ActorsError("the fork server that starts actor processes exited; see its error above"))
+                self.forkserver_gone = True
+                code = None
+                with trio.move_on_after(2):     # it closed its end: it is exiting
+                    code = await trio.to_thread.run_sync(self._forkserver.wait, abandon_on_cancel=True)
+                how = ("" if code is None else f" with exit code {code}" if code >= 0
+                       else f": killed by {signal.Signals(-code).name}")
+                # (its actors die with it: forkserver._die_with_parent)
+                self.fail(ActorsError(f"the fork server that starts actor processes (pid {self._forkserver.pid}) "
+                                      f"exited{how}, and every actor with it; the system stops"
+                                      + ("; see its error above" if code is not None and code > 0 else "")))
                 for waiting in self._spawned.values():
                     waiting.append(0)
                     waiting[0].set()
@@ -245,7 +254,7 @@ class Spawner:
         """Wait `timeout` seconds for the actor to exit, then kill it. `unasked`: why it could not be asked to
         stop (it is killed at once)."""
         with trio.move_on_after(timeout):
-            await info.exited.wait()
+            await self._exited(info)
             return
         if info.pid <= 0:
             return
@@ -258,7 +267,23 @@ class Spawner:
         except ProcessLookupError:
             pass
         with trio.move_on_after(5):
+            await self._exited(info)
+
+    async def _exited(self, info: ActorInfo) -> None:
+        """Until the actor's process has ended: as the fork server, its parent, reports it; once the fork server
+        is gone, and its reports with it, as the process's own end shows through a pidfd (the stop would otherwise
+        wait out its timeout for a report that never comes, then kill a process that has already exited)."""
+        if not self.forkserver_gone or info.pid <= 0:
             await info.exited.wait()
+            return
+        try:
+            fd = os.pidfd_open(info.pid)
+        except OSError:
+            return                      # gone already
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
 
     async def stop_all(self, timeout: float) -> None:
         """Stop every actor of this system: those running here, and those it spawned on other nodes. From here on

@@ -195,6 +195,7 @@ class Supervisor:
         """Stop the whole system with `exc` (raised from actors.run)."""
         if self.fatal is None:
             self.fatal = exc
+            exc.logged_by_system = True     # `actors run` shows this line, not a traceback of main's code
             log.error("%s", exc)
             if self.main_scope is not None:
                 self.main_scope.cancel()
