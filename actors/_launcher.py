@@ -30,7 +30,9 @@ def locate_app(spec: str) -> tuple[str, str, str, str]:
     usage = f"cannot run {spec!r}: give the path of an app's .py file, or module:function"
     if spec.endswith(".py"):
         if not os.path.isfile(spec):
-            raise ActorsError(usage)
+            why = "it is not a file" if os.path.exists(spec) else "no such file"
+            where = "" if os.path.isabs(spec) else f" (looked for from {os.getcwd()})"
+            raise ActorsError(f"cannot run {spec!r}: {why}{where}")
         directory, filename = os.path.split(os.path.abspath(spec))
         sys.path.insert(0, directory)
         return directory, filename[:-3], "main", spec

@@ -615,7 +615,14 @@ def test_app_with_a_syntax_error_shows_where_it_is(tmp_path):
 def test_run_of_a_missing_file_is_a_clear_error(tmp_path):
     proc = run_cli("run", str(tmp_path / "nowhere.py"), cwd=tmp_path)
     assert proc.returncode == 2
-    assert "nowhere.py" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr == f"actors: cannot run '{tmp_path / 'nowhere.py'}': no such file\n", proc.stderr
+    proc = run_cli("run", "examples/pingpong.py", cwd=tmp_path)      # the README's path, from elsewhere
+    assert proc.returncode == 2
+    assert proc.stderr == f"actors: cannot run 'examples/pingpong.py': no such file (looked for from {tmp_path})\n", \
+        proc.stderr
+    (tmp_path / "dir.py").mkdir()
+    proc = run_cli("run", "dir.py", cwd=tmp_path)
+    assert proc.stderr == f"actors: cannot run 'dir.py': it is not a file (looked for from {tmp_path})\n", proc.stderr
 
 
 def test_serialize_without_deserialize_is_a_clear_error(tmp_path):
