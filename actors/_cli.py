@@ -35,10 +35,16 @@ def _node(args) -> int:
     return _launcher.node(args)
 
 
+def _directory(text: str) -> str:
+    if not text:        # `--resilience-dir "$UNSET"` would otherwise run with no persistence at all
+        raise argparse.ArgumentTypeError("an empty path; give a directory")
+    return text
+
+
 def _system_options(command: argparse.ArgumentParser, *, cluster_required: bool) -> None:
     """The options of the commands that run a system: its store, persistence, stopping, logging, and cluster."""
     command.add_argument("--store-capacity", default=None, help="shared-memory store size, e.g. 512M or 4G")
-    command.add_argument("--resilience-dir", default=None,
+    command.add_argument("--resilience-dir", default=None, type=_directory,
                          help="directory where persistent actors keep their journals and snapshots; run again "
                               "with the same directory to recover them")
     command.add_argument("--stop-timeout", type=float, default=5.0,

@@ -254,7 +254,9 @@ def main(args) -> int:
                     pass                # the terminal that hung up is gone
             return exc.code if isinstance(exc.code, int) else 1
         except Exception as exc:
-            if not getattr(exc, "logged_by_system", False):     # else its log line above says it all
+            if interrupts.system is None and isinstance(exc, ActorsError):
+                print(f"actors: {exc}", file=sys.stderr)        # the system could not start: none of main ran
+            elif not getattr(exc, "logged_by_system", False):   # else its log line above says it all
                 traceback.print_exc()
             return 1
     if interrupts.count > 1:

@@ -71,7 +71,12 @@ MAX_NAME_BYTES = 255 - len(".journal.18446744073709551615.dead")   # a file name
 
 def check_directory(directory: str) -> None:
     """Create the resilience directory (0700) if it is missing; refuse one that is not safe to keep state in."""
-    os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
+    try:
+        os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file, not a directory" if exc.errno == errno.EEXIST else exc.strerror
+        raise PersistenceError(f"cannot use {directory} as the resilience directory: {why}; give a directory of "
+                               f"your own (it is created if missing)") from None
     st = os.stat(directory)
     me = os.geteuid()
     if st.st_uid != me:
@@ -79,10 +84,12 @@ def check_directory(directory: str) -> None:
             f"resilience directory {directory} belongs to uid {st.st_uid}, not to this user (uid {me}): its owner "
             f"could read the actors' state or plant links that redirect writes; use a directory of your own")
     if st.st_mode & 0o022:
+        # a shared directory such as /tmp (sticky, world-writable) is meant to stay so: no chmod advice for it
+        fix = ("use a directory of your own inside it (mkdir -m 700)" if st.st_mode & stat.S_ISVTX else
+               f"run `chmod go-w {directory}` or use a directory of your own")
         raise PersistenceError(
             f"resilience directory {directory} can be written by group or others (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}): they could plant files or links in it; run `chmod go-w {directory}` "
-            f"or use a directory of your own")
+            f"{stat.S_IMODE(st.st_mode):04o}): they could plant files or links in it; {fix}")
 
 
 def _open(path: str, flags: int) -> int:

@@ -1270,8 +1270,10 @@ def test_a_directory_that_group_or_others_can_write_is_refused(tmp_path, bits):
     res = tmp_path / "resilience"
     res.mkdir()
     os.chmod(res, bits)
+    fix = ("use a directory of your own inside it (mkdir -m 700)" if bits & 0o1000     # sticky, as /tmp
+           else f"run `chmod go-w {res}` or use a directory of your own")
     expected = (f"resilience directory {res} can be written by group or others (mode {bits:04o}): they could plant "
-                f"files or links in it; run `chmod go-w {res}` or use a directory of your own")
+                f"files or links in it; {fix}")
     with pytest.raises(PersistenceError) as raised:
         Journal(str(res), "a")
     assert str(raised.value) == expected
@@ -1284,6 +1286,30 @@ def test_a_directory_that_group_or_others_can_write_is_refused(tmp_path, bits):
         run(main, resilience_dir=str(res))
     assert str(raised.value) == expected
     assert ran == [] and os.listdir(res) == []
+
+
+def test_a_resilience_dir_that_cannot_be_one_is_refused_in_one_line(tmp_path):
+    app = write_app(tmp_path, """
+        async def main(system):
+            print("ran")
+    """, "app.py")
+    (tmp_path / "afile").write_text("")
+    sticky = tmp_path / "shared"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)            # a shared directory such as /tmp, meant to stay so
+    for given, said in [
+        (tmp_path / "afile", f"cannot use {tmp_path / 'afile'} as the resilience directory: it is a file, not a "
+                             f"directory; give a directory of your own (it is created if missing)"),
+        (tmp_path / "afile" / "sub", f"cannot use {tmp_path / 'afile' / 'sub'} as the resilience directory: Not a "
+                                     f"directory; give a directory of your own (it is created if missing)"),
+        (sticky, f"resilience directory {sticky} can be written by group or others (mode 1777): they could plant "
+                 f"files or links in it; use a directory of your own inside it (mkdir -m 700)"),
+    ]:
+        done = run_app(app, given)
+        assert (done.returncode, done.stderr, done.stdout) == (1, f"actors: {said}\n", ""), done.stderr
+    done = run_cli("run", "--resilience-dir", "", app, cwd=tmp_path)    # an unset variable, say: not "no directory"
+    assert done.returncode == 2 and done.stderr.endswith(
+        "actors run: error: argument --resilience-dir: an empty path; give a directory\n"), done.stderr
 
 
 @root_only
@@ -1378,7 +1404,8 @@ def test_a_second_system_on_the_same_directory_fails_at_start_while_the_first_ke
         f"directory would lose each other's acknowledged tells; stop that system, or give this one another directory")
     assert ran == []
     cli = run_app(app, res)
-    assert cli.returncode != 0 and "is in use by another system" in cli.stderr, cli.stderr[-3000:]
+    assert cli.returncode == 1, cli.stderr[-3000:]
+    assert cli.stderr == f"actors: {raised.value}\n"         # one line: none of the app ran, nothing to trace
     assert "ready" not in cli.stdout
 
     first.proc.stdin.write("go on\n")
