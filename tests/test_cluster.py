@@ -44,6 +44,10 @@ def test_spawn_on_a_chosen_node_by_labels_and_by_load(cluster_hosts, agents):
     assert p.read("label_node") == "h3"
     assert "no node of the cluster carries the labels {'role': 'none-has-it'}" in p.read("no_label")
     assert "no such node is in the cluster" in p.read("no_node")
+    # the node named has no resilience directory: the error names that node, and how it gets one
+    assert p.read("no_dir") == ("cannot spawn persistent actor 'tally-without-dir' on node 'h2': that node has no "
+                                "resilience directory; start it with `actors node ... --resilience-dir DIR`, or "
+                                "place the actor on a node that has one (spawn(..., node=NAME))")
     assert p.read("spread") == ["h2", "h3", "p-place"]     # the least loaded first: every node gets some
     p.finish()
 

@@ -145,6 +145,11 @@ class Spawner:
         if opts["persistent"] and name is None:
             raise ActorsError(f"cannot spawn persistent {cls.__qualname__} without a name: its state is stored "
                               f"under its name, to be found again after a restart; pass name=")
+        if opts["persistent"] and self.resilience_dir is None and self.cluster is not None:
+            # (the program that asked may well have one: say which node lacks it, and how that node gets one)
+            raise SpawnError(f"cannot spawn persistent actor {name!r} on node {self.cluster.name!r}: that node has "
+                             f"no resilience directory; start it with `actors node ... --resilience-dir DIR`, or "
+                             f"place the actor on a node that has one (spawn(..., node=NAME))")
         name = name if name is not None else f"{cls.__name__}-{actor_id}"
         if name in self.by_name:
             raise ActorsError(f"cannot spawn {cls.__qualname__} as {name!r}: an actor of that name is running")

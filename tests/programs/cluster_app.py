@@ -222,6 +222,10 @@ async def placement(system):
         await system.spawn(Echo, node="no-such-node")
     except actors.ActorsError as exc:
         say("no_node", str(exc))
+    try:
+        await system.spawn(Tally, node=NODES[0], name="tally-without-dir")
+    except actors.ActorsError as exc:
+        say("no_dir", str(exc))
     spread = [await system.spawn(Echo) for _ in range(6)]
     say("spread", sorted({ref.node for ref in spread}))
 
