@@ -48,6 +48,10 @@ def test_spawn_on_a_chosen_node_by_labels_and_by_load(cluster_hosts, agents):
     assert p.read("no_dir") == ("cannot spawn persistent actor 'tally-without-dir' on node 'h2': that node has no "
                                 "resilience directory; start it with `actors node ... --resilience-dir DIR`, or "
                                 "place the actor on a node that has one (spawn(..., node=NAME))")
+    assert p.read("no_module") == ("cannot spawn 'from-elsewhere' on node 'h2': its class, or an argument, comes from "
+                                   "module 'only_here', which node 'h2' cannot import; install that module there, or "
+                                   "have the program send its code: `cloudpickle.register_pickle_by_value(only_here)` "
+                                   "after importing it")
     assert p.read("spread") == ["h2", "h3", "p-place"]     # the least loaded first: every node gets some
     p.finish()
 

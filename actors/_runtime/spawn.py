@@ -134,7 +134,15 @@ class Spawner:
                                              self.cluster.name)
                 self.spawned_elsewhere[ref.id] = target[1]
                 return ref
-        cls, args, kwargs = cloudpickle.loads(pickled) if isinstance(pickled, bytes) else pickled
+        try:
+            cls, args, kwargs = cloudpickle.loads(pickled) if isinstance(pickled, bytes) else pickled
+        except ModuleNotFoundError as exc:
+            here = f"node {self.cluster.name!r}" if self.cluster is not None else "this system"
+            raise SpawnError(
+                f"cannot spawn {name if name is not None else 'an actor'!r} on {here}: its class, or an argument, "
+                f"comes from module {exc.name!r}, which {here} cannot import; install that module there, or have "
+                f"the program send its code: `cloudpickle.register_pickle_by_value({exc.name})` after importing "
+                f"it") from None
         opts = opts if opts is not None else actor_options(cls, None)
         moved = actor_id is not None
         if not moved:

@@ -207,6 +207,27 @@ class Counting(actors.Actor):
 # -- scenarios ---------------------------------------------------------------------------------------------------------
 
 
+async def _spawn_from_a_module_only_here(system):
+    """Spawn on another node a class of a module that only this program can import; the error."""
+    import importlib
+    import shutil
+    import tempfile
+    where = tempfile.mkdtemp()
+    try:
+        with open(os.path.join(where, "only_here.py"), "w") as f:
+            f.write("import actors\n\nclass Local(actors.Actor):\n    async def receive(self, msg):\n"
+                    "        return msg\n")
+        sys.path.insert(0, where)
+        only_here = importlib.import_module("only_here")
+        try:
+            await system.spawn(only_here.Local, node=NODES[0], name="from-elsewhere")
+        except actors.ActorsError as exc:
+            return str(exc)
+    finally:
+        sys.path.remove(where)
+        shutil.rmtree(where)
+
+
 async def placement(system):
     say("nodes", sorted((n.name, n.labels, n.here) for n in await system.nodes()))
     on_h2 = await system.spawn(Echo, node=NODES[0], name=f"placed-{NODES[0]}")
@@ -226,6 +247,7 @@ async def placement(system):
         await system.spawn(Tally, node=NODES[0], name="tally-without-dir")
     except actors.ActorsError as exc:
         say("no_dir", str(exc))
+    say("no_module", await _spawn_from_a_module_only_here(system))
     spread = [await system.spawn(Echo) for _ in range(6)]
     say("spread", sorted({ref.node for ref in spread}))
 
