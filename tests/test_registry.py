@@ -1,5 +1,7 @@
 """The class registry: fields mode (__dict__ and __slots__), pickle mode, custom serializers, and the errors of each."""
 import collections
+import datetime
+import decimal
 import enum
 import functools
 import hashlib
@@ -566,6 +568,37 @@ def test_numpy_subclasses_cannot_register_by_fields(cls, base):
         actors.register_class(cls)
     assert str(info.value) == (f"cannot register class {qualified(cls)} by its fields: it derives from {base}, whose "
                                f"contents are not fields; register it with pickle=True or a serializer")
+
+
+@pytest.mark.parametrize("base", [decimal.Decimal, datetime.timedelta, datetime.datetime, functools.partial],
+                         ids=lambda c: c.__name__)
+def test_subclasses_of_c_types_with_state_cannot_register_by_fields(base):
+    # by its fields a Decimal subclass travelled as an empty __dict__, and came back as Decimal('0')
+    cls = type("Sub", (base,), {})
+    with pytest.raises(RegistrationError) as info:
+        actors.register_class(cls)
+    assert str(info.value) == (f"cannot register class {qualified(cls)} by its fields: it derives from the C type "
+                               f"{base.__module__}.{base.__qualname__}, whose state is not in its fields; register it "
+                               f"with pickle=True or a serializer")
+    with pytest.raises(SerializationError, match=r"call actors\.register_class\(Sub, pickle=True\)$"):
+        actors.dumps(cls(*{decimal.Decimal: ["1.5"], datetime.timedelta: [2],
+                           datetime.datetime: [2024, 1, 1], functools.partial: [max, 1]}[base]))
+
+
+def test_a_subclass_of_a_stateless_c_type_registers_by_fields():
+    class Zone(datetime.tzinfo):        # tzinfo holds nothing in C: its subclasses' state is their fields
+        def __init__(self, hours):
+            self.hours = hours
+
+        def utcoffset(self, dt):
+            return datetime.timedelta(hours=self.hours)
+
+    actors.register_class(Zone)
+    try:
+        back = roundtrip(datetime.datetime(2024, 1, 1, tzinfo=Zone(3)))
+        assert back.tzinfo.hours == 3 and back.utcoffset() == datetime.timedelta(hours=3)
+    finally:
+        actors.unregister_class(Zone)
 
 
 @pytest.mark.parametrize("cls", [types.FunctionType, functools.partial], ids=lambda c: c.__name__)
