@@ -4,6 +4,8 @@ from (by reference or by value).
 Every system runs in this process through `run()` (a deadline around `main`), with real actor processes."""
 import os
 import re
+import resource
+import subprocess
 import sys
 import textwrap
 import time
@@ -24,7 +26,7 @@ from _helpers.actors import (
     Parent,
     Sink,
 )
-from _helpers.processes import run
+from _helpers.processes import CLI_TIMEOUT, actors_cmd, env, run
 
 
 def test_spawn_whose_constructor_or_on_start_raises_gives_spawn_error():
@@ -256,3 +258,34 @@ def test_spawns_whose_specs_overflow_the_fork_servers_socket_all_start():
         assert [await ref.ask(None) for ref in refs] == [len(big)] * 8
 
     run(main)
+
+
+MANY_APP = """
+    import resource
+    import actors
+
+    class Echo(actors.Actor):
+        async def receive(self, msg):
+            return msg
+
+    async def main(system):
+        refs = [await system.spawn(Echo) for _ in range(120)]
+        for i, ref in enumerate(refs):
+            assert await ref.ask(i) == i
+        print("answered", len(refs), "soft limit", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def test_a_system_raises_its_open_files_limit_to_the_hard_one(tmp_path):
+    # the driver holds two connections per actor: under a soft limit of 128 (the usual is 1024), 120 actors ran it
+    # out, where the hard limit allows them
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"the hard limit on open files here is {hard}")
+    app = tmp_path / "many.py"
+    app.write_text(textwrap.dedent(MANY_APP))
+    done = subprocess.run(actors_cmd("run", app), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                          timeout=CLI_TIMEOUT, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                                                    (128, hard)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == f"answered 120 soft limit {hard}\n", done.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import resource
 import signal
 import socket
 import subprocess
@@ -39,10 +40,23 @@ def log_levels() -> tuple[int, dict[str, int]]:
     return logging.getLogger().level, named
 
 
+def _raise_open_files_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit. The driver holds two connections per actor,
+    and an actor one per actor it talks to: the usual soft limit, 1024, ran out at about 500 actors, and a stop then
+    failed on every actor it could no longer connect to. The hard limit is the administrator's (`ulimit -Hn`)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass                        # (an infinite hard limit the kernel caps lower: keep the soft one)
+
+
 class Spawner:
     """The spawning part of `Driver` (kept in its own room)."""
 
     def start_forkserver(self) -> None:
+        _raise_open_files_limit()       # before the fork server starts: it and the actors inherit the limit
         ours, theirs = socket.socketpair()
         spec = pickle.dumps({"preload": PRELOAD, "app": self.app, "path": sys.path, "argv": sys.argv}).hex()
         env = dict(os.environ)
@@ -255,6 +269,8 @@ class Spawner:
             pass
         except (trio.TooSlowError, StoreFullError):
             await self._wait_or_kill(info, 0, f"its mailbox or the store stayed full for {timeout:g} s")
+        except OSError as exc:          # no connection to it could be made (out of file descriptors, say)
+            await self._wait_or_kill(info, 0, f"no connection to it: {exc}")
         else:
             await self._wait_or_kill(info, timeout)
         self.endpoint.forget(actor_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import errno
 import itertools
 import logging
 import os
@@ -43,6 +44,12 @@ SMALL_BYTES = 1 << 12       # a message under this many bytes is counted towards
 LARGE_BYTES = 1 << 16       # a message of this many bytes or more counts towards the sender's lead
 LEAD_BYTES = 8 << 20        # how far a sender of large messages may run ahead of its receiver
 LEAD_SPIN = 0.00025         # seconds a sender waits at most for its receiver to catch up
+ACCEPT_PAUSE = 0.1          # seconds a listener out of file descriptors waits before it accepts again
+ACCEPT_SHORT_FOR = 5.0      # and for how long at most, before the endpoint fails with the reason
+# What accept() raises when this process (or the machine) is out of descriptors or memory for one more connection:
+# the connection waits in the backlog meanwhile, and the endpoint goes on (trio's own serve_listeners does the same),
+# for a while: a spawn waiting for its actor to connect would otherwise wait for ever.
+_ACCEPT_SHORT = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Handler(abc.ABC):
@@ -143,12 +150,29 @@ class Endpoint(Inbox, Asks, Delivery):
             task_status.started()
 
     async def _accept(self, listener) -> None:
+        short_since = None
         while True:
             await listener.wait_readable()
             while True:
-                link = listener.accept()
+                try:
+                    link = listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_SHORT:
+                        raise
+                    now = trio.current_time()
+                    if short_since is None:
+                        short_since = now
+                        log.error("cannot accept a connection: %s; it waits until a descriptor is free",
+                                  os.strerror(exc.errno))
+                    elif now - short_since > ACCEPT_SHORT_FOR:
+                        raise OSError(exc.errno, f"{os.strerror(exc.errno)}: this process could not accept a "
+                                                 f"connection for {ACCEPT_SHORT_FOR:g} s; it holds one per actor "
+                                                 f"it talks to: raise its limit (`ulimit -n`, `ulimit -Hn` as root)")
+                    await trio.sleep(ACCEPT_PAUSE)
+                    break
                 if link is None:
                     break
+                short_since = None
                 self.nursery.start_soon(self._reader, link)
 
     def accept_link(self, link: Link) -> None:

@@ -2,6 +2,7 @@
 directory). The only module that knows AF_UNIX and socket paths."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import os
@@ -106,7 +107,16 @@ class UnixTransport(Transport):
         return UnixListener(socket_path(self.rundir, endpoint_id))
 
     def connect(self, peer: int) -> UnixLink:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            if exc.errno != errno.EMFILE:
+                raise
+            import resource
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            raise OSError(errno.EMFILE, f"Too many open files: this process has reached its limit of {soft} (one "
+                                        f"per connection to an actor it talks to, and the system's own); raise it "
+                                        f"with `ulimit -n`, or, past the hard limit, `ulimit -Hn` as root") from None
         try:
             sock.connect(socket_path(self.rundir, peer))
         except OSError:
