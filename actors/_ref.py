@@ -30,6 +30,19 @@ def set_current_system(system) -> None:
     _system = system
 
 
+def running_system(what: str, system=None):
+    """The system `what` (an ask, a spawn) goes through, checked before anything is sent: there is one (refs
+    outlive the system that made them), and this is its trio thread, where alone its endpoint may be used."""
+    system = system if system is not None else _system
+    if system is None:
+        raise ActorsError(f"cannot {what}: no system runs in this process (refs work while the system that made "
+                          f"them runs: inside main, or in an actor)")
+    if threading.get_ident() != system.thread:
+        raise ActorsError(f"cannot {what} from this thread: it runs in the system's trio thread; from another "
+                          f"thread, send with ref.tell_nowait(message), which hands the send to it")
+    return system
+
+
 class ActorRef:
     """A handle on a running actor: `tell`, `tell_nowait`, `ask`, and `proxy` for method calls.
 
@@ -50,6 +63,8 @@ class ActorRef:
         Not a coroutine function, for speed: when there is nothing to wait for (nearly always) it returns an
         awaitable that is done already, instead of making a coroutine per tell."""
         system = _system
+        if system is None:
+            running_system(f"tell {self.name!r}")      # raises: no system
         ep = system.endpoint
         if system.serialize is not None:
             message = system.serialize(message)
@@ -99,6 +114,8 @@ class ActorRef:
         """Send `message` without waiting; raises `MailboxFullError` if the mailbox is full. Safe from any thread:
         from one other than the system's own, the system's trio thread sends it, while the caller waits."""
         system = _system
+        if system is None:
+            running_system(f"tell {self.name!r}")      # raises: no system
         if threading.get_ident() != system.thread:
             return trio.from_thread.run_sync(self.tell_nowait, message, trio_token=system.token)
         ep = system.endpoint
@@ -112,7 +129,8 @@ class ActorRef:
         `AskTimeoutError`. The timeout covers the whole call: waiting for mailbox or store room, for an actor that
         is being restarted, and for the answer."""
         check_timeout(timeout, "ask")
-        return await _system.ask(self, ASK, _system.outgoing(message), timeout)
+        system = running_system(f"ask {self.name!r}")
+        return await system.ask(self, ASK, system.outgoing(message), timeout)
 
     @property
     def node(self) -> str | None:
@@ -155,7 +173,8 @@ class _Proxy:
 
         async def call(*args, timeout: float | None = None, **kwargs):
             check_timeout(timeout, method)
-            return await _system.ask(ref, CALL, (method, args, kwargs), timeout)
+            return await running_system(f"call {method} of {ref.name!r}").ask(ref, CALL, (method, args, kwargs),
+                                                                                timeout)
 
         call.__name__ = method
         return call

@@ -96,6 +96,39 @@ def test_tell_from_another_thread_raises_before_sending_anything():
     assert run(main) == "done"
 
 
+def test_asks_and_system_calls_from_another_thread_raise_before_sending_anything():
+    # they ran the system's endpoint from the wrong thread: trio's internals then failed, or the caller hung
+    async def main(system):
+        counter = await system.spawn(Counter)
+
+        def from_thread(call, *args):
+            try:
+                trio.run(call, *args)
+            except actors.ActorsError as exc:
+                return str(exc)
+
+        said = [await trio.to_thread.run_sync(from_thread, *call) for call in [
+            (counter.ask, 1), (counter.proxy.reset, 5), (system.spawn, Counter), (system.lookup, "Counter-1"),
+            (system.stop, counter)]]
+        fix = ("from this thread: it runs in the system's trio thread; from another thread, send with "
+               "ref.tell_nowait(message), which hands the send to it")
+        assert said == [f"cannot ask 'Counter-1' {fix}", f"cannot call reset of 'Counter-1' {fix}",
+                        f"cannot spawn {fix}", f"cannot lookup {fix}", f"cannot stop {fix}"], said
+        assert await counter.ask(0) == 0                            # nothing was sent, nothing stopped
+        assert [row.name for row in (await system.status()).actors] == ["Counter-1"]
+        return counter
+
+    counter = run(main)
+    # and once the system has ended, its refs say so
+    gone = r"^cannot (tell|ask) 'Counter-1': no system runs in this process \(refs work while the system that made"
+    with pytest.raises(actors.ActorsError, match=gone):
+        counter.tell_nowait(1)
+    with pytest.raises(actors.ActorsError, match=gone):
+        counter.tell(1)
+    with pytest.raises(actors.ActorsError, match=gone):
+        trio.run(counter.ask, 1)
+
+
 def test_a_message_larger_than_the_whole_store_raises_at_once():
     async def main(system):
         counter = await system.spawn(Counter)

@@ -101,6 +101,7 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
     # -- system requests -----------------------------------------------------------------------------------------
 
     async def _system_request(self, op: SystemOp, *args):
+        _ref.running_system(op.name.lower(), self)
         return await self._ops[op](*args)
 
     async def join_cluster(self, options) -> None:

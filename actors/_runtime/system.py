@@ -125,6 +125,7 @@ class System:
         return [NodeInfo(*fields) for fields in await self._system_request(SystemOp.NODES)]
 
     async def _system_request(self, op: SystemOp, *args):
+        _ref.running_system(op.name.lower(), self)
         return await self._ask_driver(0, op, *args)
 
     async def _ask_driver(self, driver: int, op: SystemOp, *args):
