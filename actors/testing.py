@@ -48,6 +48,7 @@ class Probe:
         self.answer = answer
         self.messages: list = []
         self._next = 0                  # the first message `expect` has not given out yet
+        self.closed = False
         self._arrived = trio.Event()
         probe_id = next(system._ids)    # from the actors' ids: refs to it are told apart from theirs
         self.ref = ActorRef(probe_id, name)
@@ -67,7 +68,10 @@ class Probe:
             self.system.transport.mark_gone(self.ref.id)
 
     def close(self) -> None:
-        """Stop receiving: later messages to the probe raise ActorStoppedError in their senders."""
+        """Stop receiving, at once: what arrives from now on is not recorded, and senders learn that the probe
+        stopped as they learn it of an actor (the next send that finds its connection closed raises
+        ActorStoppedError)."""
+        self.closed = True
         self._scope.cancel()
 
     def _record(self, message) -> None:
@@ -103,7 +107,7 @@ class _ProbeHandler(Handler):
         probe = self.probe
         ep = probe.endpoint
         system = probe.system
-        if kind == STOP:
+        if kind == STOP or probe.closed:
             ep.arena.decref_id(off)
             return True
         try:

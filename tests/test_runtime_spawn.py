@@ -289,3 +289,29 @@ def test_a_system_raises_its_open_files_limit_to_the_hard_one(tmp_path):
                                                                                     (128, hard)))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == f"answered 120 soft limit {hard}\n", done.stdout
+
+
+def test_an_actor_whose_receive_is_not_async_is_refused_at_spawn():
+    class Plain(actors.Actor):
+        def receive(self, message):         # not async: every message would fail in the actor
+            return message
+
+    class PlainStop(actors.Actor):
+        async def receive(self, message):
+            return message
+
+        def on_stop(self):
+            pass
+
+    async def main(system):
+        with pytest.raises(TypeError) as info:
+            await system.spawn(Plain)
+        assert str(info.value) == ("spawn(test_an_actor_whose_receive_is_not_async_is_refused_at_spawn.<locals>.Plain):"
+                                   " its `receive` is not an async function; define it as "
+                                   "`async def receive(self, message)`")
+        with pytest.raises(TypeError, match=r"its `on_stop` is not an async function; define it as "
+                                            r"`async def on_stop\(self\)`$"):
+            await system.spawn(PlainStop)
+        assert (await system.status()).actors == []
+
+    run(main)

@@ -3,6 +3,7 @@ the driver and inside actors; inside an actor, requests go to the driver (endpoi
 """
 from __future__ import annotations
 
+import inspect
 import threading
 import traceback
 
@@ -80,6 +81,11 @@ class System:
         """
         if not (isinstance(cls, type) and issubclass(cls, Actor)):
             raise TypeError(f"spawn() takes an Actor subclass, not {cls!r}")
+        for hook in ("receive", "on_start", "on_stop"):
+            if not inspect.iscoroutinefunction(getattr(cls, hook)):
+                # (else every message would fail in the actor, with "object int can't be used in 'await'")
+                raise TypeError(f"spawn({cls.__qualname__}): its `{hook}` is not an async function; define it as "
+                                f"`async def {hook}(self{', message' if hook == 'receive' else ''})`")
         if name is not None and type(name) is not str:
             raise TypeError(f"spawn(name={name!r}): an actor's name is a str, not {type(name).__qualname__}")
         if name is not None and not (name and name.isprintable()):
