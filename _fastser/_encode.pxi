@@ -772,6 +772,9 @@ def _cannot_travel(cls):
     """Why an instance of `cls` can never be sent, registered or not (None when a registration would do): these
     belong to the process that holds them, so pickling them fails or makes nothing usable elsewhere."""
     import io, socket, threading, types
+    if cls is object:
+        return ("a bare object() holds nothing, and is only ever itself: a copy would not be it; send None, a "
+                "string, or an Enum member instead")
     if issubclass(cls, (types.GeneratorType, types.AsyncGeneratorType)):
         return "a generator runs in this process; send a list of what it yields (list(gen)) instead"
     if issubclass(cls, types.CoroutineType):

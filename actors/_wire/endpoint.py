@@ -52,6 +52,11 @@ ACCEPT_SHORT_FOR = 5.0      # and for how long at most, before the endpoint fail
 _ACCEPT_SHORT = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
+def _too_large(size: int, capacity: int) -> str:
+    return (f"cannot send a message of {size} bytes: it is larger than the whole store ({capacity} bytes); start "
+            f"the system with a larger store_capacity")
+
+
 class Handler(abc.ABC):
     """What an endpoint calls, passed to it at construction: one object instead of hooks set from outside.
 
@@ -439,8 +444,7 @@ class Endpoint(Inbox, Asks, Delivery):
         except StoreFull as full:
             self.arena.abandon(full.prepared)
             if full.prepared[1] > self.arena.capacity:
-                raise StoreFullError(f"cannot send a message of {full.prepared[1]} bytes: it is larger than the "
-                                     f"whole store ({self.arena.capacity} bytes)") from None
+                raise StoreFullError(_too_large(full.prepared[1], self.arena.capacity)) from None
             raise StoreFullError("cannot send: the shared-memory store is full; use `await tell(...)` to "
                                  "wait for room") from None
 
@@ -494,9 +498,7 @@ class Endpoint(Inbox, Asks, Delivery):
     async def post_when_room(self, peer, kind, prepared, call):
         if prepared[1] > self.arena.capacity:
             self.arena.abandon(prepared)
-            raise StoreFullError(f"cannot send a message of {prepared[1]} bytes: it is larger than the whole "
-                                 f"store ({self.arena.capacity} bytes); start the system with a larger "
-                                 f"store_capacity")
+            raise StoreFullError(_too_large(prepared[1], self.arena.capacity))
         delay = 0.0005
         self.flush_all()        # what this task queued must leave: its receivers free the room it waits for
         try:
