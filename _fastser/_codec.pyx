@@ -111,6 +111,10 @@ _timezone = _dt.timezone
 _ZoneInfo = _zoneinfo.ZoneInfo
 _UUID = _uuid.UUID
 _Decimal = _decimal.Decimal
+# Decoding a Decimal's text: exact (no rounding), and refusing text that is not a number whatever the thread's own
+# context traps (Decimal("1x2") is NaN under a context that does not trap InvalidOperation)
+_DECIMAL_EXACT = _decimal.Context(prec=_decimal.MAX_PREC, Emax=_decimal.MAX_EMAX, Emin=_decimal.MIN_EMIN,
+                                  traps=[_decimal.InvalidOperation])
 _np_generic = _np.generic
 _MISSING = object()
 

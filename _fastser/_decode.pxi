@@ -397,14 +397,14 @@ cdef object _dec_stdlib(Decoder d, unsigned char tag, Py_ssize_t depth):
     cdef uint16_t year
     cdef uint32_t us
     cdef int32_t days, seconds, micro
+    cdef unsigned char f[6]
     if tag == T_DATETIME:
         p = _take(d, 12)
         memcpy(&year, p, 2)
         memcpy(&us, p + 8, 4)
+        memcpy(f, p + 2, 6)             # month, day, hour, minute, second, fold: read before the tzinfo is
         tz = _dec_tzinfo(d, depth)
-        return datetime_new(year, <unsigned char>p[2], <unsigned char>p[3], <unsigned char>p[4],
-                            <unsigned char>p[5], <unsigned char>p[6], <int>min(us, 1000000), tz,
-                            <unsigned char>p[7])
+        return datetime_new(year, f[0], f[1], f[2], f[3], f[4], <int>min(us, 1000000), tz, f[5])
     if tag == T_DATE:
         p = _take(d, 4)
         memcpy(&year, p, 2)
@@ -415,13 +415,13 @@ cdef object _dec_stdlib(Decoder d, unsigned char tag, Py_ssize_t depth):
     if tag == T_TIME:
         p = _take(d, 8)
         memcpy(&us, p + 4, 4)
+        memcpy(f, p, 4)                 # hour, minute, second, fold
         tz = _dec_tzinfo(d, depth)
-        return time_new(<unsigned char>p[0], <unsigned char>p[1], <unsigned char>p[2], <int>min(us, 1000000), tz,
-                        <unsigned char>p[3])
+        return time_new(f[0], f[1], f[2], <int>min(us, 1000000), tz, f[3])
     if tag == T_UUID:
         return _UUID(bytes=PyBytes_FromStringAndSize(_take(d, 16), 16))
     if tag == T_DECIMAL:
-        return _Decimal(_dec_text(d, False))
+        return _DECIMAL_EXACT.create_decimal(_dec_text(d, False))
     if tag == T_TIMEZONE:
         _get_i32x3(_take(d, 12), &days, &seconds, &micro)
         offset = timedelta_new(days, seconds, micro)
@@ -440,7 +440,7 @@ cdef object _dec_text(Decoder d, bint or_none):
         d.pos -= 1
         raise d._error(f"expected a str (tag 0x{T_STR:02x}), found tag 0x{tag:02x}")
     memcpy(&n32, _take(d, 4), 4)
-    return PyUnicode_DecodeUTF8(_take(d, n32), n32, NULL)
+    return PyUnicode_DecodeUTF8(_take(d, n32), n32, "surrogatepass")
 
 
 cdef object _dec_tzinfo(Decoder d, Py_ssize_t depth):

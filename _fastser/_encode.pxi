@@ -741,11 +741,12 @@ cdef int _enc_stdlib(Encoder e, object obj, type t, Py_ssize_t depth) except -1:
 
 
 cdef int _put_text(Encoder e, str text) except -1:
-    # A name, a key or a number's text: a T_STR inline whatever its length (never long), as the decoder reads it.
-    cdef Py_ssize_t n
-    cdef const char* data = PyUnicode_AsUTF8AndSize(text, &n)
+    # A name, a key or a number's text: a T_STR inline whatever its length (never long), as `_dec_text` reads it;
+    # lone surrogates (a timezone's name may hold one) pass, as they do in a str value.
+    cdef bytes raw = PyUnicode_AsEncodedString(text, "utf-8", "surrogatepass")
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
     _put_head(e, T_STR, <uint32_t>n)
-    fs_copy(_room(e, n), data, n)
+    fs_copy(_room(e, n), PyBytes_AS_STRING(raw), n)
     e.pos += n
     return 0
 

@@ -4,6 +4,7 @@
 # without coordination; the registry's contents still have to reach every process (the runtime ships them).
 
 import hashlib as _hashlib
+import struct as _struct
 
 cdef enum:
     KIND_FIELDS = 0
@@ -19,13 +20,22 @@ _HEAPTYPE = 1 << 9          # Py_TPFLAGS_HEAPTYPE: a class created at run time (
 _IMMUTABLETYPE = 1 << 8     # Py_TPFLAGS_IMMUTABLETYPE: a C type, even when allocated on the heap (partial)
 
 
+_POINTER = _struct.calcsize("P")
+
+
+def _is_c_type(cls):
+    """Defined in C, not by a class statement (some C types are allocated on the heap too, and say so)."""
+    return not cls.__flags__ & _HEAPTYPE or bool(cls.__flags__ & _IMMUTABLETYPE)
+
+
 def _c_state_base(cls):
     """The first C type among `cls`'s bases whose instances hold state of their own in C (Decimal, timedelta,
     datetime): a subclass's fields, read from its __dict__, would not carry it. None when there is none (object, or
     a stateless C base such as tzinfo)."""
     for base in cls.__mro__[1:]:
-        c_type = not base.__flags__ & _HEAPTYPE or base.__flags__ & _IMMUTABLETYPE
-        if base is not object and c_type and base.__basicsize__ > object.__basicsize__:
+        # (its __dict__ and weakref slots, when it has them, are not state of its own: SimpleNamespace)
+        own = base.__basicsize__ - _POINTER * ((base.__dictoffset__ > 0) + (base.__weakrefoffset__ > 0))
+        if base is not object and _is_c_type(base) and own > object.__basicsize__:
             return base
     return None
 
@@ -34,7 +44,7 @@ def _fields_registrable(cls):
     """Can `cls` travel by its fields (the default mode of register_class)? Not a C type, whose state lives in C
     fields that __dict__ does not show, nor a subclass of a native type, nor an Enum: its members are singletons,
     which pickle finds again by name, where a copy of their fields would hold their class itself."""
-    return (cls.__flags__ & _HEAPTYPE and not cls.__flags__ & _IMMUTABLETYPE
+    return (not _is_c_type(cls)
             and not any(issubclass(cls, base) for base in _NATIVE_BASES) and not issubclass(cls, _enum.Enum)
             and _c_state_base(cls) is None
             and (cls.__dictoffset__ != 0 or bool(_slot_names(cls))))
@@ -125,12 +135,12 @@ cdef class Registry:
                 raise RegistrationError(
                     f"cannot register class {name} by its fields: it derives from {native[0].__name__}, whose "
                     f"contents are not fields; register it with pickle=True or a serializer")
-            base = _c_state_base(cls) if cls.__flags__ & _HEAPTYPE and not cls.__flags__ & _IMMUTABLETYPE else None
+            base = None if _is_c_type(cls) else _c_state_base(cls)
             if base is not None:
                 raise RegistrationError(
                     f"cannot register class {name} by its fields: it derives from the C type {_qualified(base)}, "
                     f"whose state is not in its fields; register it with pickle=True or a serializer")
-            if not cls.__flags__ & _HEAPTYPE or cls.__flags__ & _IMMUTABLETYPE:
+            if _is_c_type(cls):
                 raise RegistrationError(
                     f"cannot register class {name} by its fields: it is a C type, whose state is not in its "
                     f"fields; register it with pickle=True or a serializer")

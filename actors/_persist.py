@@ -69,6 +69,13 @@ UNLINK_WAIT = 30.0      # seconds `Journal.close` waits for that thread at most
 MAX_NAME_BYTES = 255 - len(".journal.18446744073709551615.dead")   # a file name's limit, less the longest suffix
 
 
+def undecodable(what: str, exc: BaseException) -> str:
+    """Why recovery refuses an intact snapshot or journaled message (`what`) that this program cannot decode."""
+    return (f"{what} is intact but this program cannot decode it: {exc}. The program that wrote it registered its "
+            f"classes (or decoded its state) differently: register them as it did (a renamed class under its old "
+            f"module and name, too), or restore that program; the actor's files are left as they are")
+
+
 def check_directory(directory: str) -> None:
     """Create the resilience directory (0700) if it is missing; refuse one that is not safe to keep state in."""
     try:
@@ -329,11 +336,7 @@ class Journal:
                     # (a class renamed or no longer registered, a changed deserialize). Falling back to an older
                     # snapshot, or to none, would start from a state that loses what this one holds, and the next
                     # snapshot would overwrite it for good: refuse, and leave every file as it is.
-                    raise PersistenceError(
-                        f"the snapshot {path} is intact but this program cannot decode it: {exc}. The program that "
-                        f"wrote it registered its classes (or decoded its state) differently: register them as it "
-                        f"did (a renamed class under its old module and name, too), or restore that program; the "
-                        f"actor's files are left as they are") from exc
+                    raise PersistenceError(undecodable(f"the snapshot {path}", exc)) from exc
         if not quiet:
             log.warning("snapshot %s is damaged: %s; ignoring it", path, problem)
         return None

@@ -129,7 +129,9 @@ class ActorRef:
         `AskTimeoutError`. The timeout covers the whole call: waiting for mailbox or store room, for an actor that
         is being restarted, and for the answer."""
         check_timeout(timeout, "ask")
-        system = running_system(f"ask {self.name!r}")
+        system = _system
+        if system is None or threading.get_ident() != system.thread:
+            running_system(f"ask {self.name!r}")      # raises, saying why
         return await system.ask(self, ASK, system.outgoing(message), timeout)
 
     @property
@@ -173,8 +175,10 @@ class _Proxy:
 
         async def call(*args, timeout: float | None = None, **kwargs):
             check_timeout(timeout, method)
-            return await running_system(f"call {method} of {ref.name!r}").ask(ref, CALL, (method, args, kwargs),
-                                                                                timeout)
+            system = _system
+            if system is None or threading.get_ident() != system.thread:
+                running_system(f"call {method} of {ref.name!r}")      # raises, saying why
+            return await system.ask(ref, CALL, (method, args, kwargs), timeout)
 
         call.__name__ = method
         return call

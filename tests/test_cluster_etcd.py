@@ -81,8 +81,11 @@ def test_etcd_resetting_the_connection_mid_request_says_so():
         conn, _ = listener.accept()
         with conn:
             conn.settimeout(10)
-            while b"\r\n\r\n" not in conn.recv(65536):
-                pass
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(65536)
+                assert chunk, "the client closed the connection before its request was whole"
+                request += chunk
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close with a reset
     thread = threading.Thread(target=reset_after_the_request, daemon=True)
     thread.start()

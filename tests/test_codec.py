@@ -206,6 +206,11 @@ def test_standard_library_values_need_no_registration_and_run_no_pickle():
     assert len(data) < 150
 
 
+def test_a_timezone_name_with_a_lone_surrogate_round_trips():
+    tz = dt.timezone(dt.timedelta(hours=-3), "zone\ud800")
+    assert same(roundtrip([tz, dt.time(1, tzinfo=tz)]), [tz, dt.time(1, tzinfo=tz)])
+
+
 def test_a_registration_of_a_standard_library_type_is_used_instead():
     # what was registered before these types travelled natively keeps going as registered
     actors.register_class(decimal.Decimal, serializer=lambda d: ["decimal", str(d)], deserializer=lambda v: v)

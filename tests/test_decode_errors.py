@@ -476,6 +476,14 @@ def test_forged_standard_library_values_are_refused_with_their_place(stream, err
     assert " at obj[0] (byte " in got, got
 
 
+def test_a_forged_decimal_is_refused_whatever_the_decimal_context_traps():
+    # under a context that does not trap InvalidOperation, Decimal("1x2") is NaN: the decoder must not care
+    msg = frame(bytes([T_DECIMAL, T_STR]) + u32(3) + b"1x2")
+    with decimal.localcontext() as context:
+        context.traps[decimal.InvalidOperation] = False
+        assert decode_error(msg).startswith("cannot decode: InvalidOperation")
+
+
 def test_a_forged_tzinfo_error_names_its_place():
     stream = bytes([T_DATETIME]) + _datetime_fields() + bytes([T_ZONEINFO, T_INT8, 1])
     assert decode_error(frame(stream)) == ("cannot decode: expected a str (tag 0x08), found tag 0x03 at obj.tzinfo "

@@ -585,6 +585,16 @@ def test_subclasses_of_c_types_with_state_cannot_register_by_fields(base):
                            datetime.datetime: [2024, 1, 1], functools.partial: [max, 1]}[base]))
 
 
+def test_a_simple_namespace_subclass_registers_by_fields():
+    # its C base holds only a __dict__: its state is its fields
+    ns = type("NS", (types.SimpleNamespace,), {})
+    actors.register_class(ns)
+    try:
+        assert roundtrip(ns(a=1, b=[2])) == ns(a=1, b=[2])
+    finally:
+        actors.unregister_class(ns)
+
+
 def test_a_subclass_of_a_stateless_c_type_registers_by_fields():
     class Zone(datetime.tzinfo):        # tzinfo holds nothing in C: its subclasses' state is their fields
         def __init__(self, hours):

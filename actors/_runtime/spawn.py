@@ -6,6 +6,7 @@ import logging
 import os
 import pickle
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -40,16 +41,29 @@ def log_levels() -> tuple[int, dict[str, int]]:
     return logging.getLogger().level, named
 
 
+def _warn_kill(info: ActorInfo, timeout: float, unasked: str | None) -> None:
+    if unasked is None:
+        log.warning("actor %r did not stop within %g s; killing it", info.name, timeout)
+    else:
+        log.warning("actor %r could not be asked to stop (%s); killing it", info.name, unasked)
+
+
+OPEN_FILES = 65536          # the soft limit on open files a system raises its own to, within the hard limit
+
+
 def _raise_open_files_limit() -> None:
-    """Raise this process's soft limit on open files to its hard limit. The driver holds two connections per actor,
-    and an actor one per actor it talks to: the usual soft limit, 1024, ran out at about 500 actors, and a stop then
-    failed on every actor it could no longer connect to. The hard limit is the administrator's (`ulimit -Hn`)."""
+    """Raise this process's soft limit on open files towards OPEN_FILES, within its hard limit. The driver holds
+    two connections per actor, and an actor one per actor it talks to: the usual soft limit, 1024, ran out at about
+    500 actors, and a stop then failed on every actor it could no longer connect to. Not all the way to a hard limit
+    of a million or more: the actors, and what they start, inherit it, and some programs loop over every possible
+    descriptor."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
+    want = OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES)
+    if want > soft:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (ValueError, OSError):
-            pass                        # (an infinite hard limit the kernel caps lower: keep the soft one)
+            pass
 
 
 class Spawner:
@@ -282,35 +296,48 @@ class Spawner:
     async def _wait_or_kill(self, info: ActorInfo, timeout: float, unasked: str | None = None) -> None:
         """Wait `timeout` seconds for the actor to exit, then kill it. `unasked`: why it could not be asked to
         stop (it is killed at once)."""
+        if info.exited.is_set():
+            return
+        if self.forkserver_gone:
+            return await self._wait_or_kill_orphan(info, timeout, unasked)
         with trio.move_on_after(timeout):
-            await self._exited(info)
+            await info.exited.wait()
             return
         if info.pid <= 0:
             return
-        if unasked is None:
-            log.warning("actor %r did not stop within %g s; killing it", info.name, timeout)
-        else:
-            log.warning("actor %r could not be asked to stop (%s); killing it", info.name, unasked)
+        _warn_kill(info, timeout, unasked)
         try:
             os.kill(info.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         with trio.move_on_after(5):
-            await self._exited(info)
-
-    async def _exited(self, info: ActorInfo) -> None:
-        """Until the actor's process has ended: as the fork server, its parent, reports it; once the fork server
-        is gone, and its reports with it, as the process's own end shows through a pidfd (the stop would otherwise
-        wait out its timeout for a report that never comes, then kill a process that has already exited)."""
-        if not self.forkserver_gone or info.pid <= 0:
             await info.exited.wait()
+
+    async def _wait_or_kill_orphan(self, info: ActorInfo, timeout: float, unasked: str | None) -> None:
+        """`_wait_or_kill` once the fork server is gone, and with it the reports of the actors' exits: the
+        process's own end shows through a pidfd (the stop would otherwise wait out its timeout for a report that
+        never comes), and the kill goes through it too (an orphan is reaped by init, and its pid may be reused)."""
+        if info.pid <= 0:
             return
         try:
             fd = os.pidfd_open(info.pid)
         except OSError:
             return                      # gone already
         try:
-            await trio.lowlevel.wait_readable(fd)
+            with trio.move_on_after(timeout):
+                await trio.lowlevel.wait_readable(fd)
+                return
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if poller.poll(0):
+                return                  # it ended just as the wait did (a timeout of 0 never looked)
+            _warn_kill(info, timeout, unasked)
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            with trio.move_on_after(5):
+                await trio.lowlevel.wait_readable(fd)
         finally:
             os.close(fd)
 

@@ -24,14 +24,15 @@ def stop_signals() -> list[signal.Signals]:
 
 
 @contextlib.contextmanager
-def handling_stop_signals(on_signal: Callable[[int], None]) -> Iterator[list[signal.Signals]]:
+def handling_stop_signals(on_signal: Callable[[int], None], *, then=None) -> Iterator[list[signal.Signals]]:
     """Call `on_signal(signum)` in this trio run for each stop signal that comes while the block runs; it yields the
     signals handled (`stop_signals`). `on_signal` runs as a trio callback: it must not block, nor raise.
 
     Not `trio.open_signal_receiver`: when its block ends, that raises again every signal it received and nobody read,
     under the handler it restores, the default one, which kills. The second SIGTERM of a group stop (GNU `timeout`,
     systemd, `kill -TERM -PGID` sent twice), ignored while the process stopped gracefully, would then kill it at
-    the very end, and it would exit on the signal (-15) instead of its own code."""
+    the very end, and it would exit on the signal (-15) instead of its own code. `then`: the handler to leave when
+    the block ends, instead of the one it replaced (SIG_IGN for an actor's process, which is ending then)."""
     token = trio.lowlevel.current_trio_token()
 
     def handler(signum, frame):
@@ -46,4 +47,4 @@ def handling_stop_signals(on_signal: Callable[[int], None]) -> Iterator[list[sig
         yield signums
     finally:
         for signum, was in previous.items():
-            signal.signal(signum, was)
+            signal.signal(signum, was if then is None else then)

@@ -82,7 +82,7 @@ class System:
         if not (isinstance(cls, type) and issubclass(cls, Actor)):
             raise TypeError(f"spawn() takes an Actor subclass, not {cls!r}")
         for hook in ("receive", "on_start", "on_stop"):
-            if not inspect.iscoroutinefunction(getattr(cls, hook)):
+            if not inspect.iscoroutinefunction(inspect.unwrap(getattr(cls, hook))):     # (a decorated one, too)
                 # (else every message would fail in the actor, with "object int can't be used in 'await'")
                 raise TypeError(f"spawn({cls.__qualname__}): its `{hook}` is not an async function; define it as "
                                 f"`async def {hook}(self{', message' if hook == 'receive' else ''})`")

@@ -20,7 +20,7 @@ import trio
 from _fastser import _codec
 from actors import _output, _persist, _store
 from actors import _codec as _public_codec
-from actors._exceptions import PersistenceError
+from actors._exceptions import PersistenceError, UnknownClassError
 from actors._ref import ActorRef
 from actors._runtime.dispatch import ActorHandler, has_own, method_of
 from actors._runtime.stop_signals import STOP_SIGNALS, handling_stop_signals
@@ -277,7 +277,9 @@ async def _stop_on_signal(endpoint: Endpoint, spec: SpawnSpec, task_status=trio.
             pass                        # the system is gone: stop all the same
         endpoint.stop_receiving()
 
-    with handling_stop_signals(on_signal):   # none if the system was started with both ignored: they stay so
+    # (none if the system was started with both ignored: they stay so). When the block ends, the process is
+    # ending: a group stop's second signal then must not kill it, and have its end reported as a failure
+    with handling_stop_signals(on_signal, then=signal.SIG_IGN):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         task_status.started()
         await trio.sleep_forever()
@@ -331,14 +333,16 @@ async def _recover(spec: SpawnSpec, system: System):
     for i, (kind, message) in enumerate(replay):
         try:
             msg = _codec.loads(message)
+        except UnknownClassError as exc:
+            # a class this program does not register (renamed, say): skipping the message would lose it for good,
+            # once the next snapshot covers it. (A message that failed to decode when it arrived fails here the
+            # same way; registering its class lets it through both times.) Other decoding errors are skipped
+            # below, as they were when the message first arrived.
+            raise PersistenceError(_persist.undecodable(
+                f"actor {spec.name!r}: journaled message {i + 1} of {len(replay)} to replay", exc)) from exc
         except Exception as exc:
-            # it decoded when it was first handled: this program reads it differently, and skipping it would lose
-            # it for good (the next snapshot covers it)
-            raise PersistenceError(
-                f"actor {spec.name!r}: journaled message {i + 1} of {len(replay)} to replay is intact but this "
-                f"program cannot decode it: {exc}. The program that journaled it registered its classes "
-                f"differently: register them as it did (a renamed class under its old module and name, too), or "
-                f"restore that program; the actor's files are left as they are") from exc
+            log.error("actor %r: a journaled message does not decode (skipped): %r", spec.name, exc)
+            continue
         try:
             if kind in (TELL, ASK):
                 await actor.receive(incoming(msg))

@@ -47,9 +47,11 @@ class Asks:
         waiter = self.pending[call] = Pending(peer)
         try:
             if timeout is None:
+                deadline = float("inf")
                 await self._request(peer, kind, obj, call, waiter)
             else:
-                with trio.move_on_after(timeout):
+                deadline = trio.current_time() + timeout
+                with trio.move_on_at(deadline):
                     await self._request(peer, kind, obj, call, waiter)
         finally:
             self.pending.pop(call, None)
@@ -59,7 +61,9 @@ class Asks:
             link = self.links.get(peer)
             if link is not None and link.why:
                 raise ActorStoppedError(f"cannot ask {self.describe(peer)}: {link.why}")
-            cause = await self.death_cause(peer)
+            cause = None
+            with trio.move_on_at(deadline):     # within the ask's timeout, too
+                cause = await self.death_cause(peer)
             raise ActorStoppedError(f"{self.describe(peer)} stopped before it replied" + (f": {cause}" if cause
                                                                                          else ""))
         return waiter.kind, waiter.offset

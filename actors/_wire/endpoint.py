@@ -175,9 +175,9 @@ class Endpoint(Inbox, Asks, Delivery):
                                                  f"it talks to: raise its limit (`ulimit -n`, `ulimit -Hn` as root)")
                     await trio.sleep(ACCEPT_PAUSE)
                     break
+                short_since = None      # it accepted, or found the backlog empty: descriptors are there again
                 if link is None:
                     break
-                short_since = None
                 self.nursery.start_soon(self._reader, link)
 
     def accept_link(self, link: Link) -> None:
