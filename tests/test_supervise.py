@@ -524,6 +524,62 @@ def test_watch_delivers_terminated_when_the_watched_actor_is_stopped():
     assert run(main) == "ok"
 
 
+class DiesOnceStarted(actors.Actor):
+    """Writes its pid to `path`, waits for `path`.go, and dies (SIGKILL) at its first message, which it sends
+    itself: after its READY has gone to the system."""
+
+    def __init__(self, path):
+        self.path = path
+
+    async def on_start(self):
+        with open(self.path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(self.path + ".tmp", self.path)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.path + ".go") and time.monotonic() < deadline:
+            time.sleep(0.001)           # (polling a file, with a deadline: this process has nothing else to do)
+        await self.ref.tell("die")
+
+    async def receive(self, msg):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("attempt", range(4))
+def test_an_actor_that_dies_once_it_has_started_is_not_a_failed_spawn(tmp_path, caplog, attempt):
+    """Its READY and the news of its death reach the system together (the driver's program was busy meanwhile):
+    whichever the system reads first, the spawn succeeded and the death is reported like any other. (Read in the
+    wrong order, the death used to pass for a failure to start: the spawn raised.)"""
+    path = str(tmp_path / "pid")
+
+    async def main(system):
+        refs = []
+
+        async def spawn():
+            refs.append(await system.spawn(DiesOnceStarted, path, name="brief"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(spawn)
+            async def started():
+                return os.path.exists(path)
+            await wait_until(started, what="the actor's on_start")
+            pid = int(open(path).read())
+            open(path + ".go", "w").close()
+            # the driver's program busy for a while, without yielding: the actor sends READY, then dies, and the
+            # fork server reports its exit, while nothing here reads either
+            deadline = time.monotonic() + 20
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert not os.path.exists(f"/proc/{pid}"), "the actor did not die"
+        [ref] = refs
+        await wait_until(lambda: gone(system, "brief"), what="the actor to be gone")
+        return ref.name
+
+    with caplog.at_level(logging.ERROR, logger="actors"):
+        assert run(main) == "brief"
+    assert any("actor 'brief'" in r.getMessage() and "killed by SIGKILL" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
 @pytest.mark.parametrize("policy, restarting", [("never", False), ("on-failure", True)])
 def test_watch_delivers_terminated_when_the_watched_actor_is_killed(policy, restarting):
     async def main(system):

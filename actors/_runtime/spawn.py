@@ -239,7 +239,8 @@ class Spawner:
         if info.pid in self._early_exits:
             self._on_exit(info.pid, *self._early_exits.pop(info.pid))
         await info.ready.wait()
-        if info.error is not None or info.returncode is not None:
+        if info.error is not None or info.returncode is not None and not info.started:
+            # (an actor that reported READY and died before this ran has started: its end is supervision's)
             if info.restarting:         # keep its name and id for the next try
                 if info.returncode is None:
                     await self._wait_or_kill(info, self.stop_timeout)

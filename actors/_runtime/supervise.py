@@ -52,7 +52,11 @@ class Supervisor:
             # its connection went with it; a restart gets a fresh one. (A persistent actor's link is left to its
             # acker, which holds the unacked tells and resends them once the actor is back.)
             self.endpoint.forget(info.id)
-        if info.started and self.endpoint.nursery is not None:
+        # An actor that has connected to us may have sent its READY (and served messages since) or a failure
+        # report just before it died: read those first, or a started actor would pass for a failed start, and its
+        # watchers would never hear of its end. (A connection not read yet may be its: then too.)
+        connected = info.id in self.endpoint.reply_links or self.endpoint.unnamed
+        if (info.started or connected) and self.endpoint.nursery is not None:
             self.endpoint.nursery.start_soon(self._after_exit, info, pid, code)
         else:
             self._decide(info, pid, code)
@@ -139,6 +143,10 @@ class Supervisor:
         try:
             self.endpoint.names.setdefault(watcher_id, watcher_name)
             self.endpoint.post(watcher_id, TELL, self.outgoing(message))
+        except ActorStoppedError as exc:
+            # (while the whole system stops, a watcher stopped before the actor it watched: nothing to say)
+            log.log(logging.DEBUG if self.stopping else logging.WARNING,
+                    "could not tell %r that an actor it watches ended: %s", watcher_name, exc)
         except Exception as exc:
             log.warning("could not tell %r that an actor it watches ended: %s", watcher_name, exc)
 
@@ -204,6 +212,8 @@ class Supervisor:
         info = self.actors.get(actor_id)
         if info is not None:
             info.error = error
+            if error is None:
+                info.started = True     # its on_start has finished: an exit from now on is a failure to report
             info.ready.set()
 
     def _note_failure(self, actor_id: int, reason: str) -> None:

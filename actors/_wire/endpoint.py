@@ -101,6 +101,7 @@ class Endpoint(Inbox, Asks, Delivery):
         self.links: dict[int, Link] = {}
         self.reply_links: dict[int, Link] = {}  # src -> the connection its requests arrive on
         self.closed_by: dict[int, trio.Event] = {}  # src -> set when its connection to us has ended
+        self.unnamed = 0                # connections to us not read yet: their peers have not said who they are
         self.pending: dict = {}
         self.calls = itertools.count(1)     # call ids, and the sequence numbers of tells to persistent actors
         # Names this process's sequence numbers to receivers: its node's number (never reused) over 50 random bits,

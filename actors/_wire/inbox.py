@@ -128,10 +128,14 @@ class Inbox:
         """Read a link a peer opened to us, for as long as it lives; then it is closed, and its peer's replies
         have nowhere to go."""
         link.inbuf = bytearray(READ_SIZE)
+        if link.peer < 0:
+            self.unnamed += 1
         try:
             await self._read_link(link, None, SPIN)
         finally:
-            if link.peer >= 0:
+            if link.peer < 0:
+                self.unnamed -= 1       # it closed before it said who it was
+            else:
                 self.closed_by.setdefault(link.peer, trio.Event()).set()
                 link.dead = True
                 if self.reply_links.get(link.peer) is link:
@@ -277,6 +281,8 @@ class Inbox:
 
     def _reply_link(self, src: int, link):
         # The connection `src` opened to us is where our replies (and acks) to it go.
+        if link.peer < 0:
+            self.unnamed -= 1
         link.peer = src
         self.reply_links[src] = link
         return link
