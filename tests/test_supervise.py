@@ -204,6 +204,26 @@ def test_an_ask_cut_short_by_a_crash_says_how_the_actor_ended():
     run(main)
 
 
+class Asker(actors.Actor):
+    """Asks `ref` `msg` on the driver's behalf, and returns the error it got, as text."""
+
+    async def relay(self, ref, msg):
+        try:
+            return await ref.ask(msg, timeout=10)
+        except ActorStoppedError as exc:
+            return f"ActorStoppedError: {exc}"
+
+
+def test_an_actor_whose_ask_a_crash_cuts_short_hears_how_the_actor_ended():
+    async def main(system):
+        asker = await system.spawn(Asker, name="asker")
+        ref = await system.spawn(Crasher, name="crash-in-ask")
+        said = await asker.proxy.relay(ref, "segv", timeout=20)
+        assert said == "ActorStoppedError: actor 'crash-in-ask' stopped before it replied: killed by SIGSEGV", said
+
+    run(main)
+
+
 def test_an_actor_that_crashes_as_the_system_stops_is_reported(caplog):
     # main returns right after its tell, so the stop request follows the message the actor dies of: the system,
     # stopping, must not pass off the crash as the stop it asked for

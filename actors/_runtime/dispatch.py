@@ -11,7 +11,7 @@ import sys
 
 import trio
 
-from actors._exceptions import DecodeError, FencedError, UnknownClassError
+from actors._exceptions import ActorsError, DecodeError, FencedError, UnknownClassError
 from actors._wire.endpoint import Handler
 from actors._wire.protocol import ASK, CALL, CALL_TELL, ERROR, REPLY, STOP, SYSTEM_TELL, TELL, SystemOp
 from actors._runtime.system import error_payload, reply
@@ -55,6 +55,16 @@ class ActorHandler(Handler):
     def on_death(self, peer: int) -> None:
         if peer == 0 and self.scope is not None:     # the system is gone: nothing left to serve
             self.scope.cancel()
+
+    async def death_cause(self, peer: int) -> str | None:
+        """Why `peer` ended, asked of the system (which reaps the actors), for an ask of this actor's it cut
+        short; None if the system does not know (an actor of another node) or cannot be asked."""
+        if peer == 0:
+            return None
+        try:
+            return await self.system._system_request(SystemOp.DEATH_CAUSE, peer)
+        except ActorsError:
+            return None
 
     def bind(self, actor, journal) -> None:
         self.actor = actor

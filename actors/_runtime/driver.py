@@ -76,6 +76,7 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
             SystemOp.SPAWN: self._op_spawn, SystemOp.LOOKUP: self._op_lookup, SystemOp.STOP: self._op_stop,
             SystemOp.WATCH: self._op_watch, SystemOp.REGISTER: self._op_register,
             SystemOp.REGISTRY: self._op_registry, SystemOp.STATUS: self._op_status, SystemOp.NODES: self._op_nodes,
+            SystemOp.DEATH_CAUSE: self.death_cause,
         }
         self._reports = {SystemOp.READY: self._note_ready, SystemOp.FAILURE: self._note_failure,
                          SystemOp.STOPPING: self._note_stopping, SystemOp.LOG: self._note_log}

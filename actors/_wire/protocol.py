@@ -61,6 +61,7 @@ class SystemOp(enum.IntEnum):
     LOG = 10            # (actor id, a log record's fields): for the system's logging to handle
     STATUS = 11         # () -> system.status() as JSON
     NODES = 12          # () -> the cluster's live nodes, as tuples of NodeInfo's fields
+    DEATH_CAUSE = 13    # (actor id) -> how its process ended ("killed by SIGSEGV"), or None if not known here
 
 
 REPORTS = frozenset((SystemOp.READY, SystemOp.FAILURE, SystemOp.STOPPING, SystemOp.LOG))
