@@ -293,6 +293,26 @@ def test_a_system_raises_its_open_files_limit_within_the_hard_one(tmp_path):
     assert done.stdout == f"answered 120 soft limit {want}\n", done.stdout
 
 
+def test_out_of_descriptors_past_the_hard_limit_the_stop_says_so_once(tmp_path):
+    # a hard limit of 200 allows about 100 actors: the program fails, and so does the stop's request to every
+    # actor the driver had no connection to; each is killed, and one line says why for all of them
+    app = tmp_path / "many.py"
+    app.write_text(textwrap.dedent(MANY_APP).replace("range(120)", "range(150)"))
+    done = subprocess.run(actors_cmd("run", app), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                          timeout=CLI_TIMEOUT, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                                                    (200, 200)))
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert lines[-1].startswith("OSError: [Errno 24] Too many open files: this process has reached its limit of "
+                                "200"), lines[-1]
+    assert "`ulimit -Hn` as root" in lines[-1]
+    unasked = [line for line in lines if "could not be asked to stop" in line]
+    assert len(unasked) == 2, unasked
+    assert re.fullmatch(r"WARNING actors._runtime.spawn: \d+ more actors could not be asked to stop, for the same "
+                        r"reason; killed them", unasked[1]), unasked[1]
+    assert not [line for line in lines if "Echo-" in line and line not in unasked], done.stderr[-3000:]
+
+
 def test_an_actor_whose_receive_is_not_async_is_refused_at_spawn():
     class Plain(actors.Actor):
         def receive(self, message):         # not async: every message would fail in the actor

@@ -41,13 +41,6 @@ def log_levels() -> tuple[int, dict[str, int]]:
     return logging.getLogger().level, named
 
 
-def _warn_kill(info: ActorInfo, timeout: float, unasked: str | None) -> None:
-    if unasked is None:
-        log.warning("actor %r did not stop within %g s; killing it", info.name, timeout)
-    else:
-        log.warning("actor %r could not be asked to stop (%s); killing it", info.name, unasked)
-
-
 OPEN_FILES = 65536          # the soft limit on open files a system raises its own to, within the hard limit
 
 
@@ -306,13 +299,24 @@ class Spawner:
             return
         if info.pid <= 0:
             return
-        _warn_kill(info, timeout, unasked)
+        self._warn_kill(info, timeout, unasked)
         try:
             os.kill(info.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         with trio.move_on_after(5):
             await info.exited.wait()
+
+    def _warn_kill(self, info: ActorInfo, timeout: float, unasked: str | None) -> None:
+        if unasked is None:
+            log.warning("actor %r did not stop within %g s; killing it", info.name, timeout)
+            return
+        # Out of descriptors, a stop reaches none of the actors it had no connection to, all for the same reason:
+        # the first says it, and `stop_all` how many more there were.
+        seen = self.unasked_stops.get(unasked, 0)
+        self.unasked_stops[unasked] = seen + 1
+        if not seen:
+            log.warning("actor %r could not be asked to stop (%s); killing it", info.name, unasked)
 
     async def _wait_or_kill_orphan(self, info: ActorInfo, timeout: float, unasked: str | None) -> None:
         """`_wait_or_kill` once the fork server is gone, and with it the reports of the actors' exits: the
@@ -332,7 +336,7 @@ class Spawner:
             poller.register(fd, select.POLLIN)
             if poller.poll(0):
                 return                  # it ended just as the wait did (a timeout of 0 never looked)
-            _warn_kill(info, timeout, unasked)
+            self._warn_kill(info, timeout, unasked)
             try:
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
             except ProcessLookupError:
@@ -351,6 +355,10 @@ class Spawner:
                 nursery.start_soon(self._op_stop, info.id, timeout)
             for actor_id in list(self.spawned_elsewhere):
                 nursery.start_soon(self._op_stop, actor_id, timeout)
+        for count in self.unasked_stops.values():
+            if count > 1:
+                log.warning("%d more actors could not be asked to stop, for the same reason; killed them", count - 1)
+        self.unasked_stops.clear()
 
     def stop_owned_by(self, node: str) -> None:
         """`node` left the cluster: stop the actors spawned here for it (nothing else would)."""
