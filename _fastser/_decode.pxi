@@ -324,7 +324,14 @@ cdef class Decoder:
             self.idx[depth] = 0
             value = _dec(self, depth + 1)
             self.cur = depth
-            return entry.deserializer(value)
+            try:
+                return entry.deserializer(value)
+            except DecodeError:
+                raise
+            except Exception as exc:
+                # caught here, while the path's keys are still alive, to name the class whose code failed
+                raise self._error(f"the deserializer of class {_qualified(entry.cls)} raised "
+                                  f"{type(exc).__name__}: {exc}") from exc
         if tag == T_PICKLED:
             # the payload is a bytes value, read here directly: no nesting, so no depth to exhaust
             self.kinds[depth] = K_CUSTOM
@@ -335,7 +342,11 @@ cdef class Decoder:
                 raise self._error("corrupted pickled value")
             data = _dec(self, depth + 1)
             self.cur = depth
-            obj = _pickle_loads(data)
+            try:
+                obj = _pickle_loads(data)
+            except Exception as exc:
+                raise self._error(f"unpickling a pickled {_qualified(entry.cls)} raised "
+                                  f"{type(exc).__name__}: {exc}") from exc
             if type(obj) is not entry.cls and wire_code(type(obj)) != entry.code:
                 raise self._error(f"a pickled {_qualified(entry.cls)} decoded to a {type(obj).__qualname__}")
             return obj

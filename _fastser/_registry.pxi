@@ -135,6 +135,10 @@ cdef class Registry:
                 raise RegistrationError(
                     f"cannot register class {name} by its fields: it derives from {native[0].__name__}, whose "
                     f"contents are not fields; register it with pickle=True or a serializer")
+            if issubclass(cls, _enum.Enum):
+                raise RegistrationError(
+                    f"cannot register class {name} by its fields: it is an enum, whose members are singletons that a "
+                    f"copy of their fields would not be; register it with pickle=True, or send member.value")
             base = None if _is_c_type(cls) else _c_state_base(cls)
             if base is not None:
                 raise RegistrationError(

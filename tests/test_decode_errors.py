@@ -732,8 +732,11 @@ def test_corrupted_pickle_payload_gives_decode_error():
     receiver = _fastser.Registry()
     receiver.register(type(lambda: 0), pickle=True)
     payload = b"\x80\x05\x8e" + u64(2 ** 60)        # BINBYTES8 claiming 2**60 bytes
-    text = decode_error(_pickled_message(type(lambda: 0), payload), _fastser.Decoder(receiver))
-    assert text.startswith("cannot decode: MemoryError")
+    msg = frame(bytes([T_DICT]) + u32(1) + bytes([T_STR]) + u32(1) + b"f"
+                + _pickled_message(type(lambda: 0), payload)[16:])
+    assert decode_error(msg, _fastser.Decoder(receiver)) == (
+        f"cannot decode: unpickling a pickled builtins.function raised MemoryError:  at obj['f'] "
+        f"(byte {len(msg)} of {len(msg)})")
 
 
 # -- refs in hostile bytes ------------------------------------------------------------------------------------------

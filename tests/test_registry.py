@@ -431,10 +431,12 @@ def test_custom_deserializer_error_is_a_decode_error():
         raise KeyError("nope")
 
     actors.register_class(Celsius, serializer=lambda c: c.degrees, deserializer=deser)
-    msg = actors.dumps([Celsius(1)])
+    msg = actors.dumps({"temps": [Celsius(1)]})
     with pytest.raises(DecodeError) as info:
         actors.loads(msg)
-    assert str(info.value) == f"cannot decode: KeyError: 'nope' at obj[0] (byte {len(msg)} of {len(msg)})"
+    # the class whose code failed, and the path by keys: the keys are still alive where the error is caught
+    assert str(info.value) == (f"cannot decode: the deserializer of class {qualified(Celsius)} raised KeyError: "
+                               f"'nope' at obj['temps'][0] (byte {len(msg)} of {len(msg)})")
     assert isinstance(info.value.__cause__, KeyError)
 
 
@@ -556,6 +558,30 @@ def test_native_subclasses_cannot_register_by_fields(cls, base):
     # the ways the message offers do work
     actors.register_class(cls, pickle=True)
     actors.register_class(cls, serializer=lambda v: None, deserializer=lambda v: None)
+
+
+class Weekday(enum.Enum):
+    MON = 1
+
+
+class Perm(enum.Flag):
+    R = 1
+    W = 2
+
+
+@pytest.mark.parametrize("cls, member", [(Weekday, Weekday.MON), (Perm, Perm.R | Perm.W)],
+                         ids=["Enum", "Flag"])
+def test_enums_cannot_register_by_fields(cls, member):
+    # by its fields an Enum member's encoding reached its class through __objclass__, and a Flag's decoding called
+    # Enum.__new__ with no value: the registration was accepted, then every message failed
+    with pytest.raises(RegistrationError) as info:
+        actors.register_class(cls)
+    assert str(info.value) == (f"cannot register class {qualified(cls)} by its fields: it is an enum, whose members "
+                               f"are singletons that a copy of their fields would not be; register it with "
+                               f"pickle=True, or send member.value")
+    assert cls not in actors.registered_classes()
+    actors.register_class(cls, pickle=True)
+    assert roundtrip([member])[0] is member
 
 
 @pytest.mark.parametrize("cls, base", [(np.matrix, "ndarray"), (np.memmap, "ndarray"),
