@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -41,13 +42,25 @@ def _directory(text: str) -> str:
     return text
 
 
+def _seconds(text: str) -> float:
+    # argparse's float takes "-1" and "nan", which failed only later: --stop-timeout when the system stopped, after
+    # the app had run, --interval at the first refresh; both with a traceback
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return value
+
+
 def _system_options(command: argparse.ArgumentParser, *, cluster_required: bool) -> None:
     """The options of the commands that run a system: its store, persistence, stopping, logging, and cluster."""
     command.add_argument("--store-capacity", default=None, help="shared-memory store size, e.g. 512M or 4G")
     command.add_argument("--resilience-dir", default=None, type=_directory,
                          help="directory where persistent actors keep their journals and snapshots; run again "
                               "with the same directory to recover them")
-    command.add_argument("--stop-timeout", type=float, default=5.0,
+    command.add_argument("--stop-timeout", type=_seconds, default=5.0,
                          help="seconds to wait for actors to stop gracefully before killing them (default 5)")
     command.add_argument("--log-level", default="INFO", type=str.upper,
                          choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
@@ -67,7 +80,7 @@ def _system_options(command: argparse.ArgumentParser, *, cluster_required: bool)
     cluster.add_argument("--lease-ttl", type=int, default=3, metavar="SECONDS",
                          help="how long a node out of touch with etcd keeps its place: then the others count it "
                               "as lost, and it stops itself (default 3)")
-    cluster.add_argument("--margin", type=float, default=1.0, metavar="SECONDS",
+    cluster.add_argument("--margin", type=_seconds, default=1.0, metavar="SECONDS",
                          help="a node out of touch with etcd kills its persistent actors this long before its "
                               "lease can run out, so that they are dead before any replacement starts (default 1)")
     cluster.add_argument("--shared-resilience", action="store_true",
@@ -100,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
     node.set_defaults(func=_node)
     status = sub.add_parser("status", help="show every running system of yours: its actors and its store")
     status.add_argument("--watch", action="store_true", help="refresh the table like top, until Ctrl-C")
-    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    status.add_argument("--interval", type=_seconds, default=2.0, help="seconds between refreshes (default 2)")
     status.add_argument("--count", type=int, default=0, help="with --watch: stop after this many tables")
     status.set_defaults(func=_status)
     clean = sub.add_parser("cleanup", help="unlink shared memory left behind by crashed systems")

@@ -625,6 +625,30 @@ def test_run_of_a_missing_file_is_a_clear_error(tmp_path):
     assert proc.stderr == f"actors: cannot run 'dir.py': it is not a file (looked for from {tmp_path})\n", proc.stderr
 
 
+@pytest.mark.parametrize("option, value", [("--stop-timeout", "-1"), ("--stop-timeout", "nan"),
+                                           ("--stop-timeout", "abc")])
+def test_a_stop_timeout_that_is_not_seconds_is_a_usage_error_before_main_runs(tmp_path, option, value):
+    # -1 and nan were taken: main ran, then the stop failed with trio's traceback and exit code 1
+    app = write_app(tmp_path, """
+        async def main(system):
+            print("main ran")
+    """, name="quick.py")
+    proc = run_cli("run", option, value, str(app), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (f"actors run: error: argument {option}: {value!r} is not a number of "
+                                            f"seconds, 0 or more")
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_status_interval_that_is_not_seconds_is_a_usage_error(value):
+    # both failed at the first refresh, with time.sleep's traceback
+    proc = run_cli("status", "--watch", "--count", "2", "--interval", value)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (f"actors status: error: argument --interval: {value!r} is not a number "
+                                            f"of seconds, 0 or more")
+
+
 def test_serialize_without_deserialize_is_a_clear_error(tmp_path):
     app = write_app(tmp_path, """
         def serialize(obj):

@@ -174,6 +174,27 @@ def test_one_open_system_per_process_and_errors_come_out_as_themselves():
     assert _embedded(lambda system: system.spawn(Echo, name="again"))[0].name == "again"
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"mailbox_size": 0}, "mailbox_size must be a whole number of messages, 1 or more, not 0"),
+    ({"mailbox_size": 2.5}, "mailbox_size must be a whole number of messages, 1 or more, not 2.5"),
+    ({"stop_timeout": -1}, "stop_timeout must be a number of seconds, 0 or more, not -1"),
+    ({"stop_timeout": float("nan")}, "stop_timeout must be a number of seconds, 0 or more, not nan"),
+], ids=["mailbox-0", "mailbox-float", "stop-negative", "stop-nan"])
+def test_options_that_could_not_work_are_refused_before_the_system_starts(options, message):
+    # a mailbox of 0 left every ask waiting for ever; a negative stop timeout failed at the stop, after main had run
+    import actors
+
+    ran = []
+
+    async def main(system):
+        ran.append(1)
+
+    with pytest.raises(actors.ActorsError) as info:
+        actors.run(main, **options)
+    assert str(info.value) == message
+    assert ran == []
+
+
 def test_process_titles_name_the_actor_and_the_fork_server():
     def cmdline(pid):
         with open(f"/proc/{pid}/cmdline", "rb") as f:

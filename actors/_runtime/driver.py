@@ -201,9 +201,15 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
         self.dir_lock.release()         # last: no actor of ours writes to the directory any more
 
 
-def _check_options(serialize, deserialize) -> None:
+def _check_options(serialize, deserialize, mailbox_size, stop_timeout) -> None:
+    """Refused before the system starts: a mailbox of no room left every send waiting for ever, and a stop timeout
+    that trio refuses failed only when the system stopped, after `main` had run."""
     if (serialize is None) != (deserialize is None):
         raise ActorsError("serialize and deserialize go together: pass both or neither")
+    if isinstance(mailbox_size, bool) or not isinstance(mailbox_size, int) or mailbox_size < 1:
+        raise ActorsError(f"mailbox_size must be a whole number of messages, 1 or more, not {mailbox_size!r}")
+    if isinstance(stop_timeout, bool) or not isinstance(stop_timeout, (int, float)) or not stop_timeout >= 0:
+        raise ActorsError(f"stop_timeout must be a number of seconds, 0 or more, not {stop_timeout!r}")
 
 
 @contextlib.asynccontextmanager
@@ -219,7 +225,7 @@ async def open_system(*, store_capacity: int | str | None = None, mailbox_size: 
     is cancelled then). One system per process at a time. Signals stay the program's own: `actors.run` adds SIGTERM
     handling on top of this. The options are those of `actors.run`.
     """
-    _check_options(serialize, deserialize)
+    _check_options(serialize, deserialize, mailbox_size, stop_timeout)
     cluster = ClusterOptions.of(cluster)
     if _ref._system is not None:
         raise ActorsError("a system is already open in this process; one process runs one system at a time: "
@@ -305,7 +311,7 @@ def run(main, *, store_capacity: int | str | None = None, mailbox_size: int = 40
     resilience directory of persistent actors; `cluster`, to run as a node of a cluster (the etcd address,
     `etcd://HOST:PORT`, or `actors.ClusterOptions`; see docs/cluster.md).
     """
-    _check_options(serialize, deserialize)
+    _check_options(serialize, deserialize, mailbox_size, stop_timeout)
     options = dict(store_capacity=store_capacity, mailbox_size=mailbox_size, serialize=serialize,
                    deserialize=deserialize, stop_timeout=stop_timeout, _app=_app, resilience_dir=resilience_dir,
                    cluster=cluster)
