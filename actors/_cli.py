@@ -44,12 +44,12 @@ def _directory(text: str) -> str:
 
 def _seconds(text: str) -> float:
     # argparse's float takes "-1" and "nan", which failed only later: --stop-timeout when the system stopped, after
-    # the app had run, --interval at the first refresh; both with a traceback
+    # the app had run, --interval at the first refresh; both with a traceback. ("inf" is a wait without end.)
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 <= value < math.inf:
+    if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
     return value
 

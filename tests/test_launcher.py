@@ -640,6 +640,15 @@ def test_a_stop_timeout_that_is_not_seconds_is_a_usage_error_before_main_runs(tm
     assert proc.stdout == ""
 
 
+def test_a_stop_timeout_of_inf_waits_without_end(tmp_path):
+    app = write_app(tmp_path, """
+        async def main(system):
+            print("main ran")
+    """, name="quick.py")
+    proc = run_cli("run", "--stop-timeout", "inf", str(app), cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, "main ran\n"), proc.stderr
+
+
 @pytest.mark.parametrize("value", ["-1", "nan"])
 def test_a_status_interval_that_is_not_seconds_is_a_usage_error(value):
     # both failed at the first refresh, with time.sleep's traceback
