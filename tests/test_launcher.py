@@ -390,6 +390,45 @@ def test_sigterm_exits_143_with_a_message_and_no_traceback(tmp_path, launched):
     assert "Traceback" not in stderr
 
 
+ENDING_APP = """
+    import os
+    import signal
+    import subprocess
+    import trio
+    import actors
+
+    class Ending(actors.Actor):
+        async def receive(self, msg):
+            return os.getpid()
+
+        async def on_stop(self):
+            # a child that holds this actor's output, and writes to it a second after on_stop has returned
+            subprocess.Popen(["sh", "-c", "sleep 1; echo late line"])
+
+    async def main(system):
+        ref = await system.spawn(Ending, name="ending")
+        os.kill(await ref.ask(None), signal.SIGTERM)        # it stops on its own, for good
+        with trio.fail_after(20):
+            while True:                 # until its connections are closed: its on_stop is done
+                try:
+                    await ref.tell(None)
+                except actors.ActorStoppedError:
+                    break
+                await trio.sleep(0.01)  # (polling, with a deadline)
+        print("main done", flush=True)
+"""
+
+
+def test_the_system_waits_for_an_ending_actor_to_exit_before_it_ends(tmp_path):
+    # The system's stop found the actor ending (its connections closed) and did not wait for its exit: the run
+    # ended, the fork server with it, and the actor died (PR_SET_PDEATHSIG) before its output was all written.
+    # A group SIGTERM lost what the actors' on_stop printed this way, now and then.
+    app = write_app(tmp_path, ENDING_APP)
+    proc = run_cli("run", str(app), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["main done", "[ending] late line"], (proc.stdout, proc.stderr)
+
+
 def test_sigterm_to_every_process_at_once_stops_the_actors_gracefully(tmp_path, launched):
     # systemd's default (KillMode=control-group), `timeout` and `kill -TERM -PGID` signal the fork server and the
     # actors too: the actors still run on_stop, and the driver still reports them stopped, promptly

@@ -274,7 +274,11 @@ class Spawner:
                 await self.endpoint.send(actor_id, STOP, None)
             self.endpoint.flush_all()
         except ActorStoppedError:
-            pass
+            # It is ending already (a stop signal of its own, say: its connections close once its on_stop is done).
+            # Its exit is waited for all the same: the system's end would end the fork server, and with it the actor,
+            # still writing out what its on_stop printed. (Not one being restarted: its new process was not asked.)
+            if not info.restarting:
+                await self._wait_or_kill(info, timeout)
         except (trio.TooSlowError, StoreFullError):
             await self._wait_or_kill(info, 0, f"its mailbox or the store stayed full for {timeout:g} s")
         except OSError as exc:          # no connection to it could be made (out of file descriptors, say)

@@ -20,7 +20,7 @@ import trio
 from _fastser import _codec
 from actors import _output, _persist, _store
 from actors import _codec as _public_codec
-from actors._exceptions import PersistenceError, UnknownClassError
+from actors._exceptions import ActorStoppedError, PersistenceError, UnknownClassError
 from actors._ref import ActorRef
 from actors._runtime.dispatch import ActorHandler, has_own, method_of
 from actors._runtime.stop_signals import STOP_SIGNALS, handling_stop_signals
@@ -209,7 +209,13 @@ async def _actor_main(spec: SpawnSpec) -> int:
         async with trio.open_nursery() as nursery:
             handler.scope = nursery.cancel_scope
             await nursery.start(endpoint.serve)
-            endpoint.connect(0)
+            try:
+                endpoint.connect(0)
+            except ActorStoppedError:
+                # the system ended while this process started (a stop signal to the whole group, say): there is
+                # nobody to serve, nor to tell
+                nursery.cancel_scope.cancel()
+                return 1
             await nursery.start(_stop_on_signal, endpoint, spec)
 
             def report_late_registration(entry) -> None:

@@ -1,0 +1,40 @@
+"""The actor process's main (`actors._runtime.worker`), run here on its own in a subprocess, with a real store and
+no system: what an actor does when the system it was started for is already gone."""
+import subprocess
+import sys
+import textwrap
+
+from _helpers.processes import CLI_TIMEOUT, env
+
+NO_SYSTEM = """
+    import os, sys, tempfile
+    import cloudpickle
+    import actors
+    from actors._actor import actor_options
+    from actors._runtime import worker
+    from actors._wire.protocol import SpawnSpec
+
+    class Idle(actors.Actor):
+        async def receive(self, message):
+            return message
+
+    store = actors.ObjectStore(capacity="1M")
+    rundir = tempfile.mkdtemp()     # where the system's socket would be: nothing listens
+    spec = SpawnSpec(id=1, name="orphan", cls=Idle, args=(), kwargs={}, rundir=rundir, store=store.name, registry=[],
+                     serialize=None, deserialize=None, mailbox_size=16, app=None, options=actor_options(Idle, None),
+                     resilience_dir=None)
+    try:
+        code = worker.main(cloudpickle.dumps(spec))
+    finally:
+        store.close()
+        os.rmdir(rundir)
+    sys.exit(code)
+"""
+
+
+def test_an_actor_whose_system_has_ended_exits_quietly():
+    # A stop signal to a whole group while an actor started left it without a system to connect to: it printed
+    # `ActorStoppedError: cannot send to the system: it is not running` with a traceback.
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(NO_SYSTEM)], env=env(), capture_output=True,
+                          text=True, timeout=CLI_TIMEOUT)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", ""), proc.stderr[-3000:]
