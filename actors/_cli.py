@@ -54,6 +54,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of tables, 0 or more")
+    return value
+
+
 def _system_options(command: argparse.ArgumentParser, *, cluster_required: bool) -> None:
     """The options of the commands that run a system: its store, persistence, stopping, logging, and cluster."""
     command.add_argument("--store-capacity", default=None, help="shared-memory store size, e.g. 512M or 4G")
@@ -104,17 +114,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=_Version, nargs=0, help="show the version, where it is installed, and exit")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an app: import it and call its `async def main(system)`")
-    run.add_argument("app", help="path to the app's .py file, or module:function (options go before it)")
+    # (optional to argparse, required by `main`: argparse would name `args` as missing too)
+    run.add_argument("app", nargs="?", help="path to the app's .py file, or module:function (options go before it)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the app (sys.argv[1:] inside it)")
     _system_options(run, cluster_required=False)
-    run.set_defaults(func=_run)
+    run.set_defaults(func=_run, usage_error=run.error)
     node = sub.add_parser("node", help="run a node of a cluster: it runs the actors placed on it until stopped")
     _system_options(node, cluster_required=True)
     node.set_defaults(func=_node)
     status = sub.add_parser("status", help="show every running system of yours: its actors and its store")
     status.add_argument("--watch", action="store_true", help="refresh the table like top, until Ctrl-C")
     status.add_argument("--interval", type=_seconds, default=2.0, help="seconds between refreshes (default 2)")
-    status.add_argument("--count", type=int, default=0, help="with --watch: stop after this many tables")
+    status.add_argument("--count", type=_count, default=0,
+                        help="with --watch: stop after this many tables (default 0: until Ctrl-C)")
     status.set_defaults(func=_status)
     clean = sub.add_parser("cleanup", help="unlink shared memory left behind by crashed systems")
     clean.set_defaults(func=_cleanup)
@@ -123,6 +135,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "run" and args.app is None:
+        args.usage_error("the following arguments are required: app")      # (exits 2)
     return args.func(args)
 
 

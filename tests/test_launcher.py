@@ -688,6 +688,22 @@ def test_a_stop_timeout_of_inf_waits_without_end(tmp_path):
     assert (proc.returncode, proc.stdout) == (0, "main ran\n"), proc.stderr
 
 
+def test_run_without_an_app_names_only_the_app_as_missing():
+    # the app's own arguments are optional: argparse named them as missing too
+    proc = run_cli("run")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == "actors run: error: the following arguments are required: app"
+
+
+@pytest.mark.parametrize("value", ["-1", "two"])
+def test_a_status_count_that_is_not_a_count_is_a_usage_error(value):
+    # -1 was taken silently, as no limit
+    proc = run_cli("status", "--watch", "--count", value)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (f"actors status: error: argument --count: {value!r} is not a count of "
+                                            f"tables, 0 or more")
+
+
 @pytest.mark.parametrize("value", ["-1", "nan"])
 def test_a_status_interval_that_is_not_seconds_is_a_usage_error(value):
     # both failed at the first refresh, with time.sleep's traceback
