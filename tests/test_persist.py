@@ -34,6 +34,7 @@ from _helpers.processes import CLI_TIMEOUT as TIMEOUT, env, gone, retry, run, ru
 from _helpers.processes import launched  # noqa: F401  (the fixture)
 import _helpers.actors as helpers  # noqa: E402
 from _helpers.processes import as_other_user  # noqa: E402
+from chaos import persist_chaos  # noqa: E402
 
 
 
@@ -672,6 +673,15 @@ def test_every_fsync_policy_recovers_after_kill_9(tmp_path, fsync):
     n, kills = 5_000, 3
     proc, res, context = run_chaos(tmp_path, n, kills, fsync, pace=25, max_delay=0.08)
     check_chaos(proc, res, context, n, kills)
+
+
+def test_chaos_kill_9_of_persistent_receivers_and_their_senders_loses_and_doubles_nothing():
+    """A short run of tests/chaos/persist_chaos.py (which runs hundreds of kills from the command line): receivers
+    of every fsync policy and their senders killed at random, some again during their recovery."""
+    seed = random.randrange(1 << 30)
+    killed, applied, problems = persist_chaos.run(40, seed=seed)
+    assert problems == [], f"seed {seed}: {killed}"
+    assert killed["receiver"] and killed["sender"] and applied, (seed, killed, applied)
 
 
 LAUNCHER_APP = """
