@@ -161,8 +161,10 @@ class Campaign:
         self.problems = []
         self.confirmed = {}         # (receiver, key) -> the count an ask saw applied
         self.done = False
-        self.killed = {"receiver": 0, "sender": 0, "in recovery": 0}
-        self.pids = set()
+        # "again": right after a restart began; "before ready": of those, the ones whose process was seen starting
+        # (recovering, or in __init__) just before
+        self.killed = {"receiver": 0, "sender": 0, "again": 0, "before ready": 0}
+        self.pids = set()           # every process killed, and at the end every one still listed: none may run
         self.driver_key = f"driver:{secrets.token_hex(4)}"
         self.driver_sent = {}
 
@@ -192,37 +194,43 @@ class Campaign:
                 return          # its counts are off by the refused tell: the final check would report it again
             await trio.sleep(rng.uniform(0, self.max_delay))
 
-    async def pid_of(self, name, other_than=None):
-        """The pid of the actor's current process (once it is not `other_than`): starting, recovering or running."""
+    async def pid_of(self, name):
+        """The pid of the actor's current process, once it is not one killed already (its death not noticed yet:
+        a kill would hit a zombie): starting, recovering or running."""
         with trio.fail_after(DEADLINE):
             while True:
                 for row in (await self.system.status()).actors:
-                    if row.name == name and row.pid and row.pid != other_than and row.state != "stopped":
-                        self.pids.add(row.pid)
-                        return row.pid
+                    if row.name == name and row.pid and row.pid not in self.pids and row.state != "stopped":
+                        return row.pid, row.state
                 await trio.sleep(0.001)
+
+    def kill(self, pid):
+        """SIGKILL `pid`, noted as killed; False if it had ended already."""
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        finally:
+            self.pids.add(pid)
+        return True
 
     async def kill_loop(self):
         names = sorted(self.receivers) * 2 + sorted(self.senders)   # receivers twice as often
         n = 0
         while n < self.kills:
             name = self.rng.choice(names)
-            pid = await self.pid_of(name)
+            pid, _ = await self.pid_of(name)
             await trio.sleep(self.rng.uniform(0, self.max_delay))
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+            if not self.kill(pid):
                 continue            # that incarnation ended meanwhile: aim again
             n += 1
             self.killed["receiver" if name in self.receivers else "sender"] += 1
             if self.rng.random() < 0.25:        # again, during its restart: its recovery, or its __init__
-                pid = await self.pid_of(name, other_than=pid)
+                pid, state = await self.pid_of(name)
                 await trio.sleep(self.rng.uniform(0, 0.003))
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    self.killed["in recovery"] += 1
-                except ProcessLookupError:
-                    pass
+                if self.kill(pid):
+                    self.killed["again"] += 1
+                    self.killed["before ready"] += state != "running"     # as last seen: the kill was later
             if self.log and n % 50 == 0:
                 print(f"kills={n} {self.killed} problems={len(self.problems)}", file=self.log, flush=True)
         self.done = True
@@ -290,8 +298,8 @@ def leftovers(directory, tag, pids):
 
 
 def run(kills, *, seed=0, max_delay=0.05, mailbox_size=256, log=None):
-    """`kills` kills in one system, then a second system on the same directory; (kills done by kind, tells
-    applied, the problems found)."""
+    """`kills` kills in one system (and some more, again during the restarts), then a second system on the same
+    directory; (kills done by kind, tells applied, the problems found)."""
     tag = os.environ.setdefault(_store.TAG_ENV, secrets.token_hex(6))
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="persist-chaos-") as top:
@@ -317,8 +325,9 @@ def main():
     args = parser.parse_args()
     killed, applied, problems = run(args.kills, seed=args.seed, max_delay=args.max_delay,
                                     mailbox_size=args.mailbox_size, log=sys.stderr)
-    print(f"seed={args.seed} kills={sum(killed.values()) - killed['in recovery']} "
-          + " ".join(f"{k.replace(' ', '_')}={v}" for k, v in killed.items()) + f" tells_applied={applied} problems={len(problems)}")
+    kinds = " ".join(f"{kind.replace(' ', '_')}={n}" for kind, n in killed.items())
+    print(f"seed={args.seed} kills={killed['receiver'] + killed['sender'] + killed['again']} {kinds} "
+          f"tells_applied={applied} problems={len(problems)}")
     for problem in problems[:20]:
         print("  " + problem)
     sys.exit(1 if problems else 0)
