@@ -34,6 +34,7 @@ from _helpers.processes import CLI_TIMEOUT as TIMEOUT, env, gone, retry, run, ru
 from _helpers.processes import launched  # noqa: F401  (the fixture)
 import _helpers.actors as helpers  # noqa: E402
 from _helpers.processes import as_other_user  # noqa: E402
+from chaos import persist_chaos  # noqa: E402
 
 
 
@@ -674,6 +675,15 @@ def test_every_fsync_policy_recovers_after_kill_9(tmp_path, fsync):
     check_chaos(proc, res, context, n, kills)
 
 
+def test_chaos_kill_9_of_persistent_receivers_and_their_senders_loses_and_doubles_nothing():
+    """A short run of tests/chaos/persist_chaos.py (which runs hundreds of kills from the command line): receivers
+    of every fsync policy and their senders killed at random, some again during their recovery."""
+    seed = random.randrange(1 << 30)
+    killed, applied, problems = persist_chaos.run(40, seed=seed)
+    assert problems == [], f"seed {seed}: {killed}"
+    assert killed["receiver"] and killed["sender"] and applied, (seed, killed, applied)
+
+
 LAUNCHER_APP = """
     import sys
     import actors
@@ -1100,6 +1110,46 @@ def test_tell_nowait_to_a_persistent_actor_that_is_down_holds_a_mailbox_worth_th
         return "ok"
 
     assert run(main, resilience_dir=str(tmp_path / "res"), mailbox_size=64) == "ok"
+
+
+class Remembers(Mortal):
+    """Persistent, and back two seconds after a crash: long enough for a sender to tell it while it is down."""
+    restart = "always"
+    restart_backoff = 2.0
+
+    def __init__(self):
+        self.got = []
+
+    async def receive(self, msg):
+        self.got.append(msg)
+
+    async def received(self):
+        return self.got
+
+
+class FirstTeller(actors.Actor):
+    async def tell_then_ask(self, ref, message):
+        """Tell `ref` (never told before by this process), then ask it what it received: the ask goes behind the
+        tell, once it is back. Whether the tell was held for a restart (not sent at once), and the answer."""
+        await ref.tell(message)
+        held = self.system.endpoint.links[ref.id].dead
+        return held, await ref.proxy.received(timeout=30)
+
+
+def test_a_first_tell_to_a_persistent_actor_that_is_down_is_held_and_delivered_when_it_is_back(tmp_path):
+    """A sender that has never told a persistent actor, and tells it while it restarts, finds no connection to keep
+    its tells on: the tell is held all the same, as the documentation promises, not refused."""
+    async def main(system):
+        ref = await system.spawn(Remembers, name="remembers")
+        teller = await system.spawn(FirstTeller, name="teller")
+        os.kill(await ref.proxy.pid(timeout=10), signal.SIGKILL)
+
+        async def restarting():
+            return any(a.name == "remembers" and a.state == "restarting" for a in (await system.status()).actors)
+        await wait_until(restarting, timeout=10, what="the actor to be restarting")
+        return await teller.proxy.tell_then_ask(ref, "while down", timeout=40)
+
+    assert run(main, resilience_dir=str(tmp_path / "res")) == (True, ["while down"])
 
 
 # -- state through __getstate__ / __setstate__ -------------------------------------------------------------------------

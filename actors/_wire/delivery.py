@@ -54,6 +54,22 @@ class Delivery:
         if not self.closed and self.links.get(link.peer) is link:
             self._lost(link)
 
+    def _held_link(self, peer: int):
+        """The link for a persistent actor that is down (restarting) before this endpoint ever reached it: as one
+        whose actor died, it holds the tells, and reconnects to send them once the actor is back. None when the
+        actor is gone for good, or the transport cannot make a link before it connects."""
+        if self.transport.is_gone(peer):
+            return None
+        link = self.transport.unconnected(peer)
+        if link is None:
+            return None
+        link.persistent = True
+        link.reading = True                 # its acker, started once it connects, reads it for good
+        link.dead = True
+        self.links[peer] = link
+        self.nursery.start_soon(self._reconnect, link)
+        return link
+
     def _lost(self, link) -> None:
         """A persistent actor went away: fail the asks waiting on it, keep its unacked tells, and reconnect."""
         link.dead = True

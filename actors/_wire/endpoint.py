@@ -237,7 +237,9 @@ class Endpoint(Inbox, Asks, Delivery):
 
     # -- sending -------------------------------------------------------------------------------------------------
 
-    def _link(self, peer: int) -> Link:
+    def _link(self, peer: int, hold: bool = False) -> Link:
+        """The link to `peer`, opened if need be; ActorStoppedError if it is not running. With `hold` (a tell), a
+        persistent peer that is down but not gone for good gets a link that holds the tells until it is back."""
         link = self.links.get(peer)
         if link is not None:
             if not link.dead:
@@ -249,6 +251,10 @@ class Endpoint(Inbox, Asks, Delivery):
         try:
             link = self.open_link(peer)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
+            if hold and peer in self.persistent and not getattr(exc, "gone", False):
+                link = self._held_link(peer)
+                if link is not None:
+                    return link
             why = exc.why if isinstance(exc, Unreachable) else "it is not running"
             raise ActorStoppedError(f"cannot send to {self.describe(peer)}: {why}") from None
         self.links[peer] = link
@@ -321,10 +327,11 @@ class Endpoint(Inbox, Asks, Delivery):
         else:
             link = self.links.get(peer)
             if link is None or link.dead:
-                if link is not None and link.persistent and kind == TELL:
+                if link is None or not link.persistent or kind != TELL:
+                    link = self._link(peer, hold=kind == TELL)
+                if link.dead:
                     self._post_unacked(link, obj)       # it is restarting: held, resent when it is back
                     return link
-                link = self._link(peer)
         arena = self.arena
         if link.persistent and kind == TELL:
             size = self._post_unacked(link, obj)

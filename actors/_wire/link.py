@@ -158,6 +158,11 @@ class Transport(abc.ABC):
     def connect(self, peer: int) -> Link:
         """A new link to `peer`. ConnectionRefusedError (or FileNotFoundError) if it is not running."""
 
+    def unconnected(self, peer: int) -> Link | None:
+        """A link to `peer` with no connection yet (closed), for tells held until `connect` gives one it `adopt`s;
+        None where the transport cannot make one."""
+        return None
+
     @abc.abstractmethod
     def is_gone(self, peer: int) -> bool:
         """Has `peer` stopped for good (no point waiting for it to come back)?"""

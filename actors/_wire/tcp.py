@@ -581,6 +581,13 @@ class ClusterTransport(Transport):
         link.incarnation = number       # with the pid, once the dial is finished
         return link
 
+    def unconnected(self, peer: int) -> Link | None:
+        if not self._is_local(peer):
+            return None                 # a TcpLink is made by its dial (`connect`), not ahead of it
+        link = self.local.unconnected(socket_id(peer))
+        link.peer = peer
+        return link
+
     def unreachable(self, peer: int, exc: OSError) -> None:
         if getattr(exc, "gone", False) and peer not in self.members.awaited:
             self.gone.add(peer)

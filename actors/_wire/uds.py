@@ -128,6 +128,11 @@ class UnixTransport(Transport):
         link.incarnation = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
         return link
 
+    def unconnected(self, peer: int) -> UnixLink:
+        link = UnixLink(peer, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        link.close()
+        return link
+
     def is_gone(self, peer: int) -> bool:
         return os.path.exists(socket_path(self.rundir, peer) + ".gone")
 
