@@ -350,7 +350,7 @@ class SlowRestart(actors.Actor):
         return os.getpid()
 
 
-def test_a_crash_during_a_restart_counts_towards_the_intensity_instead_of_stopping_the_system(tmp_path):
+def test_a_crash_during_a_restart_counts_towards_the_intensity_instead_of_stopping_the_system(tmp_path, caplog):
     async def main(system):
         ref = await system.spawn(SlowRestart, str(tmp_path), name="slow", options={
             "restart": "always", "max_restarts": 10, "restart_backoff": 0.01})
@@ -364,7 +364,11 @@ def test_a_crash_during_a_restart_counts_towards_the_intensity_instead_of_stoppi
         assert pid3 not in (pid1, int(second.split("-")[1]))
         return "ok"
 
+    caplog.set_level(logging.WARNING, logger="actors._runtime.supervise")
     assert run(main) == "ok"
+    # the failed restart is logged (it was silent), saying how its process ended
+    assert "actor 'slow' (SlowRestart) failed to restart: killed by SIGKILL; trying again" in [
+        r.getMessage() for r in caplog.records], [r.getMessage() for r in caplog.records]
 
 
 # -- handler-error policies -------------------------------------------------------------------------------------------

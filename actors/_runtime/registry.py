@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 
 import cloudpickle
 import trio
@@ -11,6 +12,11 @@ import trio
 from _fastser import _codec
 from actors._exceptions import ActorNotFoundError
 from actors._ref import ActorRef
+
+
+def how_it_ended(code: int) -> str:
+    """A process's exit status as the logs and errors say it: "exit code 3", "killed by SIGKILL"."""
+    return f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
 
 
 class ActorInfo:

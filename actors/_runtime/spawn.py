@@ -20,7 +20,7 @@ from actors._actor import actor_options
 from actors._exceptions import ActorsError, ActorStoppedError, SpawnError, StoreFullError
 from actors._ref import ActorRef
 from actors._runtime import forkserver
-from actors._runtime.registry import ActorInfo
+from actors._runtime.registry import ActorInfo, how_it_ended
 from actors._runtime.stop_signals import STOP_SIGNALS
 from actors._wire.protocol import NODE_SHIFT, STOP, SpawnSpec, SystemOp
 
@@ -239,8 +239,8 @@ class Spawner:
                     await self._wait_or_kill(info, self.stop_timeout)
                 raise SpawnError(f"actor {name!r} ({cls.__qualname__}) failed to restart: " + (
                     f"{info.error[0]}: {info.error[1]}" if info.error else
-                    f"{info.last_failure} (exit code {info.returncode})" if info.last_failure else
-                    f"exit code {info.returncode}"))
+                    f"{info.last_failure} ({how_it_ended(info.returncode)})" if info.last_failure else
+                    how_it_ended(info.returncode)))
             self.by_name.pop(name, None)
             if info.returncode is None:
                 await self._wait_or_kill(info, self.stop_timeout)

@@ -15,7 +15,7 @@ from _fastser import _codec
 from actors._actor import restart_delay
 from actors._exceptions import ActorStoppedError, SpawnError, SupervisionError
 from actors._ref import ActorRef
-from actors._runtime.registry import ActorInfo
+from actors._runtime.registry import ActorInfo, how_it_ended
 from actors._wire.protocol import NODE_SHIFT, TELL, SystemOp
 
 DEATH_CAUSE_WAIT = 2.0      # seconds to wait, at most, for the news of an exit (`_after_exit` may take 1 s)
@@ -74,7 +74,7 @@ class Supervisor:
         info.ready.set()
         if info.restarting and not info.started:
             return                      # this restart failed: _restart counts it and decides
-        how = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+        how = how_it_ended(code)
         reason = f"{info.last_failure} ({how})" if info.last_failure else how
         info.exit_reason, info.exit_time = reason, trio.current_time()
         policy = info.options["restart"]
@@ -179,6 +179,7 @@ class Supervisor:
                 await self._start(info)
             except SpawnError as exc:
                 reason = str(exc)       # a failed restart is a failure like any other: within the intensity
+                log.warning("%s; trying again", reason)
                 continue
             finally:
                 info.restarting = False
