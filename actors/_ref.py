@@ -99,14 +99,14 @@ class ActorRef:
             try:
                 link = ep.post(self.id, TELL, message)
             except StoreFull as full:
-                return self._tell_when_room(ep, full.prepared)
+                return self._tell_when_room(ep, full.prepared, message)
         # ep.full(link), inline: this runs for every tell
         if len(link.out) >= ep.limit or (link.persistent and len(link.unacked) >= ep.max_unacked):
             return ep.room(link)
         return READY
 
-    async def _tell_when_room(self, ep, prepared) -> None:
-        link = await ep.post_when_room(self.id, TELL, prepared, 0)
+    async def _tell_when_room(self, ep, prepared, message) -> None:
+        link = await ep.post_when_room(self.id, TELL, prepared, 0, message)
         if ep.full(link):
             await ep.room(link)
 

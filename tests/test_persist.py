@@ -22,8 +22,10 @@ import textwrap
 import time
 import zlib
 
+import numpy as np
 import pytest
 import trio
+import trio.testing
 
 import actors
 from _fastser import _codec, _shm
@@ -1150,6 +1152,34 @@ def test_a_first_tell_to_a_persistent_actor_that_is_down_is_held_and_delivered_w
         return await teller.proxy.tell_then_ask(ref, "while down", timeout=40)
 
     assert run(main, resilience_dir=str(tmp_path / "res")) == (True, ["while down"])
+
+
+def test_a_tell_to_a_persistent_actor_that_waited_for_room_in_the_store_is_held_while_it_is_down(tmp_path):
+    """A tell that waits for room in the store goes out once there is room; to a persistent actor, it is numbered
+    and held like any other: held while the actor is down (it was refused, `it is restarting`), and kept for a
+    resend until the actor has journaled it (it went as a bare record, which a crash before the journal lost)."""
+    async def main(system):
+        ref = await system.spawn(Remembers, name="remembers")
+        await ref.tell("before")
+        os.kill(await ref.proxy.pid(timeout=10), signal.SIGKILL)
+
+        async def down():
+            return system.endpoint.links[ref.id].dead
+        await wait_until(down, timeout=10, what="its link to die")
+        # the store (16M) has no room for the tell below while these two live
+        filler = [actors.put(np.zeros(7_000_000, dtype=np.uint8)), actors.put(b"x" * 100)]
+
+        async def free_once_the_tell_waits():
+            await trio.testing.wait_all_tasks_blocked()
+            filler.clear()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(free_once_the_tell_waits)
+            await ref.tell(np.full(6_000_000, 7, dtype=np.uint8))
+        before, big = await ref.proxy.received(timeout=30)
+        return before, big.shape, bool((big == 7).all())
+
+    assert run(main, resilience_dir=str(tmp_path / "res"), store_capacity="16M") == ("before", (6_000_000,), True)
 
 
 # -- state through __getstate__ / __setstate__ -------------------------------------------------------------------------

@@ -461,7 +461,7 @@ class Endpoint(Inbox, Asks, Delivery):
         try:
             link = self.post(peer, kind, obj, call, flush)
         except StoreFull as full:
-            link = await self.post_when_room(peer, kind, full.prepared, call)
+            link = await self.post_when_room(peer, kind, full.prepared, call, obj, flush)
         if self.full(link):
             await self.room(link)
 
@@ -503,7 +503,10 @@ class Endpoint(Inbox, Asks, Delivery):
                 link.lead_bytes -= lead.popleft()[2]
         policy.caught()
 
-    async def post_when_room(self, peer, kind, prepared, call):
+    async def post_when_room(self, peer, kind, prepared, call, obj=None, flush=False):
+        """Post `prepared` (`obj`, encoded: `post` found no room for it) once the store has room, for 30 s at most."""
+        if kind == TELL and peer in self.persistent and obj is not None:
+            return await self._post_held_when_room(peer, obj, prepared, flush)
         if prepared[1] > self.arena.capacity:
             self.arena.abandon(prepared)
             raise StoreFullError(_too_large(prepared[1], self.arena.capacity))
@@ -528,6 +531,26 @@ class Endpoint(Inbox, Asks, Delivery):
         self._flush(link)
         self._dirty(link, wake=True)
         return link
+
+    async def _post_held_when_room(self, peer: int, obj, prepared, flush: bool) -> Link:
+        """`post_when_room` for a tell to a persistent actor: posted again once there is room, so that it is
+        numbered and held for a resend like any other (and held while the actor is down), not sent once as a bare
+        record that a crash before the actor journals it would lose."""
+        size = prepared[1]
+        self.arena.abandon(prepared)
+        if size > self.arena.capacity:
+            raise StoreFullError(_too_large(size, self.arena.capacity))
+        delay = 0.0005
+        self.flush_all()        # what this task queued must leave: its receivers free the room it waits for
+        with trio.move_on_after(30):
+            while True:
+                await trio.sleep(delay)    # polling for room in the store, with backoff (no event to await)
+                delay = min(delay * 2, 0.05)
+                try:
+                    return self.post(peer, TELL, obj, 0, flush)
+                except StoreFull as full:
+                    self.arena.abandon(full.prepared)
+        raise StoreFullError("cannot send: the shared-memory store stayed full for 30 s")
 
     def full(self, link: Link) -> bool:
         return len(link.out) >= self.limit or (link.persistent and len(link.unacked) >= self.max_unacked)
