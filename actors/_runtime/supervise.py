@@ -54,7 +54,10 @@ class Supervisor:
             self.endpoint.forget(info.id)
         # An actor that has connected to us may have sent its READY (and served messages since) or a failure
         # report just before it died: read those first, or a started actor would pass for a failed start, and its
-        # watchers would never hear of its end. (A connection not read yet may be its: then too.)
+        # watchers would never hear of its end. (A connection not read yet may be its: then too. One still waiting
+        # to be accepted is accepted first: the news of the exit may come before the listener's turn.)
+        if not info.started and self.endpoint.nursery is not None:
+            self.endpoint.accept_waiting()
         connected = info.id in self.endpoint.reply_links or self.endpoint.unnamed
         if (info.started or connected) and self.endpoint.nursery is not None:
             self.endpoint.nursery.start_soon(self._after_exit, info, pid, code)

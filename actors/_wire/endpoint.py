@@ -179,11 +179,27 @@ class Endpoint(Inbox, Asks, Delivery):
                 short_since = None      # it accepted, or found the backlog empty: descriptors are there again
                 if link is None:
                     break
-                self.nursery.start_soon(self._reader, link)
+                self.accept_link(link)
 
     def accept_link(self, link: Link) -> None:
         """Read `link`, accepted somewhere else (a node's gateway), as if it had come in through a listener."""
+        if link.peer < 0:
+            self.unnamed += 1           # from now, not from its reader's start: `unnamed` is read in between
         self.nursery.start_soon(self._reader, link)
+
+    def accept_waiting(self) -> None:
+        """Accept now the connections waiting on this endpoint's listeners (counted in `unnamed` from here): for the
+        driver, which must know whether a dead actor had connected to it before it decides how the actor ended.
+        (Its listener is a Unix socket's, which accepts without waiting.)"""
+        for listener in self.listeners:
+            while True:
+                try:
+                    link = listener.accept()
+                except OSError:
+                    break               # out of descriptors, say: `_accept` deals with it
+                if link is None:
+                    break
+                self.accept_link(link)
 
     def close(self):
         """Release every payload still queued here, and stop listening."""

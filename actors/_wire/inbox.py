@@ -128,8 +128,6 @@ class Inbox:
         """Read a link a peer opened to us, for as long as it lives; then it is closed, and its peer's replies
         have nowhere to go."""
         link.inbuf = bytearray(READ_SIZE)
-        if link.peer < 0:
-            self.unnamed += 1
         try:
             await self._read_link(link, None, SPIN)
         finally:
