@@ -570,11 +570,15 @@ class DiesOnceStarted(actors.Actor):
 
 
 @pytest.mark.parametrize("attempt", range(4))
-def test_an_actor_that_dies_once_it_has_started_is_not_a_failed_spawn(tmp_path, caplog, attempt):
+@pytest.mark.parametrize("busy_from", ["on_start", "spawn"])
+def test_an_actor_that_dies_once_it_has_started_is_not_a_failed_spawn(tmp_path, caplog, busy_from, attempt):
     """Its READY and the news of its death reach the system together (the driver's program was busy meanwhile):
     whichever the system reads first, the spawn succeeded and the death is reported like any other. (Read in the
-    wrong order, the death used to pass for a failure to start: the spawn raised.)"""
+    wrong order, the death used to pass for a failure to start: the spawn raised.) Busy from the spawn on, the
+    actor's connection waits too, not even accepted: it counts all the same."""
     path = str(tmp_path / "pid")
+    if busy_from == "spawn":
+        open(path + ".go", "w").close()     # it dies as soon as it has started
 
     async def main(system):
         refs = []
@@ -584,14 +588,19 @@ def test_an_actor_that_dies_once_it_has_started_is_not_a_failed_spawn(tmp_path, 
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(spawn)
-            async def started():
-                return os.path.exists(path)
-            await wait_until(started, what="the actor's on_start")
-            pid = int(open(path).read())
-            open(path + ".go", "w").close()
+            if busy_from == "on_start":
+                async def started():
+                    return os.path.exists(path)
+                await wait_until(started, what="the actor's on_start")
+                open(path + ".go", "w").close()
+            else:
+                await trio.testing.wait_all_tasks_blocked(0.01)     # the request is with the fork server
             # the driver's program busy for a while, without yielding: the actor sends READY, then dies, and the
-            # fork server reports its exit, while nothing here reads either
+            # fork server reports its exit, while nothing here reads either (polling, with a deadline)
             deadline = time.monotonic() + 20
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            pid = int(open(path).read())
             while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
                 time.sleep(0.001)
             assert not os.path.exists(f"/proc/{pid}"), "the actor did not die"
@@ -603,55 +612,6 @@ def test_an_actor_that_dies_once_it_has_started_is_not_a_failed_spawn(tmp_path, 
         assert run(main) == "brief"
     assert any("actor 'brief'" in r.getMessage() and "killed by SIGKILL" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
-
-
-class DiesAtOnce(actors.Actor):
-    """Writes its pid to `path` in its on_start, and dies (SIGKILL) at its first message, which it sends itself:
-    just after its READY has gone to the system."""
-
-    def __init__(self, path):
-        self.path = path
-
-    async def on_start(self):
-        with open(self.path + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(self.path + ".tmp", self.path)
-        await self.ref.tell("die")
-
-    async def receive(self, msg):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-@pytest.mark.parametrize("attempt", range(4))
-def test_an_actor_that_connects_reports_and_dies_while_the_system_is_busy_has_started(tmp_path, attempt):
-    """The driver's program is busy from the spawn's request until the actor is dead: its connection, its READY
-    and the news of its death all wait together, the connection not even accepted yet. Whichever the system reads
-    first, the spawn succeeded. (When the news came first, the connection, not yet counted as one being read,
-    passed for none: the spawn raised, about half the time.)"""
-    path = str(tmp_path / "pid")
-
-    async def main(system):
-        refs = []
-
-        async def spawn():
-            refs.append(await system.spawn(DiesAtOnce, path, name="brief"))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(spawn)
-            await trio.testing.wait_all_tasks_blocked(0.01)     # the request is with the fork server
-            # busy, without yielding, until the actor has started, reported, and died (polling, with a deadline)
-            deadline = time.monotonic() + 30
-            while not os.path.exists(path) and time.monotonic() < deadline:
-                time.sleep(0.001)
-            pid = int(open(path).read())
-            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-                time.sleep(0.001)
-            assert not os.path.exists(f"/proc/{pid}"), "the actor did not die"
-        [ref] = refs
-        await wait_until(lambda: gone(system, "brief"), what="the actor to be gone")
-        return ref.name
-
-    assert run(main) == "brief"
 
 
 @pytest.mark.parametrize("policy, restarting", [("never", False), ("on-failure", True)])
