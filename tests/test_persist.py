@@ -1115,9 +1115,10 @@ def test_tell_nowait_to_a_persistent_actor_that_is_down_holds_a_mailbox_worth_th
 
 
 class Remembers(Mortal):
-    """Persistent, and back two seconds after a crash: long enough for a sender to tell it while it is down."""
+    """Persistent, and back five seconds after a crash: long enough for a sender to tell it while it is down, on a
+    loaded machine too."""
     restart = "always"
-    restart_backoff = 2.0
+    restart_backoff = 5.0
 
     def __init__(self):
         self.got = []

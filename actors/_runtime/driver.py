@@ -67,7 +67,7 @@ class Driver(Spawner, Supervisor, Registry, Status, System, Handler):
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
         self._spawned: dict[int, list] = {}
-        self.unasked_stops: dict[str, int] = {}     # why a stop could not ask actors -> how many (`_warn_kill`)
+        self.unasked_stops: dict[str, int] | None = None    # in stop_all: why it could not ask actors -> how many
         self._early_exits: dict[int, tuple] = {}   # pid -> (exit code, why), for an exit before its spawn report
         self._forkserver = None
         self.forkserver_gone = False    # and with it the reports of actors' exits (spawn.Spawner._exited)

@@ -315,10 +315,12 @@ class Spawner:
         if unasked is None:
             log.warning("actor %r did not stop within %g s; killing it", info.name, timeout)
             return
-        # Out of descriptors, a stop reaches none of the actors it had no connection to, all for the same reason:
-        # the first says it, and `stop_all` how many more there were.
-        seen = self.unasked_stops.get(unasked, 0)
-        self.unasked_stops[unasked] = seen + 1
+        # Out of descriptors, the system's stop reaches none of the actors it had no connection to, all for the same
+        # reason: the first says it, and `stop_all` how many more there were. (A stop of one actor says it each time.)
+        counts = self.unasked_stops
+        seen = 0 if counts is None else counts.get(unasked, 0)
+        if counts is not None:
+            counts[unasked] = seen + 1
         if not seen:
             log.warning("actor %r could not be asked to stop (%s); killing it", info.name, unasked)
 
@@ -354,15 +356,19 @@ class Spawner:
         """Stop every actor of this system: those running here, and those it spawned on other nodes. From here on
         no actor starts (`_op_spawn` refuses): one spawned by an `on_stop` meanwhile would be stopped by nobody."""
         self.stopping = True
-        async with trio.open_nursery() as nursery:
-            for info in list(self.actors.values()):
-                nursery.start_soon(self._op_stop, info.id, timeout)
-            for actor_id in list(self.spawned_elsewhere):
-                nursery.start_soon(self._op_stop, actor_id, timeout)
-        for count in self.unasked_stops.values():
-            if count > 1:
-                log.warning("%d more actors could not be asked to stop, for the same reason; killed them", count - 1)
-        self.unasked_stops.clear()
+        self.unasked_stops = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                for info in list(self.actors.values()):
+                    nursery.start_soon(self._op_stop, info.id, timeout)
+                for actor_id in list(self.spawned_elsewhere):
+                    nursery.start_soon(self._op_stop, actor_id, timeout)
+        finally:
+            for count in self.unasked_stops.values():
+                if count > 1:
+                    log.warning("%d more actors could not be asked to stop, for the same reason; killed them",
+                                count - 1)
+            self.unasked_stops = None
 
     def stop_owned_by(self, node: str) -> None:
         """`node` left the cluster: stop the actors spawned here for it (nothing else would)."""

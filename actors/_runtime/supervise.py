@@ -156,6 +156,7 @@ class Supervisor:
     async def _restart(self, info: ActorInfo, reason: str) -> None:
         """Start a failed actor again, same id and name (refs to it stay valid), within its restart intensity."""
         opts = info.options
+        failed = False                  # the last try failed: said once the next one is sure to come
         while True:
             now = trio.current_time()
             info.restarts = [t for t in info.restarts if now - t < opts["restart_window"]]
@@ -166,6 +167,8 @@ class Supervisor:
                     f"{opts['restart_window']:g} s, more than its restart intensity allows "
                     f"({opts['max_restarts']}); the system stops. Its last failure: {reason}"))
                 return
+            if failed:
+                log.warning("%s; trying again", reason)
             await trio.sleep(restart_delay(opts["restart_backoff"], len(info.restarts)))
             if opts["persistent"] and self.cluster is not None and self.cluster.lost:
                 self._gone(info)        # fenced: another node may run it now
@@ -182,7 +185,7 @@ class Supervisor:
                 await self._start(info)
             except SpawnError as exc:
                 reason = str(exc)       # a failed restart is a failure like any other: within the intensity
-                log.warning("%s; trying again", reason)
+                failed = True
                 continue
             finally:
                 info.restarting = False

@@ -60,7 +60,10 @@ class Delivery:
         actor is gone for good, or the transport cannot make a link before it connects."""
         if self.transport.is_gone(peer):
             return None
-        link = self.transport.unconnected(peer)
+        try:
+            link = self.transport.unconnected(peer)
+        except OSError:
+            return None                     # out of descriptors, say: the tell is refused as before
         if link is None:
             return None
         link.persistent = True

@@ -551,21 +551,32 @@ class Endpoint(Inbox, Asks, Delivery):
     async def _post_held_when_room(self, peer: int, obj, prepared, flush: bool) -> Link:
         """`post_when_room` for a tell to a persistent actor: posted again once there is room, so that it is
         numbered and held for a resend like any other (and held while the actor is down), not sent once as a bare
-        record that a crash before the actor journals it would lose."""
-        size = prepared[1]
-        self.arena.abandon(prepared)
-        if size > self.arena.capacity:
-            raise StoreFullError(_too_large(size, self.arena.capacity))
+        record that a crash before the actor journals it would lose. Each poll only tries to place the encoded
+        message (no encode); once it fits, the place is given back and `post` encodes it there, numbered."""
+        if prepared[1] > self.arena.capacity:
+            self.arena.abandon(prepared)
+            raise StoreFullError(_too_large(prepared[1], self.arena.capacity))
         delay = 0.0005
         self.flush_all()        # what this task queued must leave: its receivers free the room it waits for
-        with trio.move_on_after(30):
-            while True:
-                await trio.sleep(delay)    # polling for room in the store, with backoff (no event to await)
-                delay = min(delay * 2, 0.05)
-                try:
-                    return self.post(peer, TELL, obj, 0, flush)
-                except StoreFull as full:
-                    self.arena.abandon(full.prepared)
+        try:
+            with trio.move_on_after(30):
+                while True:
+                    await trio.sleep(delay)    # polling for room in the store, with backoff (no event to await)
+                    delay = min(delay * 2, 0.05)
+                    placed = self.arena.commit(prepared)
+                    if placed is None:
+                        continue
+                    prepared = None
+                    self.arena.decref_id(placed[0])     # room for it: made again, numbered, by `post`
+                    try:
+                        return self.post(peer, TELL, obj, 0, flush)
+                    except StoreFull as full:
+                        prepared = full.prepared        # taken meanwhile by another sender: wait again
+        except BaseException:
+            if prepared is not None:
+                self.arena.abandon(prepared)    # cancelled (the caller's timeout, say): the message is not sent
+            raise
+        self.arena.abandon(prepared)
         raise StoreFullError("cannot send: the shared-memory store stayed full for 30 s")
 
     def full(self, link: Link) -> bool:
