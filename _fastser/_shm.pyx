@@ -169,6 +169,53 @@ def start_writeback(int fd):
         raise OSError(err, _os.strerror(err))
 
 
+cdef extern from *:
+    """
+    #include <poll.h>
+    #include <sched.h>
+    #include <time.h>
+    static double actors_monotonic(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    }
+    /* 1 once `fd` is readable (or hung up, or in error: the read says which); 0 when `other` is readable first,
+       or `seconds` have passed. */
+    static int actors_spin_readable(int fd, int other, double seconds) {
+        struct pollfd fds[2];
+        double deadline = actors_monotonic() + seconds;
+        fds[0].fd = fd; fds[0].events = POLLIN; fds[0].revents = 0;
+        fds[1].fd = other; fds[1].events = POLLIN; fds[1].revents = 0;
+        for (;;) {
+            int r = poll(fds, other >= 0 ? 2 : 1, 0);
+            if (r > 0)
+                return fds[0].revents != 0;
+            if (r < 0 && errno != EINTR)
+                return 0;
+            if (actors_monotonic() >= deadline)
+                return 0;
+            sched_yield();
+        }
+    }
+    """
+    int actors_spin_readable(int fd, int other, double seconds) nogil
+
+
+def spin_readable(int fd, int other, double seconds):
+    """Spin for up to `seconds` until `fd` is readable, yielding the CPU between looks; True if it is (or has
+    hung up), False when `other` (-1: none) became readable first or the time ran out.
+
+    Why in C: a reader that spins for its next records looked once per pass of a Python loop (a read that raised
+    BlockingIOError, a clock, a check of trio's state and a poll), a few microseconds a pass, which the reply it
+    waited for then waited on too. Here a look is one poll() of at most two descriptors. The GIL is released: a
+    thread of the process may run meanwhile, and a signal or a thread's wakeup of trio makes `other` (trio's epoll
+    descriptor) readable, which ends the spin."""
+    cdef int r
+    with nogil:
+        r = actors_spin_readable(fd, other, seconds)
+    return r == 1
+
+
 cdef extern from "crc32.h":
     uint32_t actors_crc32(uint32_t crc, const uint8_t* buf, size_t n) nogil
 

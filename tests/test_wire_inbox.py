@@ -204,6 +204,35 @@ async def test_a_quiet_wait_leaves_the_waiting_to_trio_when_another_task_is_sche
 
 
 @pytest.mark.trio
+async def test_a_quiet_wait_leaves_the_waiting_to_trio_while_a_task_of_the_same_batch_is_still_to_run(
+        records_waiting):
+    seen = []
+    both = trio.Event()
+
+    async def waiter():
+        seen.append(QuietWait(records_waiting.fileno())())
+        if len(seen) == 2:
+            both.set()
+        await both.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        nursery.start_soon(waiter)          # both run in trio's next batch, in either order
+        with trio.fail_after(10):
+            await both.wait()
+    assert sorted(seen) == [False, True]    # the first saw the other still to run; the second, nobody
+
+
+@pytest.mark.trio
+async def test_a_quiet_wait_sees_a_task_scheduled_later_in_the_step_that_already_looked(records_waiting):
+    quiet = QuietWait(records_waiting.fileno())
+    async with trio.open_nursery() as nursery:
+        assert quiet() is True              # looked at every task: none to run
+        nursery.start_soon(trio.lowlevel.checkpoint)
+        assert quiet() is False
+
+
+@pytest.mark.trio
 async def test_a_quiet_wait_leaves_the_waiting_to_trio_when_a_deadline_is_due_or_its_task_cancelled(records_waiting):
     quiet = QuietWait(records_waiting.fileno())
     with trio.CancelScope(deadline=trio.current_time() + 1e-9):
@@ -225,12 +254,18 @@ async def test_a_quiet_wait_wakes_and_a_reader_stops_spinning_when_anything_else
             nursery.start_soon(trio.lowlevel.wait_readable, c)
             await trio.testing.wait_all_tasks_blocked()
             quiet = QuietWait(a.fileno())
-            assert quiet.alone() is True
+            b.send(b"r")
+            assert quiet.spin(60.0) is True         # its own records end the spin
+            assert a.recv(1) == b"r"
             d.send(b"!")            # ready for the other task; nothing for the quiet wait's own socket
-            assert quiet.alone() is False
+            start = time.monotonic()
+            assert quiet.spin(60.0) is False
+            assert time.monotonic() - start < 30, "it spun on, although another task's socket was ready"
             start = time.monotonic()
             assert quiet() is False
             assert time.monotonic() - start < 30, "it slept on, although another task's socket was ready"
+            b.send(b"r")            # an asker's spin ends only with its own records
+            assert quiet.spin_regardless(60.0) is True
 
 
 def test_a_reader_spins_while_spinning_catches_records_and_ever_less_often_after_spins_that_do_not():

@@ -15,7 +15,7 @@ import time
 
 import trio
 
-from _fastser._shm import split_records
+from _fastser._shm import spin_readable, split_records
 from actors._wire.asks import SPIN, resolve
 from actors._wire.protocol import ACK, ERROR, HELLO, RECORD, RECORD_SIZE, REPLY, STATUS
 
@@ -70,12 +70,15 @@ class QuietWait:
     woke, this task is cancelled, or trio's internals are not the ones this relies on (then it is off for good).
     Needs the run's clock to be the system clock, not a guest run, and nobody waiting for the run to go idle.
     """
-    __slots__ = ("fd", "poller", "runner")
+    __slots__ = ("context", "epoll_fd", "fd", "poller", "runner", "step", "stepper")
 
     def __init__(self, fd: int):
         self.fd = fd
+        self.epoll_fd = -1
         self.poller = None
         self.runner = None
+        self.stepper = None
+        self.step = -1
         try:
             from trio._core._run import GLOBAL_RUN_CONTEXT, SystemClock
             runner = GLOBAL_RUN_CONTEXT.runner
@@ -83,10 +86,13 @@ class QuietWait:
                 return
             epoll_fd = runner.io_manager._epoll.fileno()
             runner.deadlines.next_deadline, runner.tasks, runner.waiting_for_idle    # noqa: B018 (present?)
-            trio.lowlevel.current_task()._cancel_status.effectively_cancelled       # noqa: B018
+            me = GLOBAL_RUN_CONTEXT.task
+            me._cancel_status.effectively_cancelled, me._schedule_points, me._next_send_fn      # noqa: B018
         except (ImportError, AttributeError):
             return
+        self.context = GLOBAL_RUN_CONTEXT
         self.runner = runner
+        self.epoll_fd = epoll_fd
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
         self.poller.register(epoll_fd, select.POLLIN)
@@ -97,12 +103,19 @@ class QuietWait:
         runner = self.runner
         if runner is None or runner.runq or runner.waiting_for_idle:
             return 0.0
-        me = trio.lowlevel.current_task()
+        me = self.context.task
         if me._cancel_status.effectively_cancelled:
             return 0.0                      # cancelled (by its own handler, say): trio's wait raises it
-        for task in runner.tasks:
-            if task._next_send_fn is not None and task is not me:
-                return 0.0                  # scheduled to run (in this batch or the next): let trio run it
+        if me is not self.stepper or me._schedule_points != self.step:
+            # The first wait of this step of the task: is another task of trio's current batch still to run? Its
+            # tasks are not in runq. Later waits of the same step need not look again (each look touches every
+            # task, which costs a ring of processes, whose caches are cold at each hop): the batch waits for this
+            # step to end, and what becomes runnable meanwhile goes to runq.
+            for task in runner.tasks:
+                if task._next_send_fn is not None and task is not me:
+                    return 0.0              # scheduled to run (in this batch or the next): let trio run it
+            self.stepper = me
+            self.step = me._schedule_points
         return min(QUIET_WAIT_MAX, runner.deadlines.next_deadline() - runner.clock.current_time())
 
     def __call__(self) -> bool:
@@ -112,13 +125,20 @@ class QuietWait:
         events = self.poller.poll(timeout * 1000)
         return len(events) == 1 and events[0][0] == self.fd
 
-    def alone(self) -> bool:
-        """May this task go on spinning? Not when anything else in the process could run: another task, a due
-        deadline, or an event trio waits for (another link's records, in fan-in); then the spin would hold it up.
-        True when this cannot be told (trio's internals are not there)."""
-        if self.runner is None:
-            return True
-        return self._timeout() > 0 and self.poller.poll(0) in ([], [(self.fd, select.POLLIN)])
+    def spin(self, seconds: float) -> bool:
+        """Spin for up to `seconds` for the link's next records; True once they are in. Not while anything else in
+        the process could run: another task, or a deadline before then; and the spin ends when an event trio
+        waits for comes (another link's records, in fan-in): the spin would hold them up. Spins as asked when
+        that cannot be told (trio's internals are not there)."""
+        if self.runner is not None:
+            seconds = min(seconds, self._timeout())
+            if seconds <= 0:
+                return False
+        return spin_readable(self.fd, self.epoll_fd, seconds)
+
+    def spin_regardless(self, seconds: float) -> bool:
+        """Spin for up to `seconds` for the link's next records, whatever else could run (an asker's spin)."""
+        return spin_readable(self.fd, -1, seconds)
 
 
 class Inbox:
@@ -178,7 +198,12 @@ class Inbox:
                 quiet = link.quiet
                 if quiet is None:
                     quiet = link.quiet = QuietWait(fd)
-        alone = quiet.alone if quiet is not None and waiter is None else None
+        if quiet is None:
+            spin_for = None                     # no descriptor to spin on (TCP): a Python loop of reads
+        elif waiter is None:
+            spin_for = quiet.spin               # a reader spins while nothing else of the process could run
+        else:
+            spin_for = quiet.spin_regardless    # an asker's spin goes on whatever else is runnable
         try:
             while waiter is None or not waiter.kind:
                 if drained:                 # the last read came up short: the socket is empty, wait first
@@ -195,9 +220,13 @@ class Inbox:
                             spun = True
                             if waiter is None:      # a reader's spin runs from the end of its batch
                                 spin_until = time.perf_counter() + spin
-                        if time.perf_counter() < spin_until and (alone is None or alone()):
-                            os.sched_yield()
-                            continue
+                        left = spin_until - time.perf_counter()
+                        if left > 0:
+                            if spin_for is None:
+                                os.sched_yield()
+                                continue
+                            if spin_for(left):
+                                continue
                         if waiter is None:
                             policy.missed()
                         spun = False
