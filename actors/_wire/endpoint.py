@@ -522,37 +522,36 @@ class Endpoint(Inbox, Asks, Delivery):
     async def post_when_room(self, peer, kind, prepared, call, obj=None, flush=False):
         """Post `prepared` (`obj`, encoded: `post` found no room for it) once the store has room, for 30 s at most."""
         if kind == TELL and peer in self.persistent and obj is not None:
-            return await self._post_held_when_room(peer, obj, prepared, flush)
-        if prepared[1] > self.arena.capacity:
-            self.arena.abandon(prepared)
-            raise StoreFullError(_too_large(prepared[1], self.arena.capacity))
-        delay = 0.0005
-        self.flush_all()        # what this task queued must leave: its receivers free the room it waits for
-        try:
-            with trio.move_on_after(30) as scope:
-                while True:
-                    await trio.sleep(delay)    # polling for room in the store, with backoff (no event to await)
-                    delay = min(delay * 2, 0.05)
-                    placed = self.arena.commit(prepared)
-                    if placed is not None:
-                        break
-        except BaseException:
-            self.arena.abandon(prepared)        # cancelled (an ask's timeout, say): the message is not sent
-            raise
-        if scope.cancelled_caught:
-            self.arena.abandon(prepared)
-            raise StoreFullError("cannot send: the shared-memory store stayed full for 30 s")
-        link = self._link(peer)
-        link.out += RECORD.pack(placed[0], kind, self.id, call)
-        self._flush(link)
-        self._dirty(link, wake=True)
-        return link
+            return await self._when_room(prepared, lambda placed: self._post_held_placed(peer, obj, placed, flush))
 
-    async def _post_held_when_room(self, peer: int, obj, prepared, flush: bool) -> Link:
-        """`post_when_room` for a tell to a persistent actor: posted again once there is room, so that it is
+        def post_placed(placed):
+            try:
+                link = self._link(peer)
+            except BaseException:
+                self.arena.decref_id(placed[0])
+                raise
+            link.out += RECORD.pack(placed[0], kind, self.id, call)
+            self._flush(link)
+            self._dirty(link, wake=True)
+            return link, None
+
+        return await self._when_room(prepared, post_placed)
+
+    def _post_held_placed(self, peer: int, obj, placed, flush: bool):
+        """A tell to a persistent actor, for which the store has room at `placed`: posted again, so that it is
         numbered and held for a resend like any other (and held while the actor is down), not sent once as a bare
-        record that a crash before the actor journals it would lose. Each poll only tries to place the encoded
-        message (no encode); once it fits, the place is given back and `post` encodes it there, numbered."""
+        record that a crash before the actor journals it would lose. The place is given back and `post` encodes the
+        message there, numbered; (link, None), or (None, prepared) when another sender took the room meanwhile."""
+        self.arena.decref_id(placed[0])
+        try:
+            return self.post(peer, TELL, obj, 0, flush), None
+        except StoreFull as full:
+            return None, full.prepared
+
+    async def _when_room(self, prepared, place):
+        """Poll the store until it has room for `prepared` (for 30 s at most), and hand the room found to `place`, which returns (result, None), or (None, prepared) to wait
+        again. Each poll only tries to place the encoded message (no encode). Whatever is not placed is given up:
+        the message is not sent."""
         if prepared[1] > self.arena.capacity:
             self.arena.abandon(prepared)
             raise StoreFullError(_too_large(prepared[1], self.arena.capacity))
@@ -567,14 +566,12 @@ class Endpoint(Inbox, Asks, Delivery):
                     if placed is None:
                         continue
                     prepared = None
-                    self.arena.decref_id(placed[0])     # room for it: made again, numbered, by `post`
-                    try:
-                        return self.post(peer, TELL, obj, 0, flush)
-                    except StoreFull as full:
-                        prepared = full.prepared        # taken meanwhile by another sender: wait again
+                    result, prepared = place(placed)
+                    if prepared is None:
+                        return result
         except BaseException:
             if prepared is not None:
-                self.arena.abandon(prepared)    # cancelled (the caller's timeout, say): the message is not sent
+                self.arena.abandon(prepared)    # cancelled (an ask's timeout, say): the message is not sent
             raise
         self.arena.abandon(prepared)
         raise StoreFullError("cannot send: the shared-memory store stayed full for 30 s")
