@@ -29,7 +29,7 @@ from actors import (
 )
 from actors import _store
 from _helpers.actors import PersistentAdder
-from _helpers.processes import alive, gone, retry, run, wait_until  # noqa: E402
+from _helpers.processes import alive, gone, retry, run, wait_for_file, wait_until  # noqa: E402
 
 
 FAST = {"restart_backoff": 0.01}
@@ -549,6 +549,16 @@ def test_watch_delivers_terminated_when_the_watched_actor_is_stopped():
     assert run(main) == "ok"
 
 
+def write_pid_and_wait_for_go(path):
+    """In an actor's on_start: write its pid to `path` (whole, at once), then wait for `path`.go (the test's turn)."""
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path + ".go") and time.monotonic() < deadline:
+        time.sleep(0.001)           # (polling a file, with a deadline: this process has nothing else to do)
+
+
 class DiesOnceStarted(actors.Actor):
     """Writes its pid to `path`, waits for `path`.go, and dies (SIGKILL) at its first message, which it sends
     itself: after its READY has gone to the system."""
@@ -557,12 +567,7 @@ class DiesOnceStarted(actors.Actor):
         self.path = path
 
     async def on_start(self):
-        with open(self.path + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(self.path + ".tmp", self.path)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(self.path + ".go") and time.monotonic() < deadline:
-            time.sleep(0.001)           # (polling a file, with a deadline: this process has nothing else to do)
+        write_pid_and_wait_for_go(self.path)
         await self.ref.tell("die")
 
     async def receive(self, msg):
@@ -612,6 +617,43 @@ def test_an_actor_that_dies_once_it_has_started_is_not_a_failed_spawn(tmp_path, 
         assert run(main) == "brief"
     assert any("actor 'brief'" in r.getMessage() and "killed by SIGKILL" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+class GatedRestart(actors.Actor):
+    """Starts at once the first time; a later incarnation writes its pid to `path`, and waits in its on_start for
+    `path`.go."""
+
+    def __init__(self, path):
+        self.path = path
+
+    async def on_start(self):
+        if not os.path.exists(self.path + ".first"):
+            open(self.path + ".first", "w").close()
+            return
+        write_pid_and_wait_for_go(self.path)
+
+    async def pid(self):
+        return os.getpid()
+
+
+def test_a_ready_from_a_dead_incarnation_read_late_does_not_start_the_next(tmp_path):
+    """The system read the READY of an actor's process only after it had decided that process's exit (its driver
+    too busy to read it within a second): the actor's next incarnation, still in its on_start, has not started."""
+    path = str(tmp_path / "pid")
+
+    async def main(system):
+        ref = await system.spawn(GatedRestart, path, name="gated", options={"restart": "on-failure", **FAST})
+        old = await ref.proxy.pid(timeout=10)
+        os.kill(old, signal.SIGKILL)
+        await wait_for_file(path)                   # the next incarnation is in its on_start
+        info = system.actors[ref.id]
+        system._note_ready(ref.id, None, old)       # the dead incarnation's READY, read late
+        early = info.ready.is_set() or info.started
+        open(path + ".go", "w").close()
+        assert await ref.proxy.pid(timeout=20) == int(open(path).read())
+        return early
+
+    assert run(main) is False, "a dead incarnation's READY marked the next one started"
 
 
 @pytest.mark.parametrize("policy, restarting", [("never", False), ("on-failure", True)])

@@ -29,6 +29,7 @@ class ActorInfo:
         self.options = options
         self.payload = payload          # kept, to start it again
         self.pid = 0
+        self.ended_pid = 0              # the process of its last incarnation whose exit was decided
         self.ready = trio.Event()
         self.exited = trio.Event()
         self.error = None

@@ -73,6 +73,7 @@ class Supervisor:
 
     def _decide(self, info: ActorInfo, pid: int, code: int) -> None:
         info.returncode = code
+        info.ended_pid = pid
         info.exited.set()
         info.ready.set()
         if info.restarting and not info.started:
@@ -215,9 +216,11 @@ class Supervisor:
             if self.main_scope is not None:
                 self.main_scope.cancel()
 
-    def _note_ready(self, actor_id: int, error) -> None:
+    def _note_ready(self, actor_id: int, error, pid: int) -> None:
         info = self.actors.get(actor_id)
-        if info is not None:
+        # (a READY read after the exit of the process that sent it was decided, the driver having been too busy to
+        # read it within _after_exit's second, is a dead incarnation's: it says nothing of the next one's start)
+        if info is not None and pid != info.ended_pid:
             info.error = error
             if error is None:
                 info.started = True     # its on_start has finished: an exit from now on is a failure to report

@@ -233,11 +233,11 @@ async def _actor_main(spec: SpawnSpec) -> int:
                     actor = _construct(spec, system)
                 await actor.on_start()
             except Exception as exc:
-                await endpoint.send(0, SYSTEM_TELL, (int(SystemOp.READY), spec.id, error_payload(exc)))
+                await endpoint.send(0, SYSTEM_TELL, (int(SystemOp.READY), spec.id, error_payload(exc), os.getpid()))
                 await endpoint.drain()
                 status = 1
             if actor is not None and status == 0:
-                await endpoint.send(0, SYSTEM_TELL, (int(SystemOp.READY), spec.id, None))
+                await endpoint.send(0, SYSTEM_TELL, (int(SystemOp.READY), spec.id, None, os.getpid()))
                 endpoint.flush_all()
                 handler.bind(actor, journal)
                 if journal is not None and spec.options["fsync"] == "interval":

@@ -55,7 +55,7 @@ class SystemOp(enum.IntEnum):
     REGISTER = 5        # (pickled registry entry): a class registered after startup
     REGISTRY = 6        # (wire code) -> pickled registry entry, or None
     # Reports, handled in arrival order (before any exit of the same actor is decided):
-    READY = 7           # (actor id, error payload or None): its on_start finished
+    READY = 7           # (actor id, error payload or None, pid): its on_start finished
     FAILURE = 8         # (actor id, reason): it is about to exit as failed
     STOPPING = 9        # (actor id, reason): it stops for good (on_error="stop")
     LOG = 10            # (actor id, a log record's fields): for the system's logging to handle
