@@ -204,8 +204,25 @@ class Inbox:
             spin_for = quiet.spin               # a reader spins while nothing else of the process could run
         else:
             spin_for = quiet.spin_regardless    # an asker's spin goes on whatever else is runnable
+        # Look before reading where the socket is most likely empty: an asker's answer is not in yet, nor a reader's
+        # next records right after its batch. A spin (a poll) finds that out for less than a read that raises
+        # BlockingIOError, and an asker with the spin off sleeps at once.
+        look = False
+        if waiter is not None and spin_for is not None:
+            if spin > 0:
+                look = True
+            else:
+                drained = True
         try:
             while waiter is None or not waiter.kind:
+                if look:
+                    look = False
+                    if spin_for(spin_until - time.perf_counter() if waiter is not None else spin):
+                        spun = True         # records are in: the read below takes them
+                    else:
+                        if waiter is None:
+                            policy.missed()
+                        drained = True
                 if drained:                 # the last read came up short: the socket is empty, wait first
                     if quiet is None or not quiet():
                         try:
@@ -245,6 +262,7 @@ class Inbox:
                 drained = have + n < size
                 if drained and spin and waiter is None and policy.should_spin():
                     drained = False             # spin for the next records before sleeping
+                    look = spin_for is not None     # (once the batch is handled; over TCP, reading in a loop)
                 have += n
                 usable = have - have % RECORD_SIZE
                 work, control = split(buf, usable)
