@@ -7,6 +7,7 @@ import select
 
 import numpy as np
 import pytest
+import trio
 
 from actors import ActorStoppedError, RemoteActorError, SerializationError
 from _helpers.actors import (
@@ -18,6 +19,7 @@ from _helpers.actors import (
     Opaque,
     QuietTeller,
     Relay,
+    Sink,
     Suicidal,
 )
 from _helpers.processes import gone, minor_faults, run, wait_until
@@ -77,6 +79,34 @@ def test_tell_to_an_actor_that_died_raises_actor_stopped():
             await ref.tell("anyone there?")
 
     run(main, timeout=40)
+
+
+def test_a_tell_that_waited_for_room_in_the_store_gives_the_room_back_when_its_receiver_stopped_meanwhile():
+    async def main(system):
+        sink = await system.spawn(Sink, name="sink")
+        await sink.ask("warm")
+        base = system.store.stats()["used"]
+        hog = [system.store.put(np.ones(7 << 20))]         # 56 MiB of a 64 MiB store, held
+        raised = []
+
+        async def tell():
+            try:
+                await sink.tell(np.ones(2 << 20))           # 16 MiB: it waits for room
+            except ActorStoppedError as exc:
+                raised.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tell)
+            await trio.testing.wait_all_tasks_blocked()
+            await system.stop(sink)                         # its link is dead: the tell cannot go out
+            hog.clear()                                     # room for the tell, which finds it has nowhere to go
+
+        async def back():
+            return system.store.stats()["used"] <= base
+        await wait_until(back, timeout=10, what="the store's use to fall back")
+        return len(raised)
+
+    assert run(main, timeout=60) == 1
 
 
 def test_a_tell_to_an_idle_link_leaves_before_the_sender_yields(tmp_path):
