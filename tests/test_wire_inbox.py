@@ -266,6 +266,9 @@ async def test_a_quiet_wait_wakes_and_a_reader_stops_spinning_when_anything_else
             start = time.monotonic()
             assert quiet() is False
             assert time.monotonic() - start < 30, "it slept on, although another task's socket was ready"
+            start = time.monotonic()
+            assert quiet.spin_regardless(0.05) is False     # an asker's spin goes on though another task could run
+            assert time.monotonic() - start >= 0.05, "an asker's spin ended before its time without its records"
             b.send(b"r")            # an asker's spin ends only with its own records
             assert quiet.spin_regardless(60.0) is True
 
