@@ -48,6 +48,7 @@ cdef extern from "Python.h":
     void Py_SET_SIZE(object o, Py_ssize_t size)
     void PyObject_GC_UnTrack(object o)
     Py_ssize_t PyObject_LengthHint(object o, Py_ssize_t default) except -1
+    int PyErr_CheckSignals() except -1
 
 OUTBOX_MIN_ROOM = 8192
 cdef enum:
@@ -179,26 +180,29 @@ cdef extern from *:
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
     }
-    /* 1 once `fd` is readable (or hung up, or in error: the read says which); 0 when `other` is readable first,
-       or `seconds` have passed. */
-    static int actors_spin_readable(int fd, int other, double seconds) {
+    /* 1 once `fd` is readable (or hung up, or in error: the read says which); 2 when `other` is readable first;
+       0 at `deadline` (CLOCK_MONOTONIC seconds). */
+    static int actors_spin_readable(int fd, int other, double deadline) {
         struct pollfd fds[2];
-        double deadline = actors_monotonic() + seconds;
         fds[0].fd = fd; fds[0].events = POLLIN; fds[0].revents = 0;
         fds[1].fd = other; fds[1].events = POLLIN; fds[1].revents = 0;
         for (;;) {
             int r = poll(fds, other >= 0 ? 2 : 1, 0);
             if (r > 0)
-                return fds[0].revents != 0;
+                return fds[0].revents != 0 ? 1 : 2;
             if (r < 0 && errno != EINTR)
                 return 0;
-            if (actors_monotonic() >= deadline)
+            if (!(actors_monotonic() < deadline))
                 return 0;
             sched_yield();
         }
     }
     """
-    int actors_spin_readable(int fd, int other, double seconds) nogil
+    double actors_monotonic() nogil
+    int actors_spin_readable(int fd, int other, double deadline) nogil
+
+
+cdef double SPIN_SLICE = 0.001     # seconds a spin goes without the GIL, between checks for signals
 
 
 def spin_readable(int fd, int other, double seconds):
@@ -206,14 +210,25 @@ def spin_readable(int fd, int other, double seconds):
     hung up), False when `other` (-1: none) became readable first or the time ran out.
 
     Why in C: a reader that spins for its next records looked once per pass of a Python loop (a read that raised
-    BlockingIOError, a clock, a check of trio's state and a poll), a few microseconds a pass, which the reply it
-    waited for then waited on too. Here a look is one poll() of at most two descriptors. The GIL is released: a
-    thread of the process may run meanwhile, and a signal or a thread's wakeup of trio makes `other` (trio's epoll
-    descriptor) readable, which ends the spin."""
+    BlockingIOError, a clock, a check of trio's state and a poll), a few microseconds a pass, which the records it
+    waited for then waited on too. Here a look is one poll() of at most two descriptors. The GIL is released, a
+    millisecond at a time: a thread of the process may run meanwhile, and a signal's Python handler runs between
+    the slices (it may raise: KeyboardInterrupt ends the spin). A signal, or a thread's wakeup of trio, also makes
+    `other` (trio's epoll descriptor, for a reader) readable, which ends the spin at once."""
     cdef int r
-    with nogil:
-        r = actors_spin_readable(fd, other, seconds)
-    return r == 1
+    cdef double deadline = actors_monotonic() + seconds
+    cdef double end
+    while True:
+        end = actors_monotonic() + SPIN_SLICE
+        if not (end < deadline):
+            end = deadline
+        with nogil:
+            r = actors_spin_readable(fd, other, end)
+        if r:
+            return r == 1
+        PyErr_CheckSignals()
+        if not (actors_monotonic() < deadline):
+            return False
 
 
 cdef extern from "crc32.h":

@@ -2,7 +2,10 @@
 arrive while a handler awaits, and the blocks of handled messages released at once.
 
 Every system runs in this process through `run()` (a deadline around `main`), with real actor processes."""
+import os
+import signal
 import socket
+import threading
 import time
 
 import numpy as np
@@ -271,6 +274,45 @@ async def test_a_quiet_wait_wakes_and_a_reader_stops_spinning_when_anything_else
             assert time.monotonic() - start >= 0.05, "an asker's spin ended before its time without its records"
             b.send(b"r")            # an asker's spin ends only with its own records
             assert quiet.spin_regardless(60.0) is True
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_signal_handler_runs_during_a_spin_and_may_end_it():
+    """A spin runs in C without the GIL; a signal's Python handler still runs within a millisecond, not once the
+    spin is over (an asker spinning with a large ACTORS_SPIN_US would otherwise hold up Ctrl-C)."""
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    go, done = threading.Event(), threading.Event()
+
+    def send_signals():
+        # woken by `go`, this thread runs once the spin has released the GIL (this process's only other thread
+        # holds it until then): its signals arrive during the spin
+        if go.wait(30):
+            while not done.is_set():
+                os.kill(os.getpid(), signal.SIGUSR1)
+                done.wait(0.01)         # (a signal every 10 ms until the spin has ended)
+
+    a, b = socket.socketpair()
+    sender = threading.Thread(target=send_signals)
+    sender.start()
+    old = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        with a, b:
+            quiet = QuietWait(a.fileno())       # outside trio: it spins as asked
+            start = time.monotonic()
+            with pytest.raises(Interrupted):
+                go.set()
+                quiet.spin_regardless(30.0)
+            assert time.monotonic() - start < 15, "the handler ran only once the spin was over"
+    finally:
+        done.set()
+        go.set()
+        sender.join(10)
+        signal.signal(signal.SIGUSR1, old)
 
 
 def test_a_reader_spins_while_spinning_catches_records_and_ever_less_often_after_spins_that_do_not():

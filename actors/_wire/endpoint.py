@@ -549,9 +549,9 @@ class Endpoint(Inbox, Asks, Delivery):
             return None, full.prepared
 
     async def _when_room(self, prepared, place):
-        """Poll the store until it has room for `prepared` (for 30 s at most), and hand the room found to `place`, which returns (result, None), or (None, prepared) to wait
-        again. Each poll only tries to place the encoded message (no encode). Whatever is not placed is given up:
-        the message is not sent."""
+        """Poll the store until it has room for `prepared` (for 30 s at most), and hand the room found to `place`,
+        which returns (result, None), or (None, prepared) to wait again. Each poll only tries to place the encoded
+        message (no encode). Whatever is not placed is given up: the message is not sent."""
         if prepared[1] > self.arena.capacity:
             self.arena.abandon(prepared)
             raise StoreFullError(_too_large(prepared[1], self.arena.capacity))
