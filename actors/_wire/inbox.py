@@ -125,15 +125,15 @@ class QuietWait:
         events = self.poller.poll(timeout * 1000)
         return len(events) == 1 and events[0][0] == self.fd
 
-    def spin(self, seconds: float) -> bool | None:
-        """Spin for up to `seconds` for the link's next records; True once they are in, False if they did not come.
-        Not while anything else in the process could run (another task, a due deadline): None, without a look. The
-        spin ends when an event trio waits for comes (another link's records, in fan-in): it would hold them up.
-        Spins as asked when that cannot be told (trio's internals are not there)."""
+    def spin(self, seconds: float) -> bool:
+        """Spin for up to `seconds` for the link's next records; True once they are in. Not while anything else in
+        the process could run: another task, or a deadline before then; and the spin ends when an event trio
+        waits for comes (another link's records, in fan-in): the spin would hold them up. Spins as asked when
+        that cannot be told (trio's internals are not there)."""
         if self.runner is not None:
             seconds = min(seconds, self._timeout())
             if seconds <= 0:
-                return None
+                return False
         return spin_readable(self.fd, self.epoll_fd, seconds)
 
     def spin_regardless(self, seconds: float) -> bool:
@@ -217,14 +217,12 @@ class Inbox:
             while waiter is None or not waiter.kind:
                 if look:
                     look = False
-                    found = spin_for(spin_until - time.perf_counter() if waiter is not None else spin)
-                    if found:
+                    if spin_for(spin_until - time.perf_counter() if waiter is not None else spin):
                         spun = True         # records are in: the read below takes them
-                    elif found is not None:
+                    else:
                         if waiter is None:
                             policy.missed()
                         drained = True
-                    # (None: it could not spin, with another task to run; the read below sees what is there)
                 if drained:                 # the last read came up short: the socket is empty, wait first
                     if quiet is None or not quiet():
                         try:
