@@ -70,11 +70,10 @@ class QuietWait:
     woke, this task is cancelled, or trio's internals are not the ones this relies on (then it is off for good).
     Needs the run's clock to be the system clock, not a guest run, and nobody waiting for the run to go idle.
     """
-    __slots__ = ("context", "epoll_fd", "fd", "poller", "runner", "step", "stepper")
+    __slots__ = ("context", "fd", "poller", "runner", "step", "stepper")
 
     def __init__(self, fd: int):
         self.fd = fd
-        self.epoll_fd = -1
         self.poller = None
         self.runner = None
         self.stepper = None
@@ -92,7 +91,6 @@ class QuietWait:
             return
         self.context = GLOBAL_RUN_CONTEXT
         self.runner = runner
-        self.epoll_fd = epoll_fd
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
         self.poller.register(epoll_fd, select.POLLIN)
@@ -125,19 +123,18 @@ class QuietWait:
         events = self.poller.poll(timeout * 1000)
         return len(events) == 1 and events[0][0] == self.fd
 
-    def spin(self, seconds: float) -> bool:
-        """Spin for up to `seconds` for the link's next records; True once they are in. Not while anything else in
-        the process could run: another task, or a deadline before then; and the spin ends when an event trio
-        waits for comes (another link's records, in fan-in): the spin would hold them up. Spins as asked when
-        that cannot be told (trio's internals are not there)."""
-        if self.runner is not None:
-            seconds = min(seconds, self._timeout())
-            if seconds <= 0:
-                return False
-        return spin_readable(self.fd, self.epoll_fd, seconds)
+    def alone(self) -> bool:
+        """May this task go on spinning? Not when anything else in the process could run: another task, a due
+        deadline, or an event trio waits for (another link's records, in fan-in); then the spin would hold it up.
+        True when this cannot be told (trio's internals are not there). (A reader spins in a Python loop of reads:
+        each pass takes a few microseconds, which lets a streamed batch grow before it is read.)"""
+        if self.runner is None:
+            return True
+        return self._timeout() > 0 and self.poller.poll(0) in ([], [(self.fd, select.POLLIN)])
 
     def spin_regardless(self, seconds: float) -> bool:
-        """Spin for up to `seconds` for the link's next records, whatever else could run (an asker's spin)."""
+        """Spin for up to `seconds` for the link's next records (an asker's spin for its answer), whatever else
+        could run; True once they are in. In C (`spin_readable`): a look costs one poll."""
         return spin_readable(self.fd, -1, seconds)
 
 
@@ -198,15 +195,11 @@ class Inbox:
                 quiet = link.quiet
                 if quiet is None:
                     quiet = link.quiet = QuietWait(fd)
-        if quiet is None:
-            spin_for = None                     # no descriptor to spin on (TCP): a Python loop of reads
-        elif waiter is None:
-            spin_for = quiet.spin               # a reader spins while nothing else of the process could run
-        else:
-            spin_for = quiet.spin_regardless    # an asker's spin goes on whatever else is runnable
-        # Look before reading where the socket is most likely empty: an asker's answer is not in yet, nor a reader's
-        # next records right after its batch. A spin (a poll) finds that out for less than a read that raises
-        # BlockingIOError, and an asker with the spin off sleeps at once.
+        alone = quiet.alone if quiet is not None and waiter is None else None
+        # an asker's spin, for its answer, goes on whatever else is runnable, in C; a reader's, in the loop below
+        spin_for = quiet.spin_regardless if quiet is not None and waiter is not None else None
+        # An asker's answer is not in yet: it looks before it reads (a spin's poll finds that out for less than a read
+        # that raises BlockingIOError), and with the spin off sleeps at once.
         look = False
         if waiter is not None and spin_for is not None:
             if spin > 0:
@@ -217,11 +210,9 @@ class Inbox:
             while waiter is None or not waiter.kind:
                 if look:
                     look = False
-                    if spin_for(spin_until - time.perf_counter() if waiter is not None else spin):
-                        spun = True         # records are in: the read below takes them
+                    if spin_for(spin_until - time.perf_counter()):
+                        spun = True         # the answer is in: the read below takes it
                     else:
-                        if waiter is None:
-                            policy.missed()
                         drained = True
                 if drained:                 # the last read came up short: the socket is empty, wait first
                     if quiet is None or not quiet():
@@ -239,10 +230,11 @@ class Inbox:
                                 spin_until = time.perf_counter() + spin
                         left = spin_until - time.perf_counter()
                         if left > 0:
-                            if spin_for is None:
+                            if spin_for is not None:
+                                if spin_for(left):
+                                    continue
+                            elif alone is None or alone():
                                 os.sched_yield()
-                                continue
-                            if spin_for(left):
                                 continue
                         if waiter is None:
                             policy.missed()
@@ -261,8 +253,8 @@ class Inbox:
                     spin_until = time.perf_counter() + spin
                 drained = have + n < size
                 if drained and spin and waiter is None and policy.should_spin():
-                    drained = False             # spin for the next records before sleeping
-                    look = spin_for is not None     # (once the batch is handled; over TCP, reading in a loop)
+                    drained = False             # spin for the next records before sleeping (when the read after
+                                                # the batch finds none: streamed, they are often in by then)
                 have += n
                 usable = have - have % RECORD_SIZE
                 work, control = split(buf, usable)
