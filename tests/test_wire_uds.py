@@ -1,10 +1,12 @@
 """The transport on its own (actors/_wire/uds.py, link.py, endpoint.py): two endpoints in one process exchange
 tells and asks over the Unix-socket transport with a plain Handler, no actor runtime involved."""
 import os
+import socket
 import stat
 
 import pytest
 import trio
+import trio.testing
 
 from actors._exceptions import ActorStoppedError
 from actors._wire.endpoint import Endpoint, Handler
@@ -41,6 +43,14 @@ def _pair(tmp_path, store):
     return transport, a, b, handlers
 
 
+def _run_closing(main, *endpoints):
+    try:
+        trio.run(main)
+    finally:
+        for endpoint in endpoints:
+            endpoint.close()
+
+
 def test_two_endpoints_exchange_tells_and_asks_over_unix_sockets(tmp_path, store):
     transport, a, b, (_, got_b) = _pair(tmp_path, store)
 
@@ -59,11 +69,7 @@ def test_two_endpoints_exchange_tells_and_asks_over_unix_sockets(tmp_path, store
                 assert a.arena.read(off, True) == 42
                 nursery.cancel_scope.cancel()
 
-    try:
-        trio.run(main)
-    finally:
-        a.close()
-        b.close()
+    _run_closing(main, a, b)
     assert got_b.got == [(TELL, 1, {"n": 1}), (ASK, 1, 21)]
 
 
@@ -112,3 +118,26 @@ def test_a_transport_or_link_must_implement_the_whole_interface():
         Half()
     with pytest.raises(TypeError, match="abstract"):
         HalfLink(1)
+
+
+def test_an_endpoint_closed_while_it_serves_frees_its_listener_for_the_next_socket(tmp_path, store):
+    """Its accept loop wakes and ends: trio forgets the listener's descriptor, so the socket that gets the same
+    number next can be waited on (otherwise trio still counts the old wait on that number)."""
+    transport, a, b, _ = _pair(tmp_path, store)
+
+    async def main():
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(a.serve)
+                await trio.testing.wait_all_tasks_blocked()       # its accept loop waits on the listener
+                number = a.listeners[0].sock.fileno()
+                a.close()
+                left, right = socket.socketpair()
+                with left, right:
+                    assert number in (left.fileno(), right.fileno())
+                    other = left if left.fileno() == number else right
+                    (right if other is left else left).send(b"x")
+                    await trio.lowlevel.wait_readable(other)
+                nursery.cancel_scope.cancel()
+
+    _run_closing(main, a, b)

@@ -158,7 +158,10 @@ class Endpoint(Inbox, Asks, Delivery):
     async def _accept(self, listener) -> None:
         short_since = None
         while True:
-            await listener.wait_readable()
+            try:
+                await listener.wait_readable()
+            except trio.ClosedResourceError:
+                return                  # the endpoint closed while it still served
             while True:
                 try:
                     link = listener.accept()

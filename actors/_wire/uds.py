@@ -19,6 +19,16 @@ def socket_path(rundir: str, endpoint_id: int) -> str:
     return os.path.join(rundir, f"{endpoint_id}.sock")
 
 
+def close_socket(sock: socket.socket) -> None:
+    """Close `sock` so that a task waiting on it (an asker reading its reply, an accept loop) wakes with
+    ClosedResourceError, instead of waiting forever on a descriptor number the next socket may reuse."""
+    try:
+        trio.lowlevel.notify_closing(sock)
+    except RuntimeError:
+        pass                            # outside trio: nothing can be waiting on it
+    sock.close()
+
+
 class SocketLink(Link):
     """What the links over a connected stream socket (Unix or TCP) share."""
     __slots__ = ("sock",)
@@ -30,12 +40,7 @@ class SocketLink(Link):
             return 0
 
     def close(self) -> None:
-        # a task waiting on the socket (an asker reading its reply) wakes with ClosedResourceError, not never
-        try:
-            trio.lowlevel.notify_closing(self.sock)
-        except RuntimeError:
-            pass                        # outside trio: nothing can be waiting on it
-        self.sock.close()
+        close_socket(self.sock)
 
 
 class UnixLink(SocketLink):
@@ -94,7 +99,7 @@ class UnixListener(Listener):
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        self.sock.close()
+        close_socket(self.sock)
 
 
 class UnixTransport(Transport):

@@ -106,6 +106,14 @@ def _remove_stale_namespaces():
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
 
 
+def _clip(text, keep=6000):
+    """A process's stderr for a failure message: its start and its end, where a chained traceback puts its root
+    cause and its last word."""
+    if len(text) <= 2 * keep:
+        return text
+    return f"{text[:keep]}\n[... {len(text) - 2 * keep} characters ...]\n{text[-keep:]}"
+
+
 class HostProcess:
     """A process started on a simulated host (or the machine itself): line-wise talk over its stdin and stdout, with
     deadlines."""
@@ -147,10 +155,10 @@ class HostProcess:
     def stderr(self):
         if self.log:
             with open(self.log, "rb") as f:
-                return f.read()[-2000:].decode(errors="replace")
+                return _clip(f.read().decode(errors="replace"))
         if self.popen.poll() is None:
             return "(still running)"
-        return self.popen.stderr.read().decode(errors="replace")[-2000:]
+        return _clip(self.popen.stderr.read().decode(errors="replace"))
 
     def kill(self):
         """SIGKILL it and every process it started: a wrapper's program (`sh -c '...; echo ...'` forks it), a
