@@ -207,14 +207,14 @@ cdef double SPIN_SLICE = 0.001     # seconds a spin goes without the GIL, betwee
 
 def spin_readable(int fd, int other, double seconds):
     """Spin for up to `seconds` until `fd` is readable, yielding the CPU between looks; True if it is (or has
-    hung up), False when `other` (-1: none) became readable first or the time ran out.
+    hung up), False when `other` (-1: none; the runtime passes none) became readable first or the time ran out.
 
-    Why in C: a reader that spins for its next records looked once per pass of a Python loop (a read that raised
-    BlockingIOError, a clock, a check of trio's state and a poll), a few microseconds a pass, which the records it
-    waited for then waited on too. Here a look is one poll() of at most two descriptors. The GIL is released, a
-    millisecond at a time: a thread of the process may run meanwhile, and a signal's Python handler runs between
-    the slices (it may raise: KeyboardInterrupt ends the spin). A signal, or a thread's wakeup of trio, also makes
-    `other` (trio's epoll descriptor, for a reader) readable, which ends the spin at once."""
+    Why in C: an asker spinning for its answer looked once per pass of a Python loop (a read that raised
+    BlockingIOError, a clock, a check of trio's state and a poll), a few microseconds a pass, which the answer it
+    waited for then waited on too. Here a look is one poll(). The GIL is released, a millisecond at a time: a thread
+    of the process may run meanwhile, and a signal's Python handler runs between the slices (it may raise:
+    KeyboardInterrupt ends the spin). Readers of tells do not spin here: in the runtime's measurements their Python
+    loop, which reads between looks, kept more one-way throughput (docs/architecture.md)."""
     cdef int r
     cdef double deadline = actors_monotonic() + seconds
     cdef double end
