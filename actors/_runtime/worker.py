@@ -28,7 +28,7 @@ from actors._runtime.system import System, error_payload
 from actors._wire.endpoint import Endpoint
 from actors._wire.protocol import ASK, CALL, CALL_TELL, SYSTEM_TELL, TELL, SpawnSpec, SystemOp
 from actors._wire.tcp import ClusterTransport
-from actors._wire.uds import UnixTransport
+from actors._wire.uds import UnixTransport, socket_path
 
 log = logging.getLogger(__name__)
 _persist_none = object()      # "no snapshot": construct with __init__
@@ -211,9 +211,14 @@ async def _actor_main(spec: SpawnSpec) -> int:
             await nursery.start(endpoint.serve)
             try:
                 endpoint.connect(0)
-            except ActorStoppedError:
-                # the system ended while this process started (a stop signal to the whole group, say): there is
-                # nobody to serve, nor to tell
+            except ActorStoppedError as exc:
+                # The system ended while this process started (a stop signal to the whole group, say): there is
+                # nobody to serve, nor to tell. But if its socket is still there, something else went wrong, and
+                # whoever reads the terminal must hear of it.
+                path = socket_path(spec.rundir, 0)
+                if os.path.exists(path):
+                    print(f"actor {spec.name!r} exits: it cannot connect to its system through {path}, which is "
+                          f"still there ({exc})", file=sys.stderr)
                 nursery.cancel_scope.cancel()
                 return 1
             await nursery.start(_stop_on_signal, endpoint, spec)
