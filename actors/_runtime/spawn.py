@@ -26,7 +26,7 @@ from actors._wire.protocol import NODE_SHIFT, STOP, SpawnSpec, SystemOp
 
 log = logging.getLogger(__name__)
 
-PRELOAD = ["numpy", "trio", "cloudpickle", "actors", "actors._runtime.worker"]
+PRELOAD = ["numpy", "numpy.random", "trio", "cloudpickle", "actors", "actors._runtime.worker"]
 
 # The fork server imports `actors` from the driver's sys.path, not from its working directory (which `python -c`
 # would put first): a source checkout in the cwd must not shadow the installed, compiled package.
