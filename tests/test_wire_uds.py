@@ -141,3 +141,22 @@ def test_an_endpoint_closed_while_it_serves_frees_its_listener_for_the_next_sock
                 nursery.cancel_scope.cancel()
 
     _run_closing(main, a, b)
+
+
+def test_a_closed_link_or_listener_waited_on_raises_closed_resource_and_leaves_no_wait_behind(tmp_path, store):
+    """trio, asked to wait on a closed socket, raises ValueError and keeps the task registered under descriptor -1,
+    where closing another closed socket woke it long after it had ended: an internal error that ended the run."""
+    transport, a, b, _ = _pair(tmp_path, store)
+
+    async def main():
+        with trio.fail_after(20):
+            link = transport.connect(2)
+            link.close()
+            b.close()
+            for wait in (link.wait_readable, link.wait_writable, b.listeners[0].wait_readable):
+                with pytest.raises(trio.ClosedResourceError):
+                    await wait()
+            link.close()            # closing what is closed already wakes nobody
+            b.close()
+
+    _run_closing(main, a, b)

@@ -39,7 +39,7 @@ import trio
 from actors._exceptions import ClusterError
 from actors._wire.link import Link, Listener, Transport, Unreachable
 from actors._wire.protocol import KINDS, LOCAL_MASK, MAX_NODE_NUMBER, NO_PAYLOAD, NODE_SHIFT, RECORD, RECORD_SIZE
-from actors._wire.uds import SocketLink, UnixListener, UnixTransport
+from actors._wire.uds import SocketLink, UnixListener, UnixTransport, wait_readable, wait_writable
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ class TcpLink(SocketLink):
         if self.pending:
             await self.ready.wait()
         else:
-            await trio.lowlevel.wait_writable(self.sock)
+            await wait_writable(self.sock)
 
     async def wait_readable(self) -> None:
         if self.pending:
@@ -289,7 +289,7 @@ class TcpLink(SocketLink):
         elif self.rend - self.rstart >= RECORD_SIZE or self.eof:
             await trio.lowlevel.checkpoint()     # a whole record (or the end) is already here
         else:
-            await trio.lowlevel.wait_readable(self.sock)
+            await wait_readable(self.sock)
 
     def unread(self) -> int:
         return super().unread() + self.rend - self.rstart
@@ -315,7 +315,7 @@ class TcpLink(SocketLink):
 async def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n:
-        await trio.lowlevel.wait_readable(sock)
+        await wait_readable(sock)
         try:
             chunk = sock.recv(n - len(data))
         except BlockingIOError:
@@ -328,7 +328,7 @@ async def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:
     while data:
-        await trio.lowlevel.wait_writable(sock)
+        await wait_writable(sock)
         try:
             data = data[sock.send(data):]
         except BlockingIOError:
@@ -358,7 +358,7 @@ async def handshake(sock: socket.socket, address: tuple[str, int], target: int, 
     where = f"{address[0]}:{address[1]}"
     with trio.move_on_after(DIAL_TIMEOUT):
         try:
-            await trio.lowlevel.wait_writable(sock)
+            await wait_writable(sock)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise Unreachable(f"node {node!r} at {where} cannot be reached ({os.strerror(err)})")

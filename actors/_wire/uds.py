@@ -21,12 +21,35 @@ def socket_path(rundir: str, endpoint_id: int) -> str:
 
 def close_socket(sock: socket.socket) -> None:
     """Close `sock` so that a task waiting on it (an asker reading its reply, an accept loop) wakes with
-    ClosedResourceError, instead of waiting forever on a descriptor number the next socket may reuse."""
+    ClosedResourceError, instead of waiting forever on a descriptor number the next socket may reuse. A socket
+    closed already is left alone: its descriptor number is -1, which is no socket's."""
+    if sock.fileno() < 0:
+        return
     try:
         trio.lowlevel.notify_closing(sock)
     except RuntimeError:
         pass                            # outside trio: nothing can be waiting on it
     sock.close()
+
+
+async def wait_readable(sock: socket.socket) -> None:
+    """trio's wait_readable, but ClosedResourceError for a socket closed already. (trio, given such a socket,
+    raises ValueError and keeps the waiting task registered under descriptor -1, where a later notify_closing
+    would wake it again, however long after it ended: an internal error that ends the run.)"""
+    if sock.fileno() < 0:
+        raise trio.ClosedResourceError("the socket was closed")
+    await trio.lowlevel.wait_readable(sock)
+
+
+async def wait_writable(sock: socket.socket) -> None:
+    """trio's wait_writable, but ClosedResourceError for a socket closed already (see `wait_readable`)."""
+    if sock.fileno() < 0:
+        raise trio.ClosedResourceError("the socket was closed")
+    await trio.lowlevel.wait_writable(sock)
+
+
+async def _closed() -> None:
+    raise trio.ClosedResourceError("the link was closed")
 
 
 class SocketLink(Link):
@@ -64,6 +87,11 @@ class UnixLink(SocketLink):
         # records may wait in the link's own buffer, or for room in the store: no quiet wait there.)
         return self.sock.fileno()
 
+    def close(self) -> None:
+        close_socket(self.sock)
+        # its waits were partials of trio's on this socket: from now on they raise (see `wait_readable`)
+        self.wait_readable = self.wait_writable = _closed
+
     def adopt(self, fresh: UnixLink) -> None:
         self._attach(fresh.sock)
         self.incarnation = fresh.incarnation
@@ -84,7 +112,7 @@ class UnixListener(Listener):
         self.sock.setblocking(False)
 
     async def wait_readable(self) -> None:
-        await trio.lowlevel.wait_readable(self.sock)
+        await wait_readable(self.sock)
 
     def accept(self) -> UnixLink | None:
         try:
