@@ -88,7 +88,7 @@ class UnixLink(SocketLink):
         return self.sock.fileno()
 
     def close(self) -> None:
-        close_socket(self.sock)
+        super().close()
         # its waits were partials of trio's on this socket: from now on they raise (see `wait_readable`)
         self.wait_readable = self.wait_writable = _closed
 
